@@ -1,0 +1,173 @@
+"""The libvirt connection: open it, translate ``libvirtError`` into the project's errors.
+
+This is the one place where ``libvirt.libvirtError`` is mapped (style rule: one translation
+point per dependency). Everything else calls :func:`call` or the :class:`Hypervisor` methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+
+from vmcrash.errors import (
+    DomainNotFound,
+    LibvirtRefused,
+    LibvirtUnavailable,
+    VmcrashError,
+)
+
+__all__ = [
+    "DEFAULT_URI",
+    "DomainInfo",
+    "Hypervisor",
+    "call",
+    "translate",
+    "state_name",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "qemu:///system"
+
+T = TypeVar("T")
+
+# libvirt error codes and error domains that mean "the connection/daemon is gone",
+# as opposed to "the request was refused".
+_UNAVAILABLE_CODES = {
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+    libvirt.VIR_ERR_AUTH_FAILED,
+}
+_UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+
+_STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+def state_name(state: int) -> str:
+    """Name of a ``virDomainState`` value (``"running"``, ``"crashed"``, ...); unknown -> ``"state-N"``."""
+    return _STATE_NAMES.get(state, f"state-{state}")
+
+
+def translate(exc: libvirt.libvirtError, *, domain: str | None = None, uri: str | None = None) -> VmcrashError:
+    """Map a ``libvirtError`` to the project's error tree (the caller does ``raise ... from exc``)."""
+    code = exc.get_error_code()
+    msg = exc.get_error_message() or str(exc)
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(domain or msg)
+    if code in _UNAVAILABLE_CODES or exc.get_error_domain() in _UNAVAILABLE_DOMAINS:
+        return LibvirtUnavailable(msg, uri=uri)
+    return LibvirtRefused(msg, domain=domain, code=code)
+
+
+def call(fn: Callable[..., T], *args: Any, domain: str | None = None, uri: str | None = None) -> T:
+    """Call a libvirt function, translating its errors."""
+    try:
+        return fn(*args)
+    except libvirt.libvirtError as exc:
+        raise translate(exc, domain=domain, uri=uri) from exc
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """What the daemon needs to know of a domain at a glance."""
+
+    name: str
+    uuid: str
+    state: str
+    reason: int
+    memory_bytes: int
+    persistent: bool
+    #: True when the state says the domain stopped because of a guest panic.
+    panicked: bool
+
+
+def _is_panicked(state: int, reason: int) -> bool:
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return reason == libvirt.VIR_DOMAIN_CRASHED_PANICKED
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        return reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED
+    return False
+
+
+class Hypervisor:
+    """A libvirt connection with the project's error semantics.
+
+    Open it after :func:`vmcrash.host.aio.event_loop` when events are wanted.
+    """
+
+    def __init__(self, uri: str = DEFAULT_URI, *, read_only: bool = False) -> None:
+        self.uri = uri
+        try:
+            self.conn: libvirt.virConnect = (
+                libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
+            )
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(
+                f"cannot connect to libvirt ({exc.get_error_message()}); is libvirtd running?",
+                uri=uri,
+            ) from exc
+
+    def close(self) -> None:
+        """Close the connection; errors on an already-dead connection are ignored."""
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def alive(self) -> bool:
+        """True while the connection answers."""
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
+        """Find a domain by name, then by UUID. :raises DomainNotFound:"""
+        try:
+            return self.conn.lookupByName(name_or_uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise translate(exc, domain=name_or_uuid, uri=self.uri) from exc
+        try:
+            return self.conn.lookupByUUIDString(name_or_uuid)
+        except libvirt.libvirtError as exc:
+            raise DomainNotFound(name_or_uuid) from exc
+
+    def info(self, dom: libvirt.virDomain) -> DomainInfo:
+        """Snapshot of a domain's identity and state."""
+        name = call(dom.name)
+        state, reason = call(dom.state, domain=name)
+        max_kib = call(dom.maxMemory, domain=name)
+        return DomainInfo(
+            name=name,
+            uuid=call(dom.UUIDString, domain=name),
+            state=state_name(state),
+            reason=reason,
+            memory_bytes=int(max_kib) * 1024,
+            persistent=bool(call(dom.isPersistent, domain=name)),
+            panicked=_is_panicked(state, reason),
+        )
+
+    def domains(self) -> list[libvirt.virDomain]:
+        """All defined and running domains."""
+        return list(call(self.conn.listAllDomains, 0, uri=self.uri))
