@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config gcc linux-image-amd64 busybox-static qemu-guest-agent kmod cpio \
-	debootstrap chrony e2fsprogs util-linux libzstd1 zstd
+	debootstrap chrony e2fsprogs util-linux libzstd1 zstd libxml2-utils
 STAMP_APT := /var/lib/vmcrash/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 PYTEST_ARGS ?=
 

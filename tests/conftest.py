@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Lab tests go last so that fast unit failures show first.

@@ -31,6 +31,7 @@ __all__ = [
     "LabGuest",
     "domain_xml",
     "sweep_stale",
+    "destroy_and_undefine",
     "unique_name",
     "PANIC_LINE",
     "READY_MARK",
@@ -158,7 +159,7 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
 _NAME_RE = re.compile(rf"^{NAME_PREFIX}-(\d+)-\d+-[0-9a-f]{{4}}$")
 
 
-def _destroy_and_undefine(dom: libvirt.virDomain) -> None:
+def destroy_and_undefine(dom: libvirt.virDomain) -> None:
     try:
         if dom.isActive():
             dom.destroy()
@@ -189,7 +190,7 @@ def sweep_stale(hv: Hypervisor) -> list[str]:
             pass
         except PermissionError:
             continue
-        _destroy_and_undefine(dom)
+        destroy_and_undefine(dom)
         removed.append(dom.name())
     return removed
 
@@ -324,7 +325,7 @@ class LabGuest:
             dom = None
         if dom is not None:
             try:
-                _destroy_and_undefine(dom)
+                destroy_and_undefine(dom)
             except (libvirt.libvirtError, VmcrashError) as exc:
                 log.warning("cleanup of %s: %s", self.name, exc)
         self.dom = None

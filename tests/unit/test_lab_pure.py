@@ -1,0 +1,62 @@
+"""Pure parts of the lab: the cpio writer (checked by GNU cpio) and the domain XML (checked by libvirt's schema)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vmcrash.lab.cpio import CpioEntry, write_newc
+from vmcrash.lab.guest import GuestSpec, domain_xml, unique_name
+from vmcrash.lab.image import LabImage
+
+
+def test_newc_archive_lists_and_extracts_with_gnu_cpio(tmp_path: Path) -> None:
+    archive = write_newc([
+        CpioEntry("/bin", "dir"),
+        CpioEntry("/bin/hello", "file", 0o755, b"#!/bin/sh\necho hi\n"),
+        CpioEntry("/bin/sh", "symlink", data=b"/bin/busybox"),
+        CpioEntry("/odd", "file", 0o600, b"x" * 5),  # length not a multiple of 4
+    ])
+    (tmp_path / "a.cpio").write_bytes(archive)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet", "-F", str(tmp_path / "a.cpio")], cwd=out, check=True)
+    assert (out / "bin/hello").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (out / "bin/hello").stat().st_mode & 0o777 == 0o755
+    assert (out / "bin/sh").is_symlink() and str((out / "bin/sh").readlink()) == "/bin/busybox"
+    assert (out / "odd").read_bytes() == b"xxxxx"
+
+
+def test_newc_is_deterministic() -> None:
+    entries = [CpioEntry("/a", "file", 0o644, b"abc")]
+    assert write_newc(entries) == write_newc(entries)
+
+
+def _image(tmp_path: Path) -> LabImage:
+    return LabImage(tmp_path, tmp_path / "vmlinuz", tmp_path / "initrd.img", "6.1.0-test", "0" * 16)
+
+
+@pytest.mark.parametrize("spec", [
+    GuestSpec(),
+    GuestSpec(panic_model="pci", rtc="guest", vmcoreinfo=False, agent=False, memory_mib=2048, fill_mb=1024),
+    GuestSpec(clock_offset_s=-600, vcpus=2, on_crash="coredump-restart", panic_model="none"),
+])
+def test_domain_xml_passes_libvirt_schema(tmp_path: Path, spec: GuestSpec) -> None:
+    xml = domain_xml(unique_name(), spec, _image(tmp_path), tmp_path / "serial.log", "qemu")
+    path = tmp_path / "dom.xml"
+    path.write_text(xml)
+    res = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ("<vmcoreinfo state=\"on\" />" in xml) == spec.vmcoreinfo
+    assert ("org.qemu.guest_agent.0" in xml) == spec.agent
+    assert ("pvpanic-pci" in xml) == (spec.panic_model == "pci")
+    assert ("<panic model=\"isa\">" in xml) == (spec.panic_model == "isa")
+    assert ("track=\"guest\"" in xml) == (spec.rtc == "guest")
+    assert f"fill_mb={spec.fill_mb}" in xml if spec.fill_mb else "fill_mb" not in xml
+
+
+def test_unique_names_differ() -> None:
+    names = {unique_name() for _ in range(100)}
+    assert len(names) == 100
