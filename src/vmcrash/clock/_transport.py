@@ -71,6 +71,10 @@ def parse_get_time_reply(reply: object, *, domain: str | None = None) -> int:
     :raises AgentRefused: the agent answered with an error.
     """
     value = decode_reply(reply, command="guest-get-time", domain=domain, max_bytes=MAX_TIME_REPLY_BYTES)
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= _MAX_TIME_NS:
+        # Checked here too because parse_time_ns quotes the whole number (up to ~4000 digits) in its message.
+        shown = str(value) if value.bit_length() <= 128 else f"a {value.bit_length()}-bit integer,"
+        raise AgentProtocolError(f"guest-get-time: {shown} ns is out of range", domain=domain)
     return parse_time_ns(value, domain=domain)
 
 
