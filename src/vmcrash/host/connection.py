@@ -7,6 +7,7 @@ point per dependency). Everything else calls :func:`call` or the :class:`Hypervi
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_URI = "qemu:///system"
 
 T = TypeVar("T")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 # libvirt error codes and error domains that mean "the connection/daemon is gone",
 # as opposed to "the request was refused".
@@ -55,6 +57,13 @@ _STATE_NAMES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+
+
+def _quiet(ctx: object, err: object) -> None:
+    """libvirt's default handler prints every error to stderr; we report errors ourselves."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
 
 
 def state_name(state: int) -> str:
@@ -142,7 +151,13 @@ class Hypervisor:
             return False
 
     def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
-        """Find a domain by name, then by UUID. :raises DomainNotFound:"""
+        """Find a domain by UUID (when it looks like one) or name. :raises DomainNotFound:"""
+        if _UUID_RE.match(name_or_uuid):
+            try:
+                return self.conn.lookupByUUIDString(name_or_uuid)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise translate(exc, domain=name_or_uuid, uri=self.uri) from exc
         try:
             return self.conn.lookupByName(name_or_uuid)
         except libvirt.libvirtError as exc:

@@ -1,0 +1,479 @@
+"""The daemon (``vmcrash watch``): libvirt events in, crash handling and clock resyncs out.
+
+Runstates (explicit, as in QEMU's QMP client): ``idle`` → ``connecting`` → ``running`` →
+``stopping`` → ``stopped``; a lost connection goes back to ``connecting`` (backoff 0.5 s doubling
+to 30 s), re-registers the events and reconciles.
+
+Reconciliation (at start and after every reconnect) makes sure nothing is lost:
+
+1. catalogue rows whose handling was interrupted are finished: the panicked guest is handled
+   again (same row), or a dump that was complete is finalized;
+2. leftover ``.partial`` files that nobody is writing are removed;
+3. every watched domain that is crashed (or paused) by a panic and not yet handled is handled.
+
+Panics are handled in worker threads (:class:`~vmcrash.capture.pipeline.CrashHandler`), one per
+domain at a time, with at most ``max_parallel_dumps`` dumps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from vmcrash.capture import files
+from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
+from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
+from vmcrash.config import Config
+from vmcrash.errors import LibvirtUnavailable, VmcrashError
+from vmcrash.host.connection import DomainInfo, Hypervisor
+from vmcrash.host.events import AgentEvent, ConnectionClosed, Event, LifecycleEvent, Subscription
+from vmcrash.store.catalog import Catalog, CrashRow
+
+__all__ = ["Runstate", "Watcher", "sd_notify"]
+
+log = logging.getLogger(__name__)
+
+
+class Runstate(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def sd_notify(message: str) -> bool:
+    """Send a systemd notification (``READY=1``, ...) when run under ``Type=notify``."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+class Watcher:
+    """The crash-capture daemon. Run :meth:`run` on the libvirt event loop (:mod:`vmcrash.host.aio`)."""
+
+    def __init__(self, cfg: Config, *, catalog: Catalog | None = None) -> None:
+        self.cfg = cfg
+        self.catalog = catalog or Catalog(cfg.catalog_path)
+        self.state = Runstate.IDLE
+        self.hv: Hypervisor | None = None
+        self.stop_requested = threading.Event()
+        self.handler = CrashHandler(cfg, self._current_hv, self.catalog, stop=self.stop_requested)
+        self.active: set[str] = set()
+        self.paused_since: dict[str, int] = {}
+        self.clock_busy: set[str] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.handler_tasks: set[asyncio.Task[Any]] = set()
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="vmcrash")
+        self.connections = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Event | None] | None = None
+        self._connected: asyncio.Event | None = None
+        self.on_state: Callable[[Runstate], None] | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _current_hv(self) -> Hypervisor:
+        if self.hv is None:
+            raise LibvirtUnavailable("not connected", uri=self.cfg.libvirt_uri)
+        return self.hv
+
+    def _set_state(self, state: Runstate) -> None:
+        if state != self.state:
+            log.info("runstate %s -> %s", self.state.value, state.value)
+            self.state = state
+            if self.on_state:
+                self.on_state(state)
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (thread-safe; what SIGTERM does)."""
+        self.stop_requested.set()
+        if self.cfg.shutdown_dump == "abort":
+            self.handler.abort_dumps.set()
+        if self._loop is not None and self._queue is not None:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    # -- main loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`request_stop`; returns after running handlers have finished."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._connected = asyncio.Event()
+        files.ensure_dump_dir(self.cfg.dump_dir)
+        backoff = 0.5
+        notified = False
+        sweeper: asyncio.Task[Any] | None = None
+        try:
+            while not self.stop_requested.is_set():
+                self._set_state(Runstate.CONNECTING)
+                try:
+                    hv, sub = await self._in_thread(self._connect)
+                except LibvirtUnavailable as exc:
+                    log.warning("libvirt unavailable (%s); retrying in %.1f s", exc, backoff)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 0.5
+                self.hv = hv
+                self.connections += 1
+                self._connected.set()
+                self._set_state(Runstate.RUNNING)
+                try:
+                    await self._reconcile()
+                    if not notified:
+                        sd_notify("READY=1\nSTATUS=watching for guest panics")
+                        notified = True
+                    if sweeper is None and self.cfg.clock.sweep_interval_s > 0:
+                        sweeper = asyncio.create_task(self._sweep_loop())
+                    await self._consume()
+                except LibvirtUnavailable as exc:
+                    log.warning("lost libvirt during reconcile: %s", exc)
+                if self.stop_requested.is_set():
+                    # Keep the connection: running handlers need it to recover their guests.
+                    await self._drain_handlers()
+                self._connected.clear()
+                sub.close()
+                self.hv = None
+                hv.close()
+        finally:
+            self._set_state(Runstate.STOPPING)
+            sd_notify("STOPPING=1")
+            if sweeper is not None:
+                sweeper.cancel()
+            if self.handler_tasks:
+                await self._final_connection_for_handlers()
+                await self._drain_handlers()
+            for task in list(self.tasks):
+                task.cancel()
+            if self.hv is not None:
+                self.hv.close()
+                self.hv = None
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self._set_state(Runstate.STOPPED)
+
+    async def _drain_handlers(self) -> None:
+        """Wait for running crash handlers (they abort or finish their dump, then recover)."""
+        while self.handler_tasks:
+            await asyncio.gather(*list(self.handler_tasks), return_exceptions=True)
+
+    async def _final_connection_for_handlers(self) -> None:
+        """While stopping, handlers still need a connection to recover their guests."""
+        if self.hv is not None:
+            return
+        try:
+            self.hv = await self._in_thread(Hypervisor, self.cfg.libvirt_uri)
+            assert self._connected is not None
+            self._connected.set()
+        except LibvirtUnavailable as exc:
+            log.error("cannot reconnect to recover guests while stopping: %s", exc)
+
+    def _connect(self) -> tuple[Hypervisor, Subscription]:
+        hv = Hypervisor(self.cfg.libvirt_uri)
+        try:
+            hv.conn.setKeepAlive(5, 3)
+        except libvirt.libvirtError:
+            pass
+        assert self._loop is not None and self._queue is not None
+        queue, loop = self._queue, self._loop
+
+        def sink(ev: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        try:
+            sub = Subscription(hv, sink)
+        except VmcrashError:
+            hv.close()
+            raise
+        log.info("connected to %s", self.cfg.libvirt_uri)
+        return hv, sub
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._queue is not None
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        while not self.stop_requested.is_set():
+            ev = await self._queue.get()
+            if ev is None:
+                return
+            if isinstance(ev, ConnectionClosed):
+                log.warning("libvirt connection closed (%s); reconnecting", ev.reason)
+                return
+            try:
+                self._dispatch(ev)
+            except Exception:  # a bad event must not kill the daemon
+                log.exception("event %r not handled", ev)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _watched(self, name: str) -> bool:
+        return self.cfg.policy_for(name).watch
+
+    def _dispatch(self, ev: Event) -> None:
+        if isinstance(ev, AgentEvent):
+            log.debug("%s: agent %s", ev.domain, "connected" if ev.connected else "disconnected")
+            return
+        if not isinstance(ev, LifecycleEvent):
+            return
+        log.debug("%s: %s/%s", ev.domain, ev.event, ev.detail)
+        if not self._watched(ev.domain):
+            return
+        if ev.is_panic:
+            self.submit(PanicReport(ev.domain, ev.uuid, ev.received_ns, "event"))
+        elif ev.event == "suspended":
+            self.paused_since.setdefault(ev.uuid, ev.received_ns)
+        elif ev.event == "resumed":
+            since = self.paused_since.pop(ev.uuid, None)
+            if since is not None:
+                paused_s = (ev.received_ns - since) / 1e9
+                if paused_s >= self.cfg.clock.resume_threshold_s:
+                    self._spawn(self._clock_task(ev.domain, ev.uuid, "resume", paused_s))
+        elif ev.event in ("stopped", "started"):
+            self.paused_since.pop(ev.uuid, None)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %s", task.exception(), exc_info=task.exception())
+
+    def submit(self, report: PanicReport) -> bool:
+        """Handle a panic unless this domain's panic is already being handled (exactly once)."""
+        if report.uuid in self.active:
+            log.info("%s: panic already being handled", report.domain)
+            return False
+        self.active.add(report.uuid)
+        task = self._spawn(self._handle(report))
+        self.handler_tasks.add(task)
+        task.add_done_callback(self.handler_tasks.discard)
+        return True
+
+    async def _handle(self, report: PanicReport) -> None:
+        try:
+            for attempt in range(10):
+                try:
+                    await self._in_thread(self.handler.handle, report)
+                    return
+                except LibvirtUnavailable as exc:
+                    log.warning("%s: libvirt lost during handling (%s); resuming after reconnect",
+                                report.domain, exc)
+                    assert self._connected is not None
+                    while not self._connected.is_set() or self.hv is None:
+                        if self.state in (Runstate.STOPPING, Runstate.STOPPED) and self.hv is None:
+                            return
+                        await asyncio.sleep(0.1)
+                    row = self.catalog.latest_for(report.uuid)
+                    if row is None or row.state not in ("detected", "dumping", "dumped", "recovering",
+                                                        "recovered"):
+                        return
+                    self._cleanup_temp(row)
+                    report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
+        finally:
+            self.active.discard(report.uuid)
+
+    # -- clock -----------------------------------------------------------------------------
+
+    async def _clock_task(self, name: str, uuid: str, reason: str, paused_s: float | None) -> None:
+        if uuid in self.clock_busy or uuid in self.active:
+            return
+        self.clock_busy.add(uuid)
+        try:
+            hv = self._current_hv()
+            dom = hv.lookup(uuid)
+            result = await self._in_thread(
+                lambda: clock_after_freeze(dom, target_ms=self.cfg.clock.target_ms,
+                                           agent_wait_s=min(self.cfg.clock.agent_wait_s, 30.0)))
+            if paused_s is not None:
+                result["paused_s"] = round(paused_s, 3)
+            self.catalog.record_clock_sync(domain=name, uuid=uuid, reason=reason, ok=bool(result.get("ok")),
+                                           before_ms=result.get("before_ms"), after_ms=result.get("after_ms"),
+                                           result=result, error=result.get("error"))
+            log.warning("%s: clock %s after %s: %s", name, "corrected" if result.get("ok") else "not corrected",
+                        reason, result.get("error") or f"{result.get('before_ms'):+.1f} ms -> "
+                                                       f"{result.get('after_ms'):+.1f} ms")
+        except VmcrashError as exc:
+            log.warning("%s: clock resync after %s failed: %s", name, reason, exc)
+        finally:
+            self.clock_busy.discard(uuid)
+
+    async def _sweep_loop(self) -> None:
+        """Periodically check every watched running guest's clock; correct it beyond the threshold."""
+        interval = self.cfg.clock.sweep_interval_s
+        while not self.stop_requested.is_set():
+            await self._sleep(interval)
+            if self.stop_requested.is_set() or self.hv is None:
+                continue
+            try:
+                await self._sweep_once()
+            except VmcrashError as exc:
+                log.warning("clock sweep: %s", exc)
+
+    async def _sweep_once(self) -> None:
+        hv = self._current_hv()
+        infos = await self._in_thread(lambda: [(d, hv.info(d)) for d in hv.domains() if d.isActive()])
+        for dom, info in infos:
+            if info.state != "running" or not self._watched(info.name) or info.uuid in self.active:
+                continue
+            try:
+                offset_ms = await self._in_thread(_measure_ms, dom)
+            except VmcrashError as exc:
+                log.debug("%s: sweep skipped: %s", info.name, exc)
+                continue
+            if abs(offset_ms) > self.cfg.clock.sweep_threshold_ms:
+                log.warning("%s: sweep found clock %+.1f ms off; correcting", info.name, offset_ms)
+                await self._clock_task(info.name, info.uuid, "sweep", None)
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    def _cleanup_temp(self, row: CrashRow) -> None:
+        if row.dump_temp_path:
+            p = Path(row.dump_temp_path)
+            if files.remove_quietly(p):
+                self.catalog.log(row.id, "cleanup", f"removed unfinished temp file {p.name}")
+            files.remove_quietly(p.with_name(p.name + ".fifo"))
+
+    async def _reconcile(self) -> None:
+        hv = self._current_hv()
+        infos: list[DomainInfo] = await self._in_thread(lambda: [hv.info(d) for d in hv.domains()])
+        by_uuid = {i.uuid: i for i in infos}
+        covered: set[str] = set()
+        for row in self.catalog.unfinished():
+            if row.uuid in self.active:
+                covered.add(row.uuid)
+                continue
+            covered.add(row.uuid)
+            info = by_uuid.get(row.uuid)
+            if info is not None and info.panicked and self._watched(info.name):
+                await self._in_thread(self._wait_no_job, row.uuid)
+                self._cleanup_temp(row)
+                self.catalog.log(row.id, "reconcile", "interrupted handling found; guest still panicked")
+                self.submit(PanicReport(info.name, info.uuid, row.panic_ns, row.source, row.id))
+            else:
+                await self._in_thread(self._finish_interrupted, row, info)
+        self._remove_orphan_partials()
+        for info in infos:
+            if not info.panicked or info.uuid in covered or info.uuid in self.active:
+                continue
+            if not self._watched(info.name):
+                continue
+            latest = self.catalog.latest_for(info.uuid)
+            dom_id = await self._in_thread(lambda: _safe_id(hv, info.uuid))
+            if latest is not None and latest.state in ("done", "failed") and latest.domain_id == dom_id \
+                    and latest.recovery_result != "running":
+                continue  # this very panic was handled (e.g. preserved) already
+            log.warning("%s: found %s by a panic at start-up; handling it", info.name, info.state)
+            self.submit(PanicReport(info.name, info.uuid, time.time_ns(), "reconcile"))
+
+    def _wait_no_job(self, uuid: str, timeout_s: float = 600.0) -> None:
+        """A killed daemon may leave libvirt still writing a direct dump: wait for that job to end."""
+        hv = self._current_hv()
+        dom = hv.lookup(uuid)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                    return
+            except libvirt.libvirtError:
+                return
+            time.sleep(0.2)
+
+    def _finish_interrupted(self, row: CrashRow, info: DomainInfo | None) -> None:
+        """An interrupted handling whose guest is no longer panicked: keep a complete dump, close the row."""
+        planned = (row.capture or {}).get("planned") or {}
+        temp = Path(row.dump_temp_path) if row.dump_temp_path else None
+        state_now = info.state if info else "gone"
+        if row.state in ("dumped", "recovered") and temp is not None and temp.exists() and planned.get("final"):
+            final = Path(planned["final"])
+            partial = Path(planned["partial"])
+            try:
+                if temp != partial:
+                    move_sparse(temp, partial)
+                files.finalize(partial, final)
+                size = final.stat().st_size
+                sha = files.sha256_file(final)
+                files.write_sidecar(Path(planned["sidecar"]), {
+                    "crash_id": row.id, "domain": row.domain, "uuid": row.uuid, "format": row.dump_format,
+                    "file": final.name, "size_bytes": size, "sha256": sha,
+                    "note": "finalized after the daemon was interrupted"})
+                self.catalog.update(row.id, state="done", dump_path=str(final), dump_temp_path=None,
+                                    dump_size=size, dump_sha256=sha, sidecar_path=planned["sidecar"],
+                                    error=None)
+                self.catalog.log(row.id, "reconcile", f"complete dump finalized after interruption; guest {state_now}")
+                return
+            except VmcrashError as exc:
+                self.catalog.log(row.id, "reconcile", f"could not finalize interrupted dump: {exc}")
+        self._cleanup_temp(row)
+        self.catalog.update(row.id, state="failed", dump_temp_path=None,
+                            error=f"handling interrupted in state {row.state}; guest found {state_now}")
+        self.catalog.log(row.id, "reconcile", f"closed interrupted handling; guest {state_now}")
+
+    def _remove_orphan_partials(self) -> None:
+        keep = {r.dump_temp_path for r in self.catalog.unfinished() if r.uuid in self.active}
+        dirs = [self.cfg.dump_dir, Path(self.cfg.staging.tmpfs_dir) / STAGING_SUBDIR]
+        for d in dirs:
+            for p in files.leftover_partials(d):
+                if str(p) in keep:
+                    continue
+                files.remove_quietly(p)
+                log.warning("removed leftover partial dump %s", p)
+            try:
+                for p in d.glob(".*.fifo"):
+                    files.remove_quietly(p)
+            except OSError:
+                pass
+
+
+def _safe_id(hv: Hypervisor, uuid: str) -> int | None:
+    try:
+        i = hv.lookup(uuid).ID()
+        return int(i) if i and i > 0 else None
+    except (VmcrashError, libvirt.libvirtError):
+        return None
+
+
+def _measure_ms(dom: libvirt.virDomain) -> float:
+    from vmcrash.host.agent import Agent
+
+    agent = Agent(dom, timeout_s=3)
+    try:
+        from vmcrash import clock
+
+        return clock.measure(agent).offset_ns / 1e6
+    except ImportError:
+        t0 = time.time_ns()
+        g = agent.get_time_ns()
+        t1 = time.time_ns()
+        return (g - (t0 + t1) / 2) / 1e6

@@ -1,0 +1,87 @@
+"""``vmcrash doctor``: is each domain ready for vmcrash? ``--fix`` changes its XML (next boot)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from vmcrash.cli._common import config_of, echo_json, fmt_bytes
+from vmcrash.errors import EXIT_FINDINGS, EXIT_OK
+
+__all__ = ["doctor"]
+
+
+@click.command("doctor")
+@click.argument("domains", nargs=-1)
+@click.option("--fix", is_flag=True, help="Apply the XML changes (they take effect at the next boot).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool) -> int:
+    """Check DOMAINS (default: all watched) for panic device, vmcoreinfo, agent, on_crash and dump space."""
+    import libvirt
+
+    from vmcrash.capture import retention
+    from vmcrash.host.connection import Hypervisor, call
+    from vmcrash.host.domxml import apply_fixes, memory_bytes, readiness
+
+    cfg = config_of(ctx)
+    hv = Hypervisor(cfg.libvirt_uri)
+    doms = [hv.lookup(d) for d in domains] if domains else [
+        d for d in hv.domains() if cfg.policy_for(d.name()).watch]
+    report: list[dict[str, Any]] = []
+    all_ok = True
+    for dom in doms:
+        name = dom.name()
+        xml = call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE, domain=name)
+        checks = readiness(xml)
+        mem = memory_bytes(xml)
+        try:
+            free = retention.disk_free_bytes(cfg.dump_dir if cfg.dump_dir.exists() else cfg.dump_dir.parent)
+        except Exception:
+            free = 0
+        need = retention.estimate_dump_bytes(mem, cfg.policy_for(name).format) + cfg.min_free_bytes
+        space_ok = free >= need
+        entry: dict[str, Any] = {
+            "domain": name,
+            "watched": cfg.policy_for(name).watch,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + [
+                {"name": "dump-space", "ok": space_ok,
+                 "detail": f"{fmt_bytes(free)} free in {cfg.dump_dir}, a dump needs up to {fmt_bytes(need)} "
+                           f"(incl. {cfg.min_free_mb} MiB reserve)"}],
+        }
+        if fix and not all(c.ok for c in checks):
+            if not call(dom.isPersistent, domain=name):
+                entry["fix"] = {"applied": False, "reason": "transient domain: cannot redefine"}
+            else:
+                new_xml, changes = apply_fixes(xml)
+                call(hv.conn.defineXML, new_xml, domain=name)
+                entry["fix"] = {"applied": True, "changes": changes,
+                                "note": "takes effect at the next boot of the domain (a fresh start, "
+                                        "not a reboot inside the guest)" if call(dom.isActive) else
+                                        "takes effect when the domain starts"}
+                checks = readiness(call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE, domain=name))
+                entry["checks"] = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + \
+                    entry["checks"][-1:]
+        entry["ok"] = all(c["ok"] for c in entry["checks"])
+        all_ok = all_ok and entry["ok"]
+        report.append(entry)
+    hv.close()
+    if as_json:
+        echo_json(report)
+    else:
+        if not report:
+            click.echo("no domains to check")
+        for entry in report:
+            click.echo(f"{entry['domain']}: {'ready' if entry['ok'] else 'NOT READY'}")
+            for c in entry["checks"]:
+                click.echo(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']:<14} {c['detail']}")
+            if "fix" in entry:
+                f = entry["fix"]
+                if f["applied"]:
+                    for ch in f["changes"]:
+                        click.echo(f"  fixed: {ch}")
+                    click.echo(f"  note: {f['note']}")
+                else:
+                    click.echo(f"  not fixed: {f['reason']}")
+    return EXIT_OK if all_ok else EXIT_FINDINGS

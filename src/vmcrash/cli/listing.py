@@ -1,0 +1,35 @@
+"""``vmcrash list``: the recorded crashes, newest first."""
+
+from __future__ import annotations
+
+import click
+
+from vmcrash.cli._common import config_of, echo_json, fmt_bytes, fmt_ns
+
+__all__ = ["list_crashes"]
+
+
+@click.command("list")
+@click.option("--domain", "-d", default=None, help="Only this domain (name or UUID).")
+@click.option("--limit", "-n", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON list of crash objects.")
+@click.pass_context
+def list_crashes(ctx: click.Context, domain: str | None, limit: int, as_json: bool) -> None:
+    """List recorded crashes (id, time, domain, state, dump, freeze, recovery)."""
+    from vmcrash.store.catalog import Catalog
+
+    cfg = config_of(ctx)
+    rows = Catalog(cfg.catalog_path).crashes(domain=domain, limit=limit)
+    if as_json:
+        echo_json([r.to_dict() for r in rows])
+        return
+    if not rows:
+        click.echo("no crashes recorded" + (f" for {domain}" if domain else ""))
+        return
+    click.echo(f"{'ID':>4}  {'PANIC (UTC)':<19}  {'DOMAIN':<28} {'STATE':<9} {'DUMP':>10} {'FREEZE':>8}  RECOVERY")
+    for r in rows:
+        dump = fmt_bytes(r.dump_size) if r.dump_path else ("skipped" if r.skip_reason else "-")
+        freeze = f"{r.freeze_s:.2f}s" if r.freeze_s is not None else "-"
+        rec = f"{r.recovery_action or '-'}->{r.recovery_result or '-'}"
+        click.echo(f"{r.id:>4}  {fmt_ns(r.panic_ns):<19}  {r.domain[:28]:<28} {r.state:<9} {dump:>10} "
+                   f"{freeze:>8}  {rec}")

@@ -1,0 +1,54 @@
+"""Disk planning: oldest first, per-domain minimum kept, limits enforced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmcrash.capture.retention import KeptDump, plan_retention, plan_space
+from vmcrash.capture.staging import decide_staging
+from vmcrash.config import Retention
+
+MiB = 1024 * 1024
+
+
+def _d(i: int, uuid: str, size_mib: int, t: int) -> KeptDump:
+    return KeptDump(i, uuid, Path(f"/d/{i}"), size_mib * MiB, t)
+
+
+def test_fits_without_deleting() -> None:
+    plan = plan_space([], need_bytes=100 * MiB, free_bytes=500 * MiB, reserve_bytes=100 * MiB,
+                      keep_min_per_domain=1)
+    assert plan.fits and plan.delete == ()
+
+
+def test_deletes_oldest_first_but_keeps_minimum_per_domain() -> None:
+    kept = [_d(1, "a", 100, 10), _d(2, "b", 100, 20), _d(3, "a", 100, 30), _d(4, "a", 100, 40)]
+    plan = plan_space(kept, need_bytes=300 * MiB, free_bytes=150 * MiB, reserve_bytes=0, keep_min_per_domain=1)
+    assert plan.fits
+    assert [d.crash_id for d in plan.delete] == [1, 3]  # "b" has only one dump: kept
+
+
+def test_does_not_fit_even_after_pruning() -> None:
+    kept = [_d(1, "a", 10, 1)]
+    plan = plan_space(kept, need_bytes=1000 * MiB, free_bytes=100 * MiB, reserve_bytes=50 * MiB,
+                      keep_min_per_domain=0)
+    assert not plan.fits and plan.delete == ()
+    assert "not enough space" in plan.reason and "1000 MiB" in plan.reason
+
+
+def test_retention_limits() -> None:
+    kept = [_d(i, "a" if i % 2 else "b", 100, i) for i in range(1, 9)]
+    doomed = plan_retention(kept, Retention(max_dumps_per_domain=2), now_ns=100)
+    assert sorted(d.crash_id for d in doomed) == [1, 2, 3, 4]
+    doomed = plan_retention(kept, Retention(max_dumps_per_domain=0, max_total_gb=300 * MiB / 1024**3), 100)
+    assert [d.crash_id for d in doomed] == [1, 2, 3, 4, 5]
+    doomed = plan_retention(kept, Retention(max_dumps_per_domain=0, max_age_days=1), now_ns=86400 * 10**9 + 5)
+    assert [d.crash_id for d in doomed] == [1, 2, 3, 4]
+
+
+def test_staging_decision() -> None:
+    args = dict(enabled=True, tmpfs_dir=Path("/dev/shm"), expected_bytes=1000 * MiB, headroom_bytes=2000 * MiB)
+    assert decide_staging(**args, mem_available=4000 * MiB, tmpfs_free=8000 * MiB).directory is not None
+    assert decide_staging(**args, mem_available=2500 * MiB, tmpfs_free=8000 * MiB).directory is None
+    assert decide_staging(**args, mem_available=9000 * MiB, tmpfs_free=500 * MiB).directory is None
+    assert decide_staging(**{**args, "enabled": False}, mem_available=9e12, tmpfs_free=9e12).directory is None
