@@ -221,3 +221,28 @@ def test_set_time_out_of_range_is_refused_before_sending() -> None:
     with pytest.raises(ValueError):
         timed_set_time(agent, -T0, clock_ns=lambda: T0)
     assert agent.sent == []
+
+
+def _system_error_from_bytes() -> SystemError:
+    # What libvirt-python raises when libvirt's error message quotes the guest's non-UTF-8 bytes.
+    try:
+        try:
+            b'internal error: cannot parse json \xff{"return": 1}'.decode()
+        except UnicodeDecodeError as exc:
+            raise SystemError("<built-in function virDomainQemuAgentCommand> returned a result "
+                              "with an exception set") from exc
+    except SystemError as err:
+        return err
+    raise AssertionError
+
+
+def test_undecodable_agent_bytes_are_bad_data_not_a_traceback() -> None:
+    agent = ScriptedAgent([_system_error_from_bytes()])
+    with pytest.raises(AgentProtocolError, match=r"^hostile: guest-get-time: the agent answered bytes that "
+                                                 r"are not UTF-8 text$"):
+        measure(agent)
+
+
+def test_other_system_errors_are_not_disguised() -> None:
+    with pytest.raises(SystemError):
+        measure(ScriptedAgent([SystemError("something else")]))

@@ -34,6 +34,7 @@ from vmcrash.clock._transport import (
     ClockAgent,
     ClockNs,
     collect_probes,
+    ping,
     timed_set_time,
 )
 from vmcrash.errors import AgentUnavailable, UsageError
@@ -164,7 +165,7 @@ def wait_for_agent(agent: ClockAgent, *, timeout_s: float = 60.0, first_delay_s:
         tries += 1
         remaining = deadline - monotonic()
         try:
-            agent.ping(timeout_s=max(1, min(2, math.ceil(remaining))))
+            ping(agent, timeout_s=max(1, min(2, math.ceil(remaining))))
             waited = monotonic() - start
             if tries > 1:
                 _domain_log(agent).info("guest agent answered after %.1f s (%d tries)", waited, tries)
