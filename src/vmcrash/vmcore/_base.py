@@ -95,6 +95,16 @@ class DumpReader(abc.ABC):
             self._cache.popitem(last=False)
         return page
 
+    def page_head(self, pfn: int, size: int) -> bytes:
+        """The first ``size`` bytes of the page at ``pfn`` (readers may decode only those)."""
+        page = self._cache.get(pfn)
+        if page is None:
+            page = self._load_page_head(pfn, size)
+        return page[:size]
+
+    def _load_page_head(self, pfn: int, size: int) -> bytes:
+        return self._load_page(pfn)
+
     def read_phys(self, paddr: int, size: int) -> bytes:
         """``size`` bytes of guest-physical memory at ``paddr``.
 

@@ -49,6 +49,7 @@ class Codec:
     flag: int
     compress: Callable[[bytes], bytes]
     _decompress: Callable[[bytes, int], bytes]
+    _head: Callable[[bytes, int], bytes] | None = None
 
     def decompress(self, data: bytes, out_bytes: int) -> bytes:
         """Decompress one page; :raises DumpFormatError: corrupt data or wrong output size."""
@@ -61,6 +62,19 @@ class Codec:
         if len(page) != out_bytes:
             raise DumpFormatError(f"{self.name}: page decompresses to {len(page)} bytes, not {out_bytes}")
         return page
+
+
+    def decompress_head(self, data: bytes, want: int, out_bytes: int) -> bytes:
+        """At least the first ``want`` bytes of a page (only those are decoded where the codec can).
+
+        :raises DumpFormatError: corrupt data.
+        """
+        if self._head is None:
+            return self.decompress(data, out_bytes)[:want]
+        try:
+            return self._head(data, want)
+        except Exception as exc:
+            raise DumpFormatError(f"{self.name}: corrupt compressed page ({type(exc).__name__})") from exc
 
 
 def _import(name: str) -> ModuleType | None:
@@ -78,7 +92,10 @@ def _zlib_codec() -> Codec:
             raise DumpFormatError("zlib: page data longer than a page")
         return page
 
-    return Codec("zlib", FLAG_ZLIB, lambda b: zlib.compress(b, 1), decompress)
+    def head(data: bytes, want: int) -> bytes:
+        return zlib.decompressobj().decompress(data, want)
+
+    return Codec("zlib", FLAG_ZLIB, lambda b: zlib.compress(b, 1), decompress, head)
 
 
 def _zstd_codec() -> Codec | None:
@@ -93,7 +110,7 @@ def _zstd_codec() -> Codec | None:
                 page = reader.read(out_bytes + 1)
             return bytes(page)
 
-        return Codec("zstd", FLAG_ZSTD, cctx.compress, decompress)
+        return Codec("zstd", FLAG_ZSTD, cctx.compress, decompress, decompress)
     return None
 
 

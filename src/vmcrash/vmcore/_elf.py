@@ -188,6 +188,12 @@ class ElfReader(DumpReader):
         if cur is not None:
             yield cur
 
+    def _load_page_head(self, pfn: int, size: int) -> bytes:
+        seg = self._segment(pfn * _PAGE)
+        if seg is not None and pfn * _PAGE + size <= seg.paddr + seg.file_size:
+            return self._f.read(seg.offset + pfn * _PAGE - seg.paddr, size)
+        return self._load_page(pfn)
+
     def _load_page(self, pfn: int) -> bytes:
         base = pfn * _PAGE
         if not self.page_present(pfn):

@@ -323,7 +323,8 @@ class KdumpReader(DumpReader):
             raise DumpFormatError(f"file is truncated: the last page's data ends at byte {d_off + d_size}, "
                                   f"file has {self._src.size_bytes}", path=self.path)
 
-    def _load_page(self, pfn: int) -> bytes:
+    def _locate(self, pfn: int) -> tuple[int, int, int] | bytes:
+        """(data offset, size, flags) of a dumped page, or the page itself when it is implicit."""
         ps = self.page_size_bytes
         if not self._bit(0, pfn):
             raise GuestMemoryError("physical page not in the dump", address=pfn * ps)
@@ -341,14 +342,30 @@ class KdumpReader(DumpReader):
             raise DumpFormatError(f"page descriptor of pfn {pfn:#x} is corrupt (offset {d_off}, "
                                   f"size {d_size})", path=self.path,
                                   offset=self.header.desc_offset + index * PAGE_DESC.size)
-        data = self._src.read(d_off, d_size)
+        return d_off, d_size, d_flags
+
+    def _load_page(self, pfn: int) -> bytes:
+        return self._decode(pfn, self.page_size_bytes)
+
+    def _load_page_head(self, pfn: int, size: int) -> bytes:
+        return self._decode(pfn, min(size, self.page_size_bytes))
+
+    def _decode(self, pfn: int, want: int) -> bytes:
+        ps = self.page_size_bytes
+        where = self._locate(pfn)
+        if isinstance(where, bytes):
+            return where
+        d_off, d_size, d_flags = where
         codec = codec_for_flags(d_flags)
         if codec is None:
             if d_size != ps:
                 raise DumpFormatError(f"raw page of pfn {pfn:#x} has {d_size} bytes, not {ps}",
                                       path=self.path, offset=d_off)
-            return data
+            return self._src.read(d_off, want)
+        data = self._src.read(d_off, d_size)
         try:
+            if want < ps:
+                return codec.decompress_head(data, want, ps)
             return codec.decompress(data, ps)
         except DumpFormatError as exc:
             raise DumpFormatError(f"pfn {pfn:#x}: {exc.message}", path=self.path, offset=d_off) from exc

@@ -1,0 +1,49 @@
+"""Crash triage from a guest dump alone (no debuginfo, no libvirt): readers, VMCOREINFO, kernel log.
+
+Public surface::
+
+    open_dump(path) -> Dump              # ELF, kdump, flattened kdump; by content; context manager
+    analyze(path, *, dmesg=False) -> Triage
+    has_vmcoreinfo(path) -> bool
+    convert_to_kdump(src, dst, *, codec="auto", progress=None, exclude_zero=True) -> ConvertResult
+    rearrange_flattened(src, dst) -> ConvertResult
+
+Everything reads the dump lazily and bounds every structure it takes from guest memory; errors
+are :class:`~vmcrash.errors.VmcrashError` subclasses only.
+"""
+
+from __future__ import annotations
+
+from ._kallsyms import Kallsyms, Symbol
+from ._notes import CpuState, Note
+from ._oops import Frame
+from ._open import FORMATS, Dump, open_dump
+from ._printk import PrintkRecord, for_each_record
+from ._triage import SCHEMA_VERSION, Triage, analyze, analyze_dump, has_vmcoreinfo
+from ._vmcoreinfo import VmcoreInfo, parse_vmcoreinfo
+from ._writer import ConvertResult, convert_to_kdump, rearrange_flattened
+from ._x86 import KernelMemory
+
+__all__ = [
+    "FORMATS",
+    "SCHEMA_VERSION",
+    "ConvertResult",
+    "CpuState",
+    "Dump",
+    "Frame",
+    "Kallsyms",
+    "KernelMemory",
+    "Note",
+    "PrintkRecord",
+    "Symbol",
+    "Triage",
+    "VmcoreInfo",
+    "analyze",
+    "analyze_dump",
+    "convert_to_kdump",
+    "for_each_record",
+    "has_vmcoreinfo",
+    "open_dump",
+    "parse_vmcoreinfo",
+    "rearrange_flattened",
+]
