@@ -105,6 +105,14 @@ class DumpReader(abc.ABC):
     def _load_page_head(self, pfn: int, size: int) -> bytes:
         return self._load_page(pfn)
 
+    def read_pages(self, pfn: int, count: int) -> list[bytes]:
+        """``count`` consecutive pages from ``pfn``, uncached (for sequential copies).
+
+        A page that cannot be read raises as :meth:`_load_page`. Readers may override this
+        with one large read.
+        """
+        return [self._load_page(p) for p in range(pfn, pfn + count)]
+
     def read_phys(self, paddr: int, size: int) -> bytes:
         """``size`` bytes of guest-physical memory at ``paddr``.
 

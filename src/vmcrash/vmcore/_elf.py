@@ -188,6 +188,14 @@ class ElfReader(DumpReader):
         if cur is not None:
             yield cur
 
+    def read_pages(self, pfn: int, count: int) -> list[bytes]:
+        base = pfn * _PAGE
+        seg = self._segment(base)
+        if seg is not None and base + count * _PAGE <= seg.paddr + seg.file_size:
+            data = self._f.read(seg.offset + base - seg.paddr, count * _PAGE)
+            return [data[i:i + _PAGE] for i in range(0, len(data), _PAGE)]
+        return super().read_pages(pfn, count)
+
     def _load_page_head(self, pfn: int, size: int) -> bytes:
         seg = self._segment(pfn * _PAGE)
         if seg is not None and pfn * _PAGE + size <= seg.paddr + seg.file_size:

@@ -147,7 +147,8 @@ class _State:
             return None
 
 
-def _uts(mem: KernelMemory, vi: VmcoreInfo) -> tuple[bytes, ...]:
+def read_utsname(mem: KernelMemory, vi: VmcoreInfo) -> tuple[bytes, ...]:
+    """``init_uts_ns``'s six utsname fields (sysname, nodename, release, version, machine, domain)."""
     base = vi.symbol("init_uts_ns")
     if "uts_namespace.name" in vi.offsets:
         candidates = [vi.offsets["uts_namespace.name"]]
@@ -233,7 +234,7 @@ def analyze_dump(dump: Dump, *, dmesg: bool = False, recover: bool = True) -> Tr
             out["kernel_release"] = _text(vi.osrelease)
         mem = st.attempt("address translation", KernelMemory, reader, vi)
     if mem is not None and vi is not None:
-        uts = st.attempt("host name (init_uts_ns)", _uts, mem, vi)
+        uts = st.attempt("host name (init_uts_ns)", read_utsname, mem, vi)
         if uts is not None:
             out["hostname"] = _text(uts[1])
             out["kernel_version"] = _text(uts[3]) or None
