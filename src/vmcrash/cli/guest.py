@@ -1,0 +1,49 @@
+"""``vmcrash guest audit|fix``: a thin click front end over :mod:`vmcrash.guest.cli` (no libvirt, no rich).
+
+Both front ends call the same :func:`~vmcrash.guest.cli.run_audit` / :func:`~vmcrash.guest.cli.run_fix`,
+so ``vmcrash guest ...`` and ``python3 -m vmcrash.guest ...`` print the same and exit the same.
+"""
+
+from __future__ import annotations
+
+import click
+
+from vmcrash.guest.cli import run_audit, run_fix
+
+__all__ = ["guest"]
+
+
+@click.group("guest")
+def guest() -> None:
+    """In-guest clock-ordering audit and fix (stdlib only; runs inside guests and on images)."""
+
+
+@guest.command("audit")
+@click.option("--root", default="/", show_default=True, help="Audit the system installed under this directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--unit", "units", multiple=True, metavar="UNIT", help="Audit only this service (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="Every edge chain.")
+@click.pass_context
+def audit(ctx: click.Context, root: str, as_json: bool, units: tuple[str, ...], verbose: bool) -> None:
+    """Report services that can start before time-sync.target.
+
+    Exit codes: 0 nothing found, 1 findings, 2 could not audit.
+    """
+    ctx.exit(run_audit(root, units, as_json=as_json, verbose=verbose))
+
+
+@guest.command("fix")
+@click.option("--root", default="/", show_default=True, help="Fix the system installed under this directory.")
+@click.option("--unit", "units", multiple=True, metavar="UNIT", help="Order this service after time-sync.target.")
+@click.option("--all-enabled", is_flag=True, help="Every boot service that can start before time-sync.target.")
+@click.option("--dry-run", is_flag=True, help="Print the diff, write nothing.")
+@click.option("--undo", is_flag=True, help="Remove exactly what earlier fixes wrote.")
+@click.pass_context
+def fix(ctx: click.Context, root: str, units: tuple[str, ...], all_enabled: bool, dry_run: bool, undo: bool) -> None:
+    """Order services after time-sync.target and make something hold it until the clock is right.
+
+    Exit codes: 0 done, 2 refused or bad input, 3 a write failed.
+    """
+    if units and all_enabled:
+        raise click.UsageError("--unit and --all-enabled exclude each other")
+    ctx.exit(run_fix(root, units, all_enabled=all_enabled, dry_run=dry_run, undo=undo))
