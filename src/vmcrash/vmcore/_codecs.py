@@ -55,7 +55,7 @@ class Codec:
         """Decompress one page; :raises DumpFormatError: corrupt data or wrong output size."""
         try:
             page = self._decompress(data, out_bytes)
-        except MissingCodec:
+        except (MissingCodec, DumpFormatError):
             raise
         except Exception as exc:  # each library has its own error types; all mean "corrupt page"
             raise DumpFormatError(f"{self.name}: corrupt compressed page ({type(exc).__name__})") from exc

@@ -93,7 +93,7 @@ def find_crash(lines: Sequence[str], *, window: int = 400) -> CrashReport:
     """
     panic = None
     for i in range(len(lines) - 1, -1, -1):
-        if PANIC_MARK in lines[i]:
+        if lines[i].lstrip().startswith(PANIC_MARK):  # not "---[ end Kernel panic ..."
             panic = i
             break
     anchor = panic if panic is not None else len(lines) - 1

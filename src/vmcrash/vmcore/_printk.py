@@ -234,7 +234,9 @@ def _prb_record(descs: bytes, infos: bytes, data: bytes, d: int, i: int, rid: in
         text = b""  # data-less record (text was dropped or empty)
     else:
         mask = data_size - 1
-        if begin >> size_bits == nxt >> size_bits:
+        if begin >> size_bits == nxt >> size_bits or ((begin >> size_bits) + 1 == nxt >> size_bits
+                                                       and nxt & mask == 0 and begin < nxt):
+            # a regular block (newer kernels let a block end exactly at the end of the ring)
             start, size = begin & mask, nxt - begin
         elif (begin >> size_bits) + 1 == nxt >> size_bits:
             start, size = 0, nxt & mask  # the block wrapped: it lives at the start of the ring

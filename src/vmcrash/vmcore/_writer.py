@@ -410,10 +410,11 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
                 part.save_checkpoint({"version": _CKPT_VERSION, "source": ident, "params": params,
                                       "state": dict(state)})
 
+            batch = max(1, min(_BATCH_PAGES, checkpoint_bytes // ps))
             for start, end in ranges:
                 pfn = max(start, state["next_pfn"])
                 while pfn < end:
-                    n = min(_BATCH_PAGES, end - pfn)
+                    n = min(batch, end - pfn)
                     try:
                         pages: list[bytes | None] = list(reader.read_pages(pfn, n))
                     except GuestMemoryError:

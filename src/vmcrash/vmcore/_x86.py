@@ -51,7 +51,7 @@ class KernelMemory:
         self.image_size = _DEFAULT_IMAGE_SIZE
         self.levels = 4
         self.sme_mask = 0
-        root = None
+        root: int | None = None
         if vi is not None:
             if "phys_base" in vi.numbers:
                 self.phys_base = vi.numbers["phys_base"] & MASK64
@@ -64,8 +64,8 @@ class KernelMemory:
                 root = self._image_phys(vi.symbols["init_top_pgt"])
         if root is None and cr3 is not None:
             root = cr3 & _ADDR_MASK & ~self.sme_mask
-        if root is None:
-            raise GuestMemoryError("no page-table root: VMCOREINFO lacks phys_base/init_top_pgt and no CR3")
+        if root is None and self.phys_base is None:
+            raise GuestMemoryError("no way to translate addresses: VMCOREINFO lacks phys_base and no CR3")
         self.root = root
         self._tlb: OrderedDict[int, int] = OrderedDict()
 
@@ -103,6 +103,9 @@ class KernelMemory:
         high = vaddr >> top_bit
         if high not in (0, (1 << (64 - top_bit)) - 1):
             raise GuestMemoryError("non-canonical kernel address", address=vaddr)
+        if self.root is None:
+            raise GuestMemoryError("address outside the kernel image and no page-table root "
+                                   "(VMCOREINFO lacks init_top_pgt)", address=vaddr)
         table = self.root
         shifts = (48, 39, 30, 21, 12) if self.levels == 5 else (39, 30, 21, 12)
         for shift in shifts:
