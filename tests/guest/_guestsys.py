@@ -1,0 +1,83 @@
+"""Literal miniature systemd systems for the guest tests (in memory; texts modelled on systemd 252's own).
+
+These are fakes for *pure logic* tests only; the same code is tested against the real Debian
+root built by debootstrap and against systemd itself on a booted guest (test_guest_rootfs.py,
+test_guest_boot_proof.py).
+"""
+
+from __future__ import annotations
+
+from vmcrash.guest.sources import Link, MemorySource
+
+LIB = "/lib/systemd/system"
+ETC = "/etc/systemd/system"
+
+#: The targets every test system has (short versions of systemd's own files).
+BASE: dict[str, str | bytes | Link] = {
+    f"{LIB}/default.target": Link("multi-user.target"),
+    f"{LIB}/multi-user.target": "[Unit]\nDescription=Multi-User System\nRequires=basic.target\n"
+                                "Conflicts=rescue.service rescue.target\nAfter=basic.target rescue.service\n",
+    f"{LIB}/basic.target": "[Unit]\nDescription=Basic System\nRequires=sysinit.target\n"
+                           "Wants=sockets.target timers.target\nAfter=sysinit.target sockets.target\n",
+    f"{LIB}/sysinit.target": "[Unit]\nDescription=System Initialization\nDefaultDependencies=no\n"
+                             "Wants=local-fs.target\nAfter=local-fs.target\n",
+    f"{LIB}/local-fs.target": "[Unit]\nDescription=Local File Systems\nDefaultDependencies=no\n",
+    f"{LIB}/sockets.target": "[Unit]\nDescription=Sockets\n",
+    f"{LIB}/timers.target": "[Unit]\nDescription=Timers\nDefaultDependencies=no\n",
+    f"{LIB}/shutdown.target": "[Unit]\nDescription=Shutdown\nDefaultDependencies=no\n",
+    f"{LIB}/network.target": "[Unit]\nDescription=Network\n",
+    f"{LIB}/time-set.target": "[Unit]\nDescription=System Time Set\n",
+    f"{LIB}/time-sync.target": "[Unit]\nDescription=System Time Synchronized\nRefuseManualStart=yes\n"
+                               "After=time-set.target\nWants=time-set.target\n",
+    f"{LIB}/systemd-journald.socket": "[Unit]\nDefaultDependencies=no\nBefore=sockets.target\n"
+                                      "[Socket]\nListenStream=/run/systemd/journal/stdout\n",
+}
+
+CHRONY = (
+    "[Unit]\nDescription=chrony\nConflicts=ntp.service\nWants=time-sync.target\nBefore=time-sync.target\n"
+    "After=network.target\n[Service]\nType=forking\nExecStart=!/usr/sbin/chronyd $DAEMON_OPTS\n"
+    "PrivateTmp=yes\n[Install]\nAlias=chronyd.service\nWantedBy=multi-user.target\n"
+)
+CHRONY_WAIT = (
+    "[Unit]\nDescription=Wait for chrony\nAfter=chronyd.service\nRequires=chronyd.service\n"
+    "Before=time-sync.target\nWants=time-sync.target\n[Service]\nType=oneshot\n"
+    "ExecStart=/usr/bin/chronyc -h 127.0.0.1,::1 waitsync 0 0.1 0.0 1\nRemainAfterExit=yes\n"
+    "[Install]\nWantedBy=multi-user.target\n"
+)
+SIMPLE = "[Unit]\nDescription={name}\n[Service]\nExecStart=/usr/bin/{name}\n[Install]\nWantedBy=multi-user.target\n"
+CHRONY_CONF = "confdir /etc/chrony/conf.d\npool 2.debian.pool.ntp.org iburst\nrtcsync\nmakestep 1 3\n"
+
+
+def system(extra: dict[str, str | bytes | Link] | None = None, *, chrony: bool = True,
+           services: tuple[str, ...] = ("web", "db")) -> dict[str, str | bytes | Link]:
+    """A miniature system: the base targets, chrony enabled (wait unit installed, not enabled), services."""
+    files: dict[str, str | bytes | Link] = dict(BASE)
+    if chrony:
+        files[f"{LIB}/chrony.service"] = CHRONY
+        files[f"{LIB}/chrony-wait.service"] = CHRONY_WAIT
+        files[f"{ETC}/chronyd.service"] = Link(f"{LIB}/chrony.service")
+        files[f"{ETC}/multi-user.target.wants/chrony.service"] = Link(f"{LIB}/chrony.service")
+        files["/etc/chrony/chrony.conf"] = CHRONY_CONF
+    for name in services:
+        files[f"{LIB}/{name}.service"] = SIMPLE.format(name=name)
+        files[f"{ETC}/multi-user.target.wants/{name}.service"] = Link(f"{LIB}/{name}.service")
+    files.update(extra or {})
+    return files
+
+
+def source(files: dict[str, str | bytes | Link]) -> MemorySource:
+    return MemorySource(files)
+
+
+def write_tree(root: object, files: dict[str, str | bytes | Link]) -> None:
+    """Materialise ``files`` under the directory ``root`` (a pathlib.Path) for on-disk tests."""
+    from pathlib import Path
+
+    base = Path(str(root))
+    for path, value in files.items():
+        target = base / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(value, Link):
+            target.symlink_to(value.target)
+        else:
+            target.write_bytes(value.encode() if isinstance(value, str) else value)
