@@ -64,7 +64,7 @@ def render_text(t: Triage, *, max_frames: int = 16, log_lines: list[str] | None 
 
 
 @click.command("analyze")
-@click.argument("dump", type=click.Path(dir_okay=False))
+@click.argument("dump", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (docs/analyze-json.md).")
 @click.option("--dmesg", is_flag=True, help="Also print the whole kernel log, as the console showed it.")
 @click.option("--tail", "tail", type=click.IntRange(min=0), default=None, metavar="N",
