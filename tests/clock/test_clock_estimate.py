@@ -12,6 +12,7 @@ from vmcrash.clock import (
     SyncResult,
     best_probes,
     estimate,
+    landing_ns,
     next_lead_ns,
     probe_offset_ns,
     probe_rtt_ns,
@@ -83,17 +84,24 @@ def test_within_is_inclusive_and_symmetric() -> None:
     assert not within(est, 4_999_999)
 
 
-def test_next_lead_learns_landing_delay() -> None:
+def test_landing_from_the_residual() -> None:
     # sent host_now + 0.5 ms, guest ended 1.5 ms behind: it landed 2.0 ms after the stamp
-    assert next_lead_ns(500_000, -1_500_000, 13_000_000) == 2_000_000
+    assert landing_ns(500_000, -1_500_000, 13_000_000) == 2_000_000
     # guest ended ahead: landed earlier than assumed
-    assert next_lead_ns(2_000_000, 300_000, 13_000_000) == 1_700_000
+    assert landing_ns(2_000_000, 300_000, 13_000_000) == 1_700_000
 
 
-def test_next_lead_is_clamped_to_the_set_round_trip() -> None:
-    assert next_lead_ns(500_000, 10_000_000, 13_000_000) == 0  # cannot land before sending
-    assert next_lead_ns(500_000, -60_000_000, 13_000_000) == 13_000_000  # nor after the reply
-    assert next_lead_ns(500_000, -1, -5) == 0
+def test_landing_is_clamped_to_the_set_round_trip() -> None:
+    assert landing_ns(500_000, 10_000_000, 13_000_000) == 0  # cannot land before sending
+    assert landing_ns(500_000, -60_000_000, 13_000_000) == 13_000_000  # nor after the reply
+    assert landing_ns(500_000, -1, -5) == 0
+
+
+def test_next_lead_is_the_median_of_prior_and_landings() -> None:
+    assert next_lead_ns(500_000, []) == 500_000
+    assert next_lead_ns(500_000, [6_500_000]) == 3_500_000  # one outlier moves it only halfway
+    assert next_lead_ns(500_000, [6_500_000, 900_000]) == 900_000  # and is outvoted by the next
+    assert next_lead_ns(500_000, [2_500_000, 2_500_000]) == 2_500_000  # a steady bias is followed
 
 
 def test_sync_result_to_dict_is_plain_json_data() -> None:

@@ -1,7 +1,8 @@
 """The measure/sync/wait loops against a simulated guest clock (pure logic; the lab tests use real guests).
 
 ``SimGuest`` models what the lab measured of qemu-ga: each agent leg takes ``leg_ns``; a
-``guest-set-time`` lands ``leg_ns + handler_ns`` after it is sent and is followed by ``hwclock -w``.
+``guest-set-time`` lands ``leg_ns + handler_ns`` after it is sent (handler 0.5 ms unless told)
+and is followed by ``hwclock -w``.
 The host clock is the simulation's own counter, so every expected number below is exact.
 """
 
@@ -27,10 +28,11 @@ class SimGuest:
         self.now = T0
         self.offset_ns = offset_ns
         self.leg_ns = leg_ns
-        self.handler_ns = list(handler_ns or [0])
+        self.handler_ns = list(handler_ns or [500_000])
         self.hwclock_ns = hwclock_ns
         self.hwclock = hwclock
         self.sets: list[int] = []
+        self.offsets_after_set: list[int] = []
 
     def clock(self) -> int:
         return self.now
@@ -49,6 +51,7 @@ class SimGuest:
             self.now += handler
             self.offset_ns = arguments["time"] - self.now
             self.sets.append(arguments["time"])
+            self.offsets_after_set.append(self.offset_ns)
             self.now += self.hwclock_ns
             reply = '{"return": {}}'
         else:
@@ -65,27 +68,39 @@ def test_measure_reads_the_simulated_offset() -> None:
     assert est.probes_used == 4
 
 
-def test_sync_with_symmetric_legs_lands_exactly_in_one_set() -> None:
+def test_sync_with_the_measured_handler_delay_lands_exactly_in_one_set() -> None:
     guest = SimGuest(-15_000_000_000)
     res = sync(guest, clock_ns=guest.clock)
     assert res.ok and res.attempts == 1
     assert res.before.offset_ns == -15_000_000_000
     assert res.after.offset_ns == 0 == guest.offset_ns
-    assert res.lead_ns == 500_000  # half the get-time round trip
-    assert res.set_rtt_ns == 11_000_000
+    assert res.lead_ns == 1_000_000  # half the get-time round trip + the handler allowance
+    assert res.set_rtt_ns == 11_500_000  # two legs, handler, hwclock
 
 
 def test_sync_learns_a_slow_handler() -> None:
-    # The first set lands 2.5 ms after sending (0.5 ms leg + 2 ms handler): 2 ms behind, then learned.
+    # Every set lands 2.5 ms after sending (0.5 ms leg + 2 ms handler) while the prior says 1.0 ms.
     guest = SimGuest(-3_000_000_000, handler_ns=[2_000_000])
-    res = sync(guest, target_ns=1_000_000, clock_ns=guest.clock)
-    assert res.attempts == 2 and res.ok
+    res = sync(guest, target_ns=500_000, clock_ns=guest.clock)
+    # leads: 1.0 ms (prior) -> median(1.0, 2.5) = 1.75 ms -> median(1.0, 2.5, 2.5) = 2.5 ms
+    assert guest.offsets_after_set == [-1_500_000, -750_000, 0]
+    assert res.attempts == 3 and res.ok
     assert res.lead_ns == 2_500_000
     assert res.after.offset_ns == 0
     # with the default 5 ms target the first set is good enough
     guest = SimGuest(-3_000_000_000, handler_ns=[2_000_000])
     res = sync(guest, clock_ns=guest.clock)
-    assert res.attempts == 1 and res.ok and res.after.offset_ns == -2_000_000
+    assert res.attempts == 1 and res.ok and res.after.offset_ns == -1_500_000
+
+
+def test_sync_is_not_thrown_by_one_late_landing() -> None:
+    # The first set lands 6 ms late (host contention), later ones 0.9 ms: the median keeps the second
+    # attempt close, where chasing the last landing would overshoot by 5.6 ms.
+    guest = SimGuest(-2_000_000_000, handler_ns=[6_000_000, 400_000])
+    res = sync(guest, target_ns=1_000_000, clock_ns=guest.clock)
+    assert res.ok and res.attempts == 3 and res.after.offset_ns == 100_000
+    # leads 1.0 ms (prior), median(1.0, 6.5) = 3.75 ms, median(1.0, 6.5, 0.9) = 1.0 ms
+    assert guest.offsets_after_set == [-5_500_000, 2_850_000, 100_000]
 
 
 def test_sync_does_nothing_within_target() -> None:

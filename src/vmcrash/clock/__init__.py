@@ -6,7 +6,7 @@ back with its clock behind by the freeze. :func:`measure` estimates the offset f
 where the set lands inside the round trip, and re-measures until within target;
 :func:`wait_for_agent` waits (bounded) for the agent after a resume or reboot.
 
-The arithmetic is pure (:func:`estimate`, :func:`next_lead_ns` over :class:`Probe` tuples); the
+The arithmetic is pure (:func:`estimate`, :func:`landing_ns`, :func:`next_lead_ns` over :class:`Probe` tuples); the
 agent boundary that validates untrusted replies is in ``_transport``. All calls block: the daemon
 runs them in worker threads.
 """
@@ -17,6 +17,7 @@ from vmcrash.clock._estimate import (
     SyncResult,
     best_probes,
     estimate,
+    landing_ns,
     next_lead_ns,
     probe_offset_ns,
     probe_rtt_ns,
@@ -44,6 +45,7 @@ __all__ = [
     "agent_not_configured",
     "best_probes",
     "estimate",
+    "landing_ns",
     "measure",
     "next_lead_ns",
     "probe_offset_ns",
