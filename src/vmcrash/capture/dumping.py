@@ -181,6 +181,7 @@ class _StreamConsumer:
         self.threads = threads
         self.error: BaseException | None = None
         self.opened = threading.Event()
+        self.aborted = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"dump-stream:{fifo.name}", daemon=True)
 
     @property
@@ -208,7 +209,13 @@ class _StreamConsumer:
         except BaseException as exc:  # reported to the caller through .error
             self.error = exc
 
+    def abort(self) -> None:
+        """Stop consuming: the reader closes the FIFO and QEMU's next write fails (EPIPE)."""
+        self.aborted.set()
+
     def _check_limit(self, n: int) -> None:
+        if self.aborted.is_set():
+            raise StorageError("dump aborted")
         if self.writer.offset + n > self.limit_bytes:
             raise StorageError(f"dump stream exceeds the expected {self.limit_bytes} bytes; aborted")
 
@@ -242,6 +249,8 @@ class _StreamConsumer:
         try:
             while n := _read_full(fd, buf):
                 total += n
+                if self.aborted.is_set():
+                    raise StorageError("dump aborted")
                 if total > self.limit_bytes:
                     raise StorageError(f"dump stream exceeds the expected {self.limit_bytes} bytes; aborted")
                 q.put(bytes(buf[:n]))
@@ -333,14 +342,18 @@ def take_dump(dom: libvirt.virDomain, target: Path, fmt: str, *, mode: str = "st
                 return 0
 
         aborted = False
+        tried_abort = False
         while not done.wait(poll_s):
-            if abort is not None and abort.is_set() and not aborted:
+            if abort is not None and abort.is_set() and not aborted and not tried_abort:
+                tried_abort = True
                 aborted = True
-                log.warning("%s: aborting dump", name)
-                try:
-                    dom.abortJob()
-                except libvirt.libvirtError as exc:
-                    log.warning("%s: abortJob: %s", name, exc)
+                if consumer is not None:
+                    log.warning("%s: aborting dump (closing the stream)", name)
+                    consumer.abort()
+                else:
+                    # libvirt cannot abort a memory-only dump job; a direct dump runs to its end.
+                    log.warning("%s: a direct memory-only dump cannot be aborted; finishing it", name)
+                    aborted = False
             if progress is not None:
                 sample = _job_progress(dom, t0, written)
                 if sample is not None:
@@ -353,11 +366,10 @@ def take_dump(dom: libvirt.virDomain, target: Path, fmt: str, *, mode: str = "st
         stats.ended_ns = time.time_ns()
         stats.seconds = time.monotonic() - t0
         err = result["error"]
+        if aborted and consumer is not None and consumer.aborted.is_set():
+            raise LibvirtRefused("dump aborted (daemon stopping)", domain=name) from err
         if isinstance(err, libvirt.libvirtError):
-            mapped = translate(err, domain=name)
-            if aborted:
-                raise LibvirtRefused("dump aborted", domain=name) from err
-            raise mapped from err
+            raise translate(err, domain=name) from err
         if err is not None:
             raise err
         if consumer is not None:

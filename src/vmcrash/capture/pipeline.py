@@ -285,8 +285,7 @@ class CrashHandler:
         target = staged or names.partial
         planned = {"final": str(names.final), "partial": str(names.partial), "sidecar": str(names.sidecar),
                    "target": str(target)}
-        self.catalog.update(crash_id, state="dumping", dump_temp_path=str(target), dump_format=policy.format,
-                            dump_started_ns=time.time_ns(), capture={"planned": planned})
+        self.catalog.update(crash_id, state="detected", capture={"planned": planned})
         mode = self.cfg.staging.mode
         last_log = [0.0]
 
@@ -299,6 +298,8 @@ class CrashHandler:
                           p.total_bytes >> 20, p.elapsed_s)
 
         self.dump_slots.acquire()
+        self.catalog.update(crash_id, state="dumping", dump_temp_path=str(target), dump_format=policy.format,
+                            dump_started_ns=time.time_ns())
         with self._count_lock:
             self.active_dumps += 1
             self.max_active_dumps = max(self.max_active_dumps, self.active_dumps)

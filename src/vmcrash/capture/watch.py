@@ -153,6 +153,9 @@ class Watcher:
                     await self._consume()
                 except LibvirtUnavailable as exc:
                     log.warning("lost libvirt during reconcile: %s", exc)
+                except VmcrashError as exc:
+                    log.error("reconcile failed: %s; reconnecting", exc)
+                    await self._sleep(backoff)
                 if self.stop_requested.is_set():
                     # Keep the connection: running handlers need it to recover their guests.
                     await self._drain_handlers()
@@ -343,11 +346,12 @@ class Watcher:
 
     async def _sweep_once(self) -> None:
         hv = self._current_hv()
-        infos = await self._in_thread(lambda: [(d, hv.info(d)) for d in hv.domains() if d.isActive()])
-        for dom, info in infos:
+        infos = await self._in_thread(self._all_infos, hv)
+        for info in infos:
             if info.state != "running" or not self._watched(info.name) or info.uuid in self.active:
                 continue
             try:
+                dom = hv.lookup(info.uuid)
                 offset_ms = await self._in_thread(_measure_ms, dom)
             except VmcrashError as exc:
                 log.debug("%s: sweep skipped: %s", info.name, exc)
@@ -367,7 +371,7 @@ class Watcher:
 
     async def _reconcile(self) -> None:
         hv = self._current_hv()
-        infos: list[DomainInfo] = await self._in_thread(lambda: [hv.info(d) for d in hv.domains()])
+        infos: list[DomainInfo] = await self._in_thread(self._all_infos, hv)
         by_uuid = {i.uuid: i for i in infos}
         covered: set[str] = set()
         for row in self.catalog.unfinished():
@@ -396,6 +400,20 @@ class Watcher:
                 continue  # this very panic was handled (e.g. preserved) already
             log.warning("%s: found %s by a panic at start-up; handling it", info.name, info.state)
             self.submit(PanicReport(info.name, info.uuid, time.time_ns(), "reconcile"))
+        log.info("reconciled: %d domains, %d being handled", len(infos), len(self.active))
+
+    @staticmethod
+    def _all_infos(hv: Hypervisor) -> list[DomainInfo]:
+        """Every domain's info; domains that vanish meanwhile are skipped."""
+        out = []
+        for dom in hv.domains():
+            try:
+                out.append(hv.info(dom))
+            except LibvirtUnavailable:
+                raise
+            except VmcrashError:
+                continue
+        return out
 
     def _wait_no_job(self, uuid: str, timeout_s: float = 600.0) -> None:
         """A killed daemon may leave libvirt still writing a direct dump: wait for that job to end."""

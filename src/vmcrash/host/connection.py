@@ -120,15 +120,23 @@ class Hypervisor:
 
     def __init__(self, uri: str = DEFAULT_URI, *, read_only: bool = False) -> None:
         self.uri = uri
+        self.read_only = read_only
+        self.conn = self._open()
+
+    def _open(self) -> libvirt.virConnect:
+        uri, read_only = self.uri, self.read_only
         try:
-            self.conn: libvirt.virConnect = (
-                libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
-            )
+            return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
         except libvirt.libvirtError as exc:
             raise LibvirtUnavailable(
                 f"cannot connect to libvirt ({exc.get_error_message()}); is libvirtd running?",
                 uri=uri,
             ) from exc
+
+    def reconnect(self) -> None:
+        """Replace a dead connection with a new one (domain handles from the old one are stale)."""
+        self.close()
+        self.conn = self._open()
 
     def close(self) -> None:
         """Close the connection; errors on an already-dead connection are ignored."""

@@ -89,7 +89,8 @@ class GuestSpec:
         words = ["console=ttyS0", "panic=0", "ignore_loglevel", "printk.time=1"]
         if self.fill_mb:
             words.append(f"fill_mb={int(self.fill_mb)}")
-        words.append(f"vmcrash.agent={self.agent_mode if self.agent else 'none'}")
+        # The init starts the agent whenever the channel exists (so `doctor --fix` adding it works).
+        words.append(f"vmcrash.agent={self.agent_mode}")
         if not self.hwclock:
             words.append("vmcrash.hwclock=0")
         if self.hostname:

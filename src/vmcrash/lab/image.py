@@ -71,7 +71,12 @@ if [ "$fill" -gt 0 ] 2>/dev/null; then
   echo "vmcrash-lab: filled $fill MiB"
 fi
 port=""
-if [ "$agent" != none ]; then
+# Wait for the agent port only if there is a virtio console device (device id 3) at all.
+has_console=""
+for f in /sys/bus/virtio/devices/*/device; do
+  [ -r "$f" ] && [ "$(cat "$f")" = 0x0003 ] && has_console=1
+done
+if [ "$agent" != none ] && [ -n "$has_console" ]; then
   i=0
   while [ -z "$port" ] && [ $i -lt 600 ]; do
     for d in /sys/class/virtio-ports/vport*; do
