@@ -162,6 +162,10 @@ class Config:
     def min_free_bytes(self) -> int:
         return self.min_free_mb * 1024 * 1024
 
+    def has_exact(self, name: str) -> bool:
+        """True when a policy table is keyed by exactly ``name`` (not a glob)."""
+        return any(pattern == name for pattern, _ in self.domains)
+
     def policy_for(self, name: str) -> DomainPolicy:
         """The merged policy for domain ``name``: defaults, matching globs in order, exact name."""
         policy = DomainPolicy()

@@ -101,7 +101,8 @@ def test_selftest_json_reports_each_step_with_durations() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert report["result"] == "PASS"
     names = [s["name"] for s in report["steps"]]
-    for required in ("boot", "agent", "crash", "panic-event"):
+    for required in ("boot", "agent", "crash", "panic-event", "dump-written", "guest-recovered",
+                     "clock-corrected", "panic-identified", "catalogue-entry"):
         assert required in names
     for step in report["steps"]:
         assert step["status"] == "ok"
@@ -109,6 +110,9 @@ def test_selftest_json_reports_each_step_with_durations() -> None:
     event = next(s for s in report["steps"] if s["name"] == "panic-event")
     assert event["data"]["event"] == "crashed" and event["data"]["detail"] == "panicked"
     assert report["domain"] not in _virsh("list", "--all", "--name").split()
+    # the dump the selftest wrote is gone with its throwaway work dir
+    dump = next(s for s in report["steps"] if s["name"] == "dump-written")["data"]["path"]
+    assert not Path(dump).exists()
 
 
 def test_kvm_probe_verdict_is_remembered(hv, lab_image) -> None:

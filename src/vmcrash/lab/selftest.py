@@ -145,12 +145,172 @@ def step_panic_event(run: SelftestRun) -> tuple[str, dict[str, Any]]:
                                "latency_s": latency_s})
 
 
-#: The steps, in order. Later capabilities append theirs.
+def step_watch(run: SelftestRun) -> tuple[str, dict[str, Any]]:
+    """Start the capture daemon (in-process, the real :class:`~vmcrash.capture.watch.Watcher`),
+    watching only the throwaway guest, with its own dump dir and catalogue."""
+    import json as _json
+    import tempfile
+    from pathlib import Path
+
+    from vmcrash.capture.watch import Runstate, Watcher
+    from vmcrash.config import parse_config
+    from vmcrash.host import aio
+
+    base = Path("/var/lib/vmcrash/selftest")
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    import shutil
+
+    shm = Path("/dev/shm") / f"vmcrash-selftest-{work.name}"
+    shm.mkdir(mode=0o700)
+    run.cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    run.cleanups.append(lambda: shutil.rmtree(shm, ignore_errors=True))
+    doc = {
+        "libvirt_uri": run.options.uri,
+        "dump_dir": str(work / "dumps"),
+        "catalog": str(work / "catalog.sqlite"),
+        "min_free_mb": 64,
+        "clock": {"sweep_interval_s": 0, "agent_wait_s": 120},
+        # its own staging dir: never touch the files of a production daemon on this host
+        "staging": {"tmpfs_dir": str(Path("/dev/shm") / f"vmcrash-selftest-{work.name}")},
+        "domains": {"*": {"watch": False}, run.guest.name: {"watch": True, "recovery": "restart"}},
+    }
+    cfg = parse_config(_json.loads(_json.dumps(doc)))
+    watcher = Watcher(cfg)
+    fut = aio.submit(watcher.run())
+
+    def stop() -> None:
+        watcher.request_stop()
+        fut.result(timeout=120)
+
+    run.cleanups.append(stop)
+    deadline = time.monotonic() + 30
+    while watcher.state != Runstate.RUNNING or not watcher.connections:
+        if fut.done():
+            fut.result()
+        if time.monotonic() > deadline:
+            raise VmcrashError("the daemon did not reach its running state within 30 s")
+        time.sleep(0.05)
+    run.data["watcher"] = watcher
+    run.data["work"] = work
+    return f"vmcrash watch running (dumps in {work / 'dumps'})", {"dump_dir": str(work / "dumps")}
+
+
+def _crash_row(run: SelftestRun, timeout_s: float = 300.0) -> Any:
+    """The catalogue row of this run's panic once its handling is finished."""
+    row = run.data.get("row")
+    if row is not None:
+        return row
+    watcher = run.data["watcher"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = watcher.catalog.crashes(domain=run.guest.name)
+        if rows and rows[0].state in ("done", "failed") and run.guest.name not in watcher.active \
+                and rows[0].uuid not in watcher.active:
+            run.data["row"] = rows[0]
+            return rows[0]
+        if time.monotonic() > deadline:
+            raise VmcrashError(f"the panic was not handled within {timeout_s:.0f} s "
+                               f"(rows: {[(r.id, r.state) for r in rows]})")
+        time.sleep(0.1)
+
+
+def step_dump_written(run: SelftestRun) -> tuple[str, dict[str, Any]]:
+    """The dump file exists under its final name, 0600, a valid ELF core of the guest's size, with sidecar."""
+    import json as _json
+    import stat
+    from pathlib import Path
+
+    row = _crash_row(run)
+    if not row.dump_path:
+        raise VmcrashError(f"no dump: {row.skip_reason or row.error}")
+    path = Path(row.dump_path)
+    st = path.stat()
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if head[:4] != b"\x7fELF" or head[16:18] != b"\x04\x00":
+        raise VmcrashError(f"{path} is not an ELF core file")
+    if stat.S_IMODE(st.st_mode) != 0o600:
+        raise VmcrashError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}, not 600")
+    if st.st_size < run.options.memory_mib * 1024 * 1024:
+        raise VmcrashError(f"{path} is smaller than the guest's memory")
+    side = _json.loads(Path(row.sidecar_path).read_text())
+    cap = row.capture or {}
+    return (f"{path.name}: {st.st_size >> 20} MiB, {st.st_blocks * 512 >> 20} MiB on disk, "
+            f"{cap.get('seconds', 0):.2f} s ({cap.get('mode')}), sha256 {side['sha256'][:12]}…",
+            {"path": str(path), "size_bytes": st.st_size, "allocated_bytes": st.st_blocks * 512,
+             "dump_s": cap.get("seconds")})
+
+
+def step_guest_recovered(run: SelftestRun) -> tuple[str, dict[str, Any]]:
+    """libvirt reports the guest running again, and its console shows a second boot."""
+    row = _crash_row(run)
+    state, _ = run.guest.state()
+    if state != "running":
+        raise VmcrashError(f"guest is {state} after recovery {row.recovery_action}")
+    first = run.guest.serial_bytes().find(b"vmcrash-lab: ready")
+    run.guest.wait_serial("vmcrash-lab: ready", 180, after=first + 1)
+    return (f"{row.recovery_action}: running again {row.freeze_s:.2f} s after the panic, booted again",
+            {"recovery": row.recovery_action, "freeze_s": row.freeze_s})
+
+
+def step_clock_corrected(run: SelftestRun) -> tuple[str, dict[str, Any]]:
+    """The daemon corrected the guest clock; an independent measurement confirms the residual error."""
+    from vmcrash import clock
+
+    row = _crash_row(run)
+    c = row.clock or {}
+    if not c.get("synced"):
+        raise VmcrashError(f"clock not corrected: {c.get('error') or 'no clock record'}")
+    est = clock.measure(run.guest.agent(), probes=8)
+    error_ms = est.offset_ns / 1e6
+    if abs(error_ms) > 20:
+        raise VmcrashError(f"guest clock still {error_ms:+.1f} ms off after correction")
+    return (f"{c['before_ms']:+.1f} ms -> {c['after_ms']:+.1f} ms; measured now {error_ms:+.2f} ms "
+            f"(rtt {est.rtt_ns / 1e6:.2f} ms)", {"before_ms": c["before_ms"], "after_ms": c["after_ms"],
+                                                  "measured_ms": error_ms})
+
+
+def step_panic_identified(run: SelftestRun) -> tuple[str, dict[str, Any]]:
+    """Triage of the dump names the same panic the guest printed on its serial console."""
+    import re
+
+    row = _crash_row(run)
+    t = row.triage or {}
+    panic = t.get("panic_line")
+    if not panic:
+        raise VmcrashError(f"triage found no panic line ({'; '.join(t.get('problems') or []) or 'no triage'})")
+    console = [re.sub(r"^\[\s*[\d.]+\]\s*", "", ln).strip() for ln in run.guest.serial_text().splitlines()
+               if "Kernel panic - not syncing" in ln]
+    core = re.sub(r"^\[\s*[\d.]+\]\s*", "", panic).strip()
+    if core not in console:
+        raise VmcrashError(f"triage says {core!r}, the console says {console[:1]!r}")
+    return f"{core} (RIP {t.get('rip_symbol')})", {"panic_line": core, "rip_symbol": t.get("rip_symbol")}
+
+
+def step_catalogue_entry(run: SelftestRun) -> tuple[str, dict[str, Any]]:
+    """The catalogue row is complete: event, dump, freeze, recovery, clock, triage."""
+    row = _crash_row(run)
+    missing = [k for k in ("dump_path", "dump_sha256", "sidecar_path", "freeze_s", "recovery_result", "clock",
+                           "triage") if getattr(row, k) in (None, "")]
+    if row.state != "done" or missing:
+        raise VmcrashError(f"crash #{row.id} is {row.state}; missing {', '.join(missing) or '-'}")
+    return f"crash #{row.id}: {row.state}, source {row.source}, {len(run.data['watcher'].catalog.events(row.id))} " \
+           f"log entries", {"crash_id": row.id}
+
+
+#: The steps, in order. Capabilities add theirs.
 STEPS: list[tuple[str, StepFn]] = [
     ("boot", step_boot),
     ("agent", step_agent),
+    ("watch", step_watch),
     ("crash", step_crash),
     ("panic-event", step_panic_event),
+    ("dump-written", step_dump_written),
+    ("guest-recovered", step_guest_recovered),
+    ("clock-corrected", step_clock_corrected),
+    ("panic-identified", step_panic_identified),
+    ("catalogue-entry", step_catalogue_entry),
 ]
 
 
