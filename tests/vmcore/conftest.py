@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-
 CONSOLE_LINE = re.compile(r"^\[\s*\d+\.\d{6}\] ")
 
 

@@ -72,7 +72,7 @@ def build(absolute_percpu: bool):
             offs.append(addr if addr < 1 << 31 else rel - 1 - addr)
         else:
             offs.append((addr - rel) & 0xFFFFFFFF if addr >= rel else 0)
-    fmt = "<%di" % len(offs) if absolute_percpu else "<%dI" % len(offs)
+    fmt = f"<{len(offs)}i" if absolute_percpu else f"<{len(offs)}I"
     return decode_kallsyms(names, struct.pack(fmt, *offs), len(SYMS), rel, table, index)
 
 
@@ -99,7 +99,7 @@ def test_addresses_of() -> None:
 def test_inconsistent_tables() -> None:
     table, index = tables()
     names = names_blob([encode(n) for n, _ in SYMS])
-    offs = struct.pack("<%di" % len(SYMS), *range(len(SYMS)))
+    offs = struct.pack(f"<{len(SYMS)}i", *range(len(SYMS)))
     with pytest.raises(GuestMemoryError, match="kallsyms_names"):
         decode_kallsyms(names[:20], offs, len(SYMS), BASE, table, index)
     with pytest.raises(GuestMemoryError, match="not plausible"):

@@ -174,9 +174,9 @@ def test_flattened_truncated_or_bad_records(tmp_path: Path) -> None:
         open_dump(write(tmp_path, "t", flat[:-100]))
     bad = bytearray(flat)
     struct.pack_into(">qq", bad, 4096, 0, 1 << 40)  # first record claims a terabyte
-    with pytest.raises(DumpFormatError, match="record with offset 0 and size"):
-        with open_dump(write(tmp_path, "b", bytes(bad))) as d:
-            d.reader.read_page(0)
+    with pytest.raises(DumpFormatError, match="record with offset 0 and size"), \
+            open_dump(write(tmp_path, "b", bytes(bad))) as d:
+        d.reader.read_page(0)
     with pytest.raises(DumpFormatError, match="type"):
         open_dump(write(tmp_path, "v", flat[:16] + struct.pack(">q", 2) + flat[24:]))
 

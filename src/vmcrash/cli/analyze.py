@@ -10,7 +10,8 @@ import json
 
 import click
 
-from vmcrash.vmcore import Triage, analyze as analyze_dump_file
+from vmcrash.vmcore import Triage
+from vmcrash.vmcore import analyze as analyze_dump_file
 
 __all__ = ["analyze", "render_text"]
 

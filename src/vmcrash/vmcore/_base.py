@@ -9,12 +9,13 @@ from __future__ import annotations
 import abc
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Self
 
 from vmcrash.errors import GuestMemoryError
 
 from ._notes import Note
 
-__all__ = ["DumpReader", "MAX_PHYS_READ_BYTES", "PAGE_CACHE_PAGES"]
+__all__ = ["MAX_PHYS_READ_BYTES", "PAGE_CACHE_PAGES", "DumpReader"]
 
 #: One physical read may span at most this many bytes (the analysis never needs more at once).
 MAX_PHYS_READ_BYTES = 16 << 20
@@ -72,7 +73,7 @@ class DumpReader(abc.ABC):
     def file_size_bytes(self) -> int:
         """Size of the dump file on disk."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release the file."""
 
     def page_excluded(self, pfn: int) -> bool:
@@ -138,7 +139,7 @@ class DumpReader(abc.ABC):
         """How many pages :meth:`present_ranges` covers."""
         return sum(end - start for start, end in self.present_ranges())
 
-    def __enter__(self) -> DumpReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

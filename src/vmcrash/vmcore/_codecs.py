@@ -17,15 +17,15 @@ from types import ModuleType
 from vmcrash.errors import DumpFormatError, MissingCodec
 
 __all__ = [
-    "FLAG_ZLIB",
+    "CODEC_FLAGS",
     "FLAG_LZO",
     "FLAG_SNAPPY",
+    "FLAG_ZLIB",
     "FLAG_ZSTD",
-    "CODEC_FLAGS",
     "Codec",
+    "available_codecs",
     "codec_for_flags",
     "get_codec",
-    "available_codecs",
 ]
 
 # page_desc.flags and disk_dump_header.status bits (makedumpfile's diskdump_mod.h).

@@ -9,6 +9,7 @@ file (holes where pages are zero) reads exactly like the full one.
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ._base import DumpReader
 from ._io import DumpFile, unpack_from
 from ._notes import MAX_NOTES_BYTES, Note, iter_notes
 
-__all__ = ["ElfReader", "ELF_MAGIC", "LoadSegment", "parse_elf_headers"]
+__all__ = ["ELF_MAGIC", "ElfReader", "LoadSegment", "parse_elf_headers"]
 
 ELF_MAGIC = b"\x7fELF"
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -107,7 +108,7 @@ def parse_elf_headers(f: DumpFile) -> ElfLayout:
             if p_memsz:
                 loads.append(LoadSegment(p_paddr, p_memsz, p_filesz, p_offset))
     loads.sort(key=lambda s: s.paddr)
-    for a, b in zip(loads, loads[1:], strict=False):
+    for a, b in itertools.pairwise(loads):
         if b.paddr < a.paddr + a.mem_size:
             raise DumpFormatError(f"PT_LOAD segments overlap at {b.paddr:#x}", path=path)
     return ElfLayout(machine=machine, loads=tuple(loads), notes=tuple(notes))

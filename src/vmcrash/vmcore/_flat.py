@@ -21,7 +21,7 @@ from vmcrash.errors import DumpFormatError
 
 from ._io import DumpFile
 
-__all__ = ["FlattenedSource", "FLAT_SIGNATURE", "FLAT_HEADER_BYTES", "FLAT_END", "iter_flat_records"]
+__all__ = ["FLAT_END", "FLAT_HEADER_BYTES", "FLAT_SIGNATURE", "FlattenedSource", "iter_flat_records"]
 
 FLAT_SIGNATURE = b"makedumpfile"
 FLAT_HEADER_BYTES = 4096

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from vmcrash.errors import DumpFormatError, StorageError
 
-__all__ = ["ByteSource", "DumpFile", "unpack_from", "MAX_SINGLE_READ_BYTES"]
+__all__ = ["MAX_SINGLE_READ_BYTES", "ByteSource", "DumpFile", "unpack_from"]
 
 #: No single read asked of a dump file may exceed this (a hostile size field cannot make us
 #: allocate more); real structures are far smaller (notes, bitmaps chunks, page data).
@@ -107,7 +107,7 @@ class DumpFile:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> DumpFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

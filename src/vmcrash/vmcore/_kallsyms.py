@@ -26,7 +26,7 @@ from vmcrash.errors import GuestMemoryError
 from ._vmcoreinfo import VmcoreInfo
 from ._x86 import MASK64, KernelMemory
 
-__all__ = ["Kallsyms", "Symbol", "decode_kallsyms", "REQUIRED_SYMBOLS"]
+__all__ = ["REQUIRED_SYMBOLS", "Kallsyms", "Symbol", "decode_kallsyms"]
 
 REQUIRED_SYMBOLS = ("kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table",
                     "kallsyms_token_index", "kallsyms_offsets", "kallsyms_relative_base")

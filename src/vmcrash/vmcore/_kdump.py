@@ -30,14 +30,14 @@ from ._notes import MAX_NOTES_BYTES, Note, iter_notes
 from ._vmcoreinfo import MAX_VMCOREINFO_BYTES
 
 __all__ = [
-    "KdumpReader",
-    "KdumpHeader",
-    "KDUMP_SIGNATURE",
     "DISK_DUMP_HEADER",
-    "SUB_HEADER",
-    "PAGE_DESC",
-    "parse_kdump_header",
     "DUMP_DH_COMPRESSED_INCOMPLETE",
+    "KDUMP_SIGNATURE",
+    "PAGE_DESC",
+    "SUB_HEADER",
+    "KdumpHeader",
+    "KdumpReader",
+    "parse_kdump_header",
 ]
 
 KDUMP_SIGNATURE = b"KDUMP   "
@@ -180,7 +180,8 @@ class KdumpReader(DumpReader):
 
     @property
     def file_size_bytes(self) -> int:
-        return int(getattr(self._src, "file_size_bytes", self._src.size_bytes))
+        on_disk = getattr(self._src, "file_size_bytes", None)  # a flattened view knows its file's size
+        return int(on_disk if on_disk is not None else self._src.size_bytes)
 
     def close(self) -> None:
         close = getattr(self._src, "close", None)

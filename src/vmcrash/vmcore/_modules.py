@@ -21,7 +21,7 @@ from vmcrash.errors import GuestMemoryError
 from ._kallsyms import Symbol
 from ._x86 import KernelMemory
 
-__all__ = ["module_symbol", "MODULES_VADDR", "MODULES_END"]
+__all__ = ["MODULES_END", "MODULES_VADDR", "module_symbol"]
 
 MODULES_VADDR = 0xFFFFFFFFC0000000
 MODULES_END = 0xFFFFFFFFFF000000

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from vmcrash.errors import DumpFormatError
 
 __all__ = [
-    "Note",
-    "CpuState",
-    "iter_notes",
-    "cpu_states",
-    "NT_PRSTATUS",
     "MAX_NOTES",
     "MAX_NOTES_BYTES",
+    "NT_PRSTATUS",
+    "CpuState",
+    "Note",
+    "cpu_states",
+    "iter_notes",
 ]
 
 NT_PRSTATUS = 1

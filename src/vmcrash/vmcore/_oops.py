@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Frame", "CrashReport", "find_crash", "parse_frame", "PANIC_MARK"]
+__all__ = ["PANIC_MARK", "CrashReport", "Frame", "find_crash", "parse_frame"]
 
 PANIC_MARK = "Kernel panic - not syncing: "
 _TRIGGERS = re.compile(

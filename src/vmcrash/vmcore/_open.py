@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Self
 
 from vmcrash.errors import DumpFormatError, VmcrashError
 
@@ -16,7 +17,7 @@ from ._kdump import KDUMP_SIGNATURE, KdumpReader
 from ._notes import CpuState, Note, cpu_states
 from ._vmcoreinfo import VmcoreInfo, parse_vmcoreinfo
 
-__all__ = ["Dump", "open_dump", "detect_format", "FORMATS"]
+__all__ = ["FORMATS", "Dump", "detect_format", "open_dump"]
 
 #: Formats :func:`open_dump` recognises, as reported in ``Dump.format``.
 FORMATS = ("elf", "kdump", "kdump-flattened")
@@ -86,7 +87,7 @@ class Dump:
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> Dump:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,12 +25,12 @@ from ._vmcoreinfo import VmcoreInfo
 from ._x86 import KernelMemory
 
 __all__ = [
+    "LOG_CONT",
+    "LOG_NEWLINE",
     "PrintkRecord",
     "for_each_record",
     "printk_layout",
     "render_line_prefix",
-    "LOG_NEWLINE",
-    "LOG_CONT",
 ]
 
 LOG_NEWLINE = 2

@@ -24,12 +24,12 @@ from ._vmcoreinfo import VmcoreInfo, parse_vmcoreinfo
 from ._x86 import START_KERNEL_MAP, KernelMemory
 
 __all__ = [
-    "ScanResult",
-    "scan_without_vmcoreinfo",
-    "recover_vmcoreinfo",
-    "find_banner",
     "MAX_IMAGE_BYTES",
     "MAX_RECOVERY_PAGES",
+    "ScanResult",
+    "find_banner",
+    "recover_vmcoreinfo",
+    "scan_without_vmcoreinfo",
 ]
 
 MAX_IMAGE_BYTES = 256 << 20
@@ -142,8 +142,8 @@ def scan_without_vmcoreinfo(reader: DumpReader, cpus: list[CpuState], cr3: int |
         except GuestMemoryError:
             pass
         pos += _CHUNK
-    problems = [f"scanned the kernel image ({size >> 20} MiB at physical {start:#x}, found through CR3) "
-                "for its version banner"]
+    problems = [(f"scanned the kernel image ({size >> 20} MiB at physical {start:#x}, found through CR3) "
+                 "for its version banner")]
     if banner is None:
         problems.append("kernel release: no 'Linux version' banner found")
     return ScanResult(kernel_release=banner[0] if banner else None, kernel_version=banner[1] if banner else None,

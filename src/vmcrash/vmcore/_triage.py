@@ -27,7 +27,7 @@ from ._scan import recover_vmcoreinfo, scan_without_vmcoreinfo
 from ._vmcoreinfo import VmcoreInfo
 from ._x86 import KernelMemory, to_signed64
 
-__all__ = ["Triage", "analyze", "analyze_dump", "has_vmcoreinfo", "SCHEMA_VERSION", "NO_VMCOREINFO"]
+__all__ = ["NO_VMCOREINFO", "SCHEMA_VERSION", "Triage", "analyze", "analyze_dump", "has_vmcoreinfo"]
 
 #: Version of the JSON document :meth:`Triage.to_dict` produces (docs/analyze-json.md).
 SCHEMA_VERSION = 1

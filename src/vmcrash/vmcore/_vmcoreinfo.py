@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from vmcrash.errors import GuestMemoryError
 
-__all__ = ["VmcoreInfo", "parse_vmcoreinfo", "MAX_VMCOREINFO_BYTES"]
+__all__ = ["MAX_VMCOREINFO_BYTES", "VmcoreInfo", "parse_vmcoreinfo"]
 
 #: The kernel reserves one page for it (VMCOREINFO_BYTES); be generous but bounded.
 MAX_VMCOREINFO_BYTES = 1 << 20

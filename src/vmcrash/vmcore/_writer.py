@@ -42,11 +42,11 @@ from ._open import open_dump
 from ._vmcoreinfo import VmcoreInfo
 
 __all__ = [
+    "AUTO_CODEC_ORDER",
+    "DEFAULT_CHECKPOINT_BYTES",
     "ConvertResult",
     "convert_to_kdump",
     "rearrange_flattened",
-    "AUTO_CODEC_ORDER",
-    "DEFAULT_CHECKPOINT_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -537,7 +537,7 @@ def rearrange_flattened(src: str | os.PathLike[str], dst: str | os.PathLike[str]
                 part.truncate(0)
             since = 0
             for voff, size, data in iter_flat_records(f, pos):
-                _copy(f._fd, part, data, voff, size, src)  # noqa: SLF001 - same package
+                _copy(f._fd, part, data, voff, size, src)
                 vend = max(vend, voff + size)
                 since += size + 16
                 pos = data + size

@@ -17,7 +17,7 @@ from vmcrash.errors import GuestMemoryError
 from ._base import DumpReader
 from ._vmcoreinfo import VmcoreInfo
 
-__all__ = ["KernelMemory", "START_KERNEL_MAP", "MASK64", "to_signed64"]
+__all__ = ["MASK64", "START_KERNEL_MAP", "KernelMemory", "to_signed64"]
 
 MASK64 = (1 << 64) - 1
 START_KERNEL_MAP = 0xFFFFFFFF80000000
