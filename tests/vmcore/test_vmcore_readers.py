@@ -134,8 +134,6 @@ def test_kdump_corruption_is_a_format_error(tmp_path: Path) -> None:
     with pytest.raises(DumpFormatError, match="block size"):
         open_dump(write(tmp_path, "bs", bytes(bad_block)))
     # Corrupt the compressed bytes of page 0: reading that page fails cleanly.
-    desc_off = data.index(struct.pack("<I", len(zlib.compress(page(1), 6)))[:2], 4096 * 4)
-    assert desc_off > 0
     d = open_dump(write(tmp_path, "ok", bytes(data)))
     first_data = struct.unpack_from("<q", data, d.reader.header.desc_offset)[0]
     d.close()

@@ -16,6 +16,7 @@ flattened stream (:mod:`._flat`).
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ SUB_HEADER = struct.Struct("<QiiQQqQqQqQQQQ")
 PAGE_DESC = struct.Struct("<qIIQ")
 DUMP_DH_COMPRESSED_INCOMPLETE = 0x8
 _BITMAP_CHUNK = 4096  # bytes of bitmap read at a time (32768 pfns)
+_POPCOUNT = bytes(i.bit_count() for i in range(256))
 _DESC_CHUNK = 4096 // PAGE_DESC.size * PAGE_DESC.size
 MAX_PFNS = 1 << 40  # 4 PiB of 4 KiB pages
 
@@ -165,6 +167,7 @@ class KdumpReader(DumpReader):
         self.page_size_bytes = self.header.block_size
         self._bitmap_cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._rank_prefix: list[int] = [0]  # dumped pfns before bitmap-2 chunk i
+        self._rank_within: OrderedDict[int, list[int]] = OrderedDict()
         self._desc_cache: OrderedDict[int, bytes] = OrderedDict()
         self._notes: list[Note] | None = None
         self._dumped_total: int | None = None
@@ -239,11 +242,17 @@ class KdumpReader(DumpReader):
             i = len(self._rank_prefix) - 1
             chunk = self._bitmap_chunk(1, i)
             self._rank_prefix.append(self._rank_prefix[-1] + int.from_bytes(chunk, "little").bit_count())
-        chunk = self._bitmap_chunk(1, idx)
         within = byte % _BITMAP_CHUNK
-        count = int.from_bytes(chunk[:within], "little").bit_count()
-        count += (chunk[within] & ((1 << (pfn & 7)) - 1)).bit_count()
-        return self._rank_prefix[idx] + count
+        cum = self._rank_within.get(idx)
+        if cum is None:
+            # Set bits before each byte of this chunk: O(1) ranks for every pfn in it.
+            chunk = self._bitmap_chunk(1, idx)
+            cum = list(itertools.accumulate((_POPCOUNT[b] for b in chunk), initial=0))
+            self._rank_within[idx] = cum
+            if len(self._rank_within) > 64:
+                self._rank_within.popitem(last=False)
+        last = self._bitmap_chunk(1, idx)[within]
+        return self._rank_prefix[idx] + cum[within] + _POPCOUNT[last & ((1 << (pfn & 7)) - 1)]
 
     def dumped_pages(self) -> int:
         """How many pages have a descriptor (bits set in bitmap 2 below max_mapnr)."""
