@@ -133,6 +133,11 @@ def test_kdump_corruption_is_a_format_error(tmp_path: Path) -> None:
     struct.pack_into("<i", bad_block, 428, 1000)
     with pytest.raises(DumpFormatError, match="block size"):
         open_dump(write(tmp_path, "bs", bytes(bad_block)))
+    huge_bitmap = bytearray(data)
+    struct.pack_into("<I", huge_bitmap, 436, 1 << 24)  # 64 GiB of bitmap in a small file
+    for blob in (bytes(huge_bitmap), flatten(bytes(huge_bitmap))):
+        with pytest.raises(DumpFormatError, match="bitmap"):
+            open_dump(write(tmp_path, "hb", blob))
     # Corrupt the compressed bytes of page 0: reading that page fails cleanly.
     d = open_dump(write(tmp_path, "ok", bytes(data)))
     first_data = struct.unpack_from("<q", data, d.reader.header.desc_offset)[0]

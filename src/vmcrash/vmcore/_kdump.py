@@ -165,6 +165,12 @@ class KdumpReader(DumpReader):
         self.header = parse_kdump_header(head, sub, path=self.path,
                                          file_size=src.size_bytes if check_end else None)
         self.page_size_bytes = self.header.block_size
+        on_disk = self.file_size_bytes
+        if self.header.bitmap_blocks * self.header.block_size > on_disk:
+            # The bitmaps are stored in full: a header claiming more than the file holds is lying
+            # (and would make every walk over the bitmap as long as that lie).
+            raise DumpFormatError(f"kdump bitmap of {self.header.bitmap_blocks} blocks is larger than the "
+                                  f"{on_disk}-byte file", path=self.path, offset=436)
         self._bitmap_cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._rank_prefix: list[int] = [0]  # dumped pfns before bitmap-2 chunk i
         self._rank_within: OrderedDict[int, list[int]] = OrderedDict()

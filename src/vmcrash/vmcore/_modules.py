@@ -28,6 +28,8 @@ MODULES_END = 0xFFFFFFFFFF000000
 _MAX_MODULES = 4096
 _SCAN_BYTES = 4096
 _MAX_SYMTAB = 50_000
+#: Symbol-table bytes one lookup may read while trying candidate members.
+_SYMTAB_BUDGET = 8 << 20
 
 
 def _in_modules(addr: int) -> bool:
@@ -45,11 +47,15 @@ def _find_layout(blob: bytes, address: int) -> tuple[int, int] | None:
 
 def _find_symbol(mem: KernelMemory, blob: bytes, base: int, size: int, address: int
                  ) -> tuple[str, int, int] | None:
+    budget = _SYMTAB_BUDGET
     for p in range(80, len(blob) - 24, 8):
         symtab, num = struct.unpack_from("<QI", blob, p)
         (strtab,) = struct.unpack_from("<Q", blob, p + 16)
         if not (_in_modules(symtab) and _in_modules(strtab) and 0 < num <= _MAX_SYMTAB):
             continue
+        budget -= 24 * num
+        if budget < 0:
+            return None
         try:
             table = mem.read(symtab, 24 * num)
         except GuestMemoryError:

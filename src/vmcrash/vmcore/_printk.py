@@ -39,8 +39,10 @@ _DESC_FLAGS_SHIFT = 62
 _DESC_ID_MASK = (1 << 62) - 1
 _DESC_COMMITTED = 1
 _DESC_FINALIZED = 2
-MAX_COUNT_BITS = 24
-MAX_DATA_BITS = 28
+MAX_COUNT_BITS = 22
+MAX_DATA_BITS = 27
+#: descriptors + infos + text read at most (a 32 MiB log_buf_len needs ~150 MiB).
+MAX_PRB_BYTES = 256 << 20
 MAX_LEGACY_LOG_BYTES = 64 << 20
 _CHUNK = 1 << 20
 
@@ -157,6 +159,10 @@ def _prb_records(mem: KernelMemory, vi: VmcoreInfo, problems: list[str]) -> Iter
     info_size = vi.size("printk_info")
     if not 0 < desc_size <= 256 or not 0 < info_size <= 1024:
         raise GuestMemoryError(f"implausible prb_desc/printk_info sizes {desc_size}/{info_size}")
+    total = count * (desc_size + info_size) + data_size
+    if total > MAX_PRB_BYTES:
+        raise GuestMemoryError(f"printk ring buffer would need {total >> 20} MiB; refusing more than "
+                               f"{MAX_PRB_BYTES >> 20} MiB", address=prb)
     descs = _read_array(mem, descs_addr, count * desc_size)
     infos = _read_array(mem, infos_addr, count * info_size)
     data = _read_array(mem, data_addr, data_size)
