@@ -136,7 +136,7 @@ def test_kdump_corruption_is_a_format_error(tmp_path: Path) -> None:
     huge_bitmap = bytearray(data)
     struct.pack_into("<I", huge_bitmap, 436, 1 << 24)  # 64 GiB of bitmap in a small file
     for blob in (bytes(huge_bitmap), flatten(bytes(huge_bitmap))):
-        with pytest.raises(DumpFormatError, match="bitmap"):
+        with pytest.raises(DumpFormatError, match="bitmap|page descriptors would start"):
             open_dump(write(tmp_path, "hb", blob))
     # Corrupt the compressed bytes of page 0: reading that page fails cleanly.
     d = open_dump(write(tmp_path, "ok", bytes(data)))
