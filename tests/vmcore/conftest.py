@@ -8,39 +8,13 @@ flattened format). The guests are destroyed as soon as the dumps exist.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-CONSOLE_LINE = re.compile(r"^\[\s*\d+\.\d{6}\] ")
-
-
-@dataclass(frozen=True)
-class CrashedGuest:
-    """Dumps of one crashed lab guest and what its console showed."""
-
-    hostname: str
-    kernel_release: str
-    elf: Path
-    kdump_flat: Path
-    console: str
-
-    def kernel_lines(self) -> list[str]:
-        """The console lines that are kernel messages: exactly those starting with ``[ seconds]``.
-
-        The init script's ``echo`` lines (``vmcrash-lab: ...``) go to the console without a
-        timestamp and are not in the kernel log, so they are left out here.
-        """
-        return [line for line in self.console.splitlines() if CONSOLE_LINE.match(line)]
-
-    def kernel_texts(self) -> list[str]:
-        return [CONSOLE_LINE.sub("", line) for line in self.kernel_lines()]
+from vmcore_builders import CrashedGuest
 
 
 @pytest.fixture(scope="session")

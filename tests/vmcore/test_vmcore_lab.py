@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CrashedGuest
+from vmcore_builders import CrashedGuest
 
 from vmcrash.errors import DumpFormatError, VmcrashError
 from vmcrash.vmcore import analyze, convert_to_kdump, has_vmcoreinfo, rearrange_flattened

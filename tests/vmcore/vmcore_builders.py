@@ -8,9 +8,12 @@ readers are checked against something they did not produce.
 from __future__ import annotations
 
 import random
+import re
 import struct
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from vmcrash.errors import GuestMemoryError
 from vmcrash.vmcore._base import DumpReader
@@ -291,3 +294,30 @@ def build_prb(mem: MemReader, records: list[tuple[int, int, int, int, bytes]], *
     mem.write_fast(phys(data_v), bytes(data))
     return (f"OSRELEASE=6.1.0-test\nPAGESIZE=4096\nSYMBOL(prb)={prb_ptr_v:x}\nNUMBER(phys_base)={phys_base}\n"
             .encode() + PRB_VMCOREINFO_61)
+
+
+# -- lab dumps --------------------------------------------------------------------------------------------
+
+CONSOLE_LINE = re.compile(r"^\[\s*\d+\.\d{6}\] ")
+
+
+@dataclass(frozen=True)
+class CrashedGuest:
+    """Dumps of one crashed lab guest and what its console showed."""
+
+    hostname: str
+    kernel_release: str
+    elf: Path
+    kdump_flat: Path
+    console: str
+
+    def kernel_lines(self) -> list[str]:
+        """The console lines that are kernel messages: exactly those starting with ``[ seconds]``.
+
+        The init script's ``echo`` lines (``vmcrash-lab: ...``) go to the console without a
+        timestamp and are not in the kernel log, so they are left out here.
+        """
+        return [line for line in self.console.splitlines() if CONSOLE_LINE.match(line)]
+
+    def kernel_texts(self) -> list[str]:
+        return [CONSOLE_LINE.sub("", line) for line in self.kernel_lines()]
