@@ -123,3 +123,13 @@ def test_parse_frame_forms() -> None:
     assert old is not None and old.function == "warn_slowpath_common" and old.module == "mod"
     assert parse_frame("Call Trace:") is None
     assert parse_frame(" <TASK>") is None
+
+
+def test_banner_scan() -> None:
+    from vmcrash.vmcore._scan import find_banner
+
+    data = (b"\0junk Linux version %s\0Linux version 6.1.0-56-amd64 (gcc) # SMP PREEMPT\n\0"
+            b"Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) #1 SMP Debian 6.1.192-2\n")
+    assert find_banner(data) == ("6.1.0-56-amd64", "#1 SMP Debian 6.1.192-2")
+    assert find_banner(b"Linux version 5.10.0-9-amd64 (x) # template\n") == ("5.10.0-9-amd64", None)
+    assert find_banner(b"no banner here") is None

@@ -59,16 +59,25 @@ def _printable_run(data: bytes, start: int, limit: int = 512) -> bytes:
 
 
 def find_banner(data: bytes) -> tuple[str, str | None] | None:
-    """``(release, version)`` from the first plausible ``Linux version ...`` text in ``data`` (pure)."""
+    """``(release, version)`` from the ``Linux version ...`` texts in ``data`` (pure).
+
+    The first text with a plausible release and a ``#N ...`` version wins; else the first with a
+    plausible release (the image also holds a build-time template without the number).
+    """
+    fallback = None
     pos = data.find(_BANNER)
-    while pos >= 0:
+    for _ in range(64):
+        if pos < 0:
+            break
         text = _printable_run(data, pos)
         words = text[len(_BANNER):].split(b" ", 1)
         if words and _RELEASE.match(words[0]):
             m = re.search(rb"(#\d+ .*)$", text)
-            return words[0].decode("ascii"), m.group(1).decode("ascii", "replace") if m else None
+            if m:
+                return words[0].decode("ascii"), m.group(1).decode("ascii", "replace")
+            fallback = fallback or (words[0].decode("ascii"), None)
         pos = data.find(_BANNER, pos + 1)
-    return None
+    return fallback
 
 
 def _image_range(mem: KernelMemory) -> tuple[int, int] | None:
