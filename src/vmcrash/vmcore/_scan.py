@@ -141,15 +141,17 @@ def scan_without_vmcoreinfo(reader: DumpReader, cpus: list[CpuState], cr3: int |
     if found is None:
         return ScanResult(problems=("kernel image not found through CR3",))
     start, size = found
-    banner = None
+    banner: tuple[str, str | None] | None = None
     pos = 0
-    while pos < size and banner is None:
+    while pos < size and (banner is None or banner[1] is None):
         n = min(_CHUNK + _OVERLAP, size - pos)
         try:
-            banner = find_banner(b"".join(reader.read_phys(start + pos + o, min(1 << 20, n - o))
-                                          for o in range(0, n, 1 << 20)))
+            found = find_banner(b"".join(reader.read_phys(start + pos + o, min(1 << 20, n - o))
+                                         for o in range(0, n, 1 << 20)))
         except GuestMemoryError:
-            pass
+            found = None
+        if found is not None and (banner is None or found[1] is not None):
+            banner = found
         pos += _CHUNK
     problems = [(f"scanned the kernel image ({size >> 20} MiB at physical {start:#x}, found through CR3) "
                  "for its version banner")]
