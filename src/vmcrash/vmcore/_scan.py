@@ -146,12 +146,12 @@ def scan_without_vmcoreinfo(reader: DumpReader, cpus: list[CpuState], cr3: int |
     while pos < size and (banner is None or banner[1] is None):
         n = min(_CHUNK + _OVERLAP, size - pos)
         try:
-            found = find_banner(b"".join(reader.read_phys(start + pos + o, min(1 << 20, n - o))
-                                         for o in range(0, n, 1 << 20)))
+            hit = find_banner(b"".join(reader.read_phys(start + pos + o, min(1 << 20, n - o))
+                                       for o in range(0, n, 1 << 20)))
         except GuestMemoryError:
-            found = None
-        if found is not None and (banner is None or found[1] is not None):
-            banner = found
+            hit = None
+        if hit is not None and (banner is None or hit[1] is not None):
+            banner = hit
         pos += _CHUNK
     problems = [(f"scanned the kernel image ({size >> 20} MiB at physical {start:#x}, found through CR3) "
                  "for its version banner")]
