@@ -1,6 +1,7 @@
 """Fixtures of the vmcore tests: real dumps of crashed lab guests, made once per session.
 
-Two guests boot together (TCG, 512 MiB): one publishes VMCOREINFO, one does not. Both are made
+Two guests boot together (TCG, 512 MiB): one publishes VMCOREINFO, one does not and has two
+vCPUs (so the crashing CPU must be told apart from the other by the dump alone). Both are made
 to panic (sysrq ``c``), their serial consoles are kept as the ground truth of what the kernel
 printed, and libvirt dumps each in memory-only ELF and kdump-zlib (which libvirt writes in the
 flattened format). The guests are destroyed as soon as the dumps exist.
@@ -26,7 +27,7 @@ def crashed(hv: Any, lab_image: Any, tmp_path_factory: pytest.TempPathFactory) -
 
     out_dir = tmp_path_factory.mktemp("vmcore-dumps")
     specs = {"vmcoreinfo": GuestSpec(memory_mib=512, hostname="vmcore-triage-a"),
-             "plain": GuestSpec(memory_mib=512, hostname="vmcore-triage-b", vmcoreinfo=False)}
+             "plain": GuestSpec(memory_mib=512, vcpus=2, hostname="vmcore-triage-b", vmcoreinfo=False)}
     guests = {k: LabGuest(spec, hv=hv, image=lab_image, keep_serial=True) for k, spec in specs.items()}
     result: dict[str, CrashedGuest] = {}
     try:

@@ -107,7 +107,8 @@ def test_guest_without_vmcoreinfo(crashed: dict[str, CrashedGuest], form: str) -
     assert not bare.vmcoreinfo_present and bare.problems[0] == NO_VMCOREINFO
     assert bare.log_records == 0 and bare.panic_line is None
     assert bare.kernel_release == g.kernel_release  # from the image's banner, through CR3
-    assert bare.registers["rip"] >> 63 == 1 and bare.crashing_cpu == 0
+    assert bare.cpu_count == 2 and bare.crashing_cpu is None
+    assert any(p.startswith("crashing CPU: not determined") for p in bare.problems)
     # The guest kernel's own VMCOREINFO page is still in its memory.
     full = analyze(path, dmesg=True)
     assert not full.vmcoreinfo_present and full.problems[0] == NO_VMCOREINFO
@@ -115,6 +116,13 @@ def test_guest_without_vmcoreinfo(crashed: dict[str, CrashedGuest], form: str) -
     assert list(full.dmesg or ()) == g.kernel_lines()
     assert full.hostname == g.hostname
     assert full.panic_line == "Kernel panic - not syncing: sysrq triggered crash"
+    # Two vCPUs: the panicking one is found (panic_cpu) and its notes matched by GS base; it is
+    # the one stopped in pvpanic's notifier.
+    texts = g.kernel_texts()
+    panic_at = max(i for i, x in enumerate(texts) if x.startswith("Kernel panic - not syncing: "))
+    cpu_line = next(x for x in texts[panic_at:] if x.startswith("CPU: "))
+    assert full.cpu_count == 2 and full.crashing_cpu == int(cpu_line.split()[1])
+    assert full.rip_symbol is not None and full.rip_symbol.endswith("[pvpanic]")
 
 
 def test_has_vmcoreinfo(crashed: dict[str, CrashedGuest], dumps: dict[str, Path]) -> None:

@@ -43,3 +43,17 @@ def test_cpu_registers_from_prstatus_and_qemu_notes() -> None:
 def test_short_register_notes_are_ignored() -> None:
     blob = note(b"CORE", 1, b"\0" * 50) + note(b"QEMU", 0, b"\0" * 20)
     assert cpu_states(list(iter_notes(blob))) == []
+
+
+def test_crashing_cpu_notes_matched_by_gs_base() -> None:
+    from vmcrash.vmcore import CpuState
+    from vmcrash.vmcore._triage import _cpu_for
+
+    per_cpu = [0xFFFF888000000000, 0xFFFF888000100000]
+    # QEMU's note order differs from Linux's CPU numbering here; the GS base decides.
+    cpus = [CpuState(0, {"gs_base": per_cpu[1], "rip": 1}), CpuState(1, {"gs_base": 0, "kernel_gs_base": per_cpu[0],
+                                                                        "rip": 2})]
+    assert _cpu_for(cpus, 1, per_cpu) is cpus[0]
+    assert _cpu_for(cpus, 0, per_cpu) is cpus[1]  # in user mode: the kernel's GS base is swapped out
+    assert _cpu_for(cpus, 1, []) is cpus[1]  # no per-CPU offsets: by order
+    assert _cpu_for(cpus, 5, per_cpu) is None
