@@ -131,7 +131,7 @@ class Staging:
     use_tmpfs: bool = True
     compact: bool = True
     compact_codec: str = "auto"
-    keep_elf: bool = False
+    keep_elf: bool = True
 
 
 @dataclass(frozen=True)

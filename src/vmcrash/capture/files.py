@@ -49,10 +49,11 @@ MAX_COMPONENT = 64
 #: File extension per dump format.
 EXTENSIONS = {
     "elf": "elf",
-    "kdump-zlib": "kdump",
-    "kdump-lzo": "kdump",
-    "kdump-snappy": "kdump",
-    "kdump-zstd": "kdump",
+    # QEMU writes kdump formats to a pipe as makedumpfile's *flattened* stream; compaction turns
+    # it into the seekable ``.kdump`` next to it.
+    "kdump-zlib": "flat",
+    "kdump-lzo": "flat",
+    "kdump-snappy": "flat",
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -62,9 +62,10 @@ def kept_dumps(catalog: Catalog) -> list[retention.KeptDump]:
     out = []
     for row in catalog.dumps():
         if row.dump_path and Path(row.dump_path).exists():
-            out.append(retention.KeptDump(row.id, row.uuid, Path(row.dump_path),
-                                          retention.disk_usage_bytes(Path(row.dump_path)),
-                                          row.dump_ended_ns or 0))
+            size = retention.disk_usage_bytes(Path(row.dump_path))
+            if row.compact_path and row.compact_path != row.dump_path:
+                size += retention.disk_usage_bytes(Path(row.compact_path))
+            out.append(retention.KeptDump(row.id, row.uuid, Path(row.dump_path), size, row.dump_ended_ns or 0))
     return out
 
 
@@ -424,7 +425,59 @@ class CrashHandler:
             self.catalog.log(crash_id, "triage", str(triage.get("panic_line") or "no panic line found"))
         if policy.format.startswith("kdump") or self.cfg.staging.compact:
             self.catalog.update(crash_id, compact_state="pending")
+            self.catalog.log(crash_id, "compaction", "queued (runs after the guest is back, at low priority)")
         dlog.warning("dump finalized: %s (%d MiB, sha256 %s…)", names.final, size >> 20, sha[:12])
+
+    # -- compaction ------------------------------------------------------------------------
+
+    def compact(self, crash_id: int) -> dict[str, Any] | None:
+        """Compact a finished dump in a low-priority worker process and record the outcome.
+
+        Returns the worker's result, or None when there is nothing (left) to compact.
+        """
+        from vmcrash.capture.compact import plan_compaction, run_compaction
+
+        row = self.catalog.get(crash_id)
+        if row is None or not row.dump_path or row.compact_state not in ("pending", "running", "waiting-space"):
+            return None
+        src = Path(row.dump_path)
+        if not src.exists():
+            self.catalog.update(crash_id, compact_state="failed", compact={"error": "dump file is gone"})
+            return None
+        plan = plan_compaction(src, row.dump_format or "elf", keep_elf=self.cfg.staging.keep_elf)
+        self.catalog.update(crash_id, compact_state="running")
+        self.catalog.log(crash_id, "compaction", f"{plan.kind} {src.name} -> {plan.dst.name}")
+        result = run_compaction(plan, codec=self.cfg.staging.compact_codec,
+                                reserve_bytes=self.cfg.min_free_bytes)
+        if not result.get("ok"):
+            # killed (daemon stopping) or short of space: resumable; anything else: failed
+            state = ("pending" if result.get("interrupted") else
+                     "waiting-space" if result.get("retry") else "failed")
+            self.catalog.update(crash_id, compact_state=state, compact=result)
+            self.catalog.log(crash_id, "compaction", f"{state}: {result.get('error')}")
+            return result
+        updates: dict[str, Any] = {"compact_state": "done", "compact_path": str(plan.dst), "compact": result}
+        sidecar: dict[str, Any] = {}
+        if row.sidecar_path and Path(row.sidecar_path).exists():
+            import json as _json
+
+            sidecar = _json.loads(Path(row.sidecar_path).read_text())
+        sidecar["compaction"] = result
+        if plan.drop_src:
+            sha = files.sha256_file(plan.dst)
+            files.fsync_path(plan.dst)
+            files.remove_quietly(plan.src)
+            updates.update(dump_path=str(plan.dst), dump_size=plan.dst.stat().st_size, dump_sha256=sha)
+            sidecar.update(original_file=src.name, original_sha256=row.dump_sha256, file=plan.dst.name,
+                           size_bytes=plan.dst.stat().st_size, allocated_bytes=retention.disk_usage_bytes(plan.dst),
+                           sha256=sha, format="kdump-" + str(result.get("codec")) if plan.kind == "convert"
+                           else row.dump_format)
+        if row.sidecar_path:
+            files.write_sidecar(Path(row.sidecar_path), sidecar)
+        self.catalog.update(crash_id, **updates)
+        self.catalog.log(crash_id, "compaction", f"done: {plan.dst.name}, {result.get('output_bytes', 0) >> 20} MiB "
+                                                 f"(ratio {result.get('ratio')}), {result.get('seconds')} s")
+        return result
 
     # -- retention -------------------------------------------------------------------------
 
@@ -435,6 +488,8 @@ class CrashHandler:
         for p in (row.dump_path, row.sidecar_path, row.compact_path):
             if p:
                 files.remove_quietly(Path(p))
+                files.remove_quietly(Path(p + ".part"))
+                files.remove_quietly(Path(p + ".part.ckpt"))
         self.catalog.update(crash_id, dump_path=None, sidecar_path=None, compact_path=None)
         self.catalog.log(crash_id, "deleted", why)
         log.warning("crash #%d: dump %s", crash_id, why)

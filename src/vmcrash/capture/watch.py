@@ -89,6 +89,8 @@ class Watcher:
         self.handler_tasks: set[asyncio.Task[Any]] = set()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="vmcrash")
         self.connections = 0
+        self.compact_lock = asyncio.Lock()
+        self.compacting: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event | None] | None = None
         self._connected: asyncio.Event | None = None
@@ -174,6 +176,9 @@ class Watcher:
             if self.handler_tasks:
                 await self._final_connection_for_handlers()
                 await self._drain_handlers()
+            from vmcrash.capture.compact import terminate_workers
+
+            terminate_workers()
             for task in list(self.tasks):
                 task.cancel()
             if self.hv is not None:
@@ -295,7 +300,8 @@ class Watcher:
         try:
             for attempt in range(10):
                 try:
-                    await self._in_thread(self.handler.handle, report)
+                    crash_id = await self._in_thread(self.handler.handle, report)
+                    self.schedule_compaction(crash_id)
                     return
                 except LibvirtUnavailable as exc:
                     log.warning("%s: libvirt lost during handling (%s); resuming after reconnect",
@@ -313,6 +319,30 @@ class Watcher:
                     report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
         finally:
             self.active.discard(report.uuid)
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def schedule_compaction(self, crash_id: int) -> None:
+        """Compact a finished dump in the background (one at a time, low priority, resumable)."""
+        row = self.catalog.get(crash_id)
+        if row is None or row.compact_state not in ("pending", "running", "waiting-space"):
+            return
+        if crash_id in self.compacting or self.stop_requested.is_set():
+            return
+        self.compacting.add(crash_id)
+        self._spawn(self._compact_task(crash_id))
+
+    async def _compact_task(self, crash_id: int) -> None:
+        try:
+            async with self.compact_lock:
+                if self.stop_requested.is_set():
+                    return
+                result = await self._in_thread(self.handler.compact, crash_id)
+                if result is not None:
+                    log.info("crash #%d: compaction %s", crash_id,
+                             "done" if result.get("ok") else f"not done: {result.get('error')}")
+        finally:
+            self.compacting.discard(crash_id)
 
     # -- clock -----------------------------------------------------------------------------
 
@@ -395,6 +425,9 @@ class Watcher:
             else:
                 await self._in_thread(self._finish_interrupted, row, info)
         self._remove_orphan_partials()
+        for row in self.catalog.crashes(limit=10000):
+            if row.compact_state in ("pending", "running", "waiting-space"):
+                self.schedule_compaction(row.id)
         for info in infos:
             if not info.panicked or info.uuid in covered or info.uuid in self.active:
                 continue

@@ -20,8 +20,11 @@ __all__ = ["dump"]
               help="Dump format (default: the domain's policy).")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue entry as JSON when done.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (default when stderr is not a terminal).")
+@click.option("--compact/--no-compact", default=True, show_default=True,
+              help="Compact to seekable kdump right after (low priority), as the daemon would.")
 @click.pass_context
-def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_progress: bool) -> int:
+def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_progress: bool,
+         compact: bool) -> int:
     """Dump DOMAIN's memory now (memory-only), under the same file rules and catalogue as crashes.
 
     QEMU pauses the guest while it dumps; vmcrash resumes it after and corrects its clock.
@@ -61,6 +64,10 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
     handler = CrashHandler(cfg, lambda: hv, catalog, progress=on_progress)
     with progress:
         crash_id = handler.handle(PanicReport(info.name, info.uuid, time.time_ns(), "manual"))
+    if compact and not as_json and show_bar:
+        click.echo("compacting in the background priority class ...", err=True)
+    if compact:
+        handler.compact(crash_id)
     row = catalog.get(crash_id)
     assert row is not None
     if as_json:
@@ -74,6 +81,9 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
                        f"{row.recovery_result}")
         else:
             click.echo(f"crash #{row.id}: no dump: {row.skip_reason or row.error}")
+        if row.compact_path and row.compact:
+            click.echo(f"  compacted: {row.compact_path} ({fmt_bytes(row.compact.get('output_bytes'))}, "
+                       f"{row.compact.get('codec')}, {row.compact.get('seconds')} s)")
         if row.clock and row.clock.get("before_ms") is not None:
             click.echo(f"  clock {row.clock['before_ms']:+.1f} ms -> {row.clock['after_ms']:+.1f} ms")
     hv.close()

@@ -12,14 +12,32 @@ __all__ = ["list_crashes"]
 @click.command("list")
 @click.option("--domain", "-d", default=None, help="Only this domain (name or UUID).")
 @click.option("--limit", "-n", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--clock", "clock", is_flag=True,
+              help="List clock checks and corrections (after crashes, resumes, sweeps) instead.")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of crash objects.")
 @click.pass_context
-def list_crashes(ctx: click.Context, domain: str | None, limit: int, as_json: bool) -> None:
+def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool, as_json: bool) -> None:
     """List recorded crashes (id, time, domain, state, dump, freeze, recovery)."""
     from vmcrash.store.catalog import Catalog
 
     cfg = config_of(ctx)
-    rows = Catalog(cfg.catalog_path).crashes(domain=domain, limit=limit)
+    catalog = Catalog(cfg.catalog_path)
+    if clock:
+        syncs = catalog.clock_syncs(domain=domain, limit=limit)
+        if as_json:
+            echo_json(syncs)
+            return
+        if not syncs:
+            click.echo("no clock corrections recorded")
+            return
+        click.echo(f"{'WHEN (UTC)':<19}  {'DOMAIN':<28} {'REASON':<12} {'BEFORE ms':>11} {'AFTER ms':>9}  OK")
+        for s in syncs:
+            before = f"{s['before_ms']:+.1f}" if s["before_ms"] is not None else "-"
+            after = f"{s['after_ms']:+.1f}" if s["after_ms"] is not None else "-"
+            click.echo(f"{fmt_ns(s['at_ns']):<19}  {s['domain'][:28]:<28} {s['reason']:<12} {before:>11} "
+                       f"{after:>9}  {'yes' if s['ok'] else 'no: ' + str(s.get('error'))}")
+        return
+    rows = catalog.crashes(domain=domain, limit=limit)
     if as_json:
         echo_json([r.to_dict() for r in rows])
         return

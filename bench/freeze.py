@@ -1,0 +1,231 @@
+"""Benchmark: how long a panicked guest stays frozen, and how big its dump is — vmcrash vs libvirt.
+
+In one run, on the same lab guests (2 GiB with 1 GiB of random data, and an idle 2 GiB guest):
+
+* ``builtin``      libvirt's ``<on_crash>coredump-restart</on_crash>`` (raw ELF, then reset)
+* ``virsh-elf``    ``virsh dump --memory-only --format elf`` on the crashed guest, then reset+resume
+* ``virsh-kdump``  ``virsh dump --memory-only --format kdump-zlib``, then reset+resume
+* ``vmcrash-staged``    ``vmcrash watch`` (streamed, staged in tmpfs, recovery reset)
+* ``vmcrash-direct-disk`` ``vmcrash watch`` (streamed straight to the dump dir, recovery reset)
+
+Freeze = CRASHED event (panic) → libvirt reports the guest running again, measured by this
+process from libvirt's events and state, the same way for every method. "on disk" is what the
+dump occupies when the guest runs again (allocated blocks, for vmcrash in the dump dir or the
+tmpfs); "final" is after vmcrash's background compaction to seekable kdump.
+
+Usage: ``python bench/freeze.py [--quick]`` (``--quick``: only the idle guest, 1 GiB).
+Prints a table and ratios against the built-in; ``--json FILE`` saves the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from vmcrash.host import aio  # noqa: E402
+from vmcrash.host.connection import Hypervisor  # noqa: E402
+from vmcrash.host.events import Subscription, wait_for_panic  # noqa: E402
+from vmcrash.lab.daemons import LibvirtDaemons  # noqa: E402
+from vmcrash.lab.guest import GuestSpec, LabGuest  # noqa: E402
+from vmcrash.store.catalog import Catalog  # noqa: E402
+
+LIBVIRT_DUMP_DIR = Path("/var/lib/libvirt/qemu/dump")
+MiB = 1024 * 1024
+
+
+def allocated(path: Path) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def wait_running(dom: libvirt.virDomain, timeout_s: float = 600) -> int:
+    """Poll (1 ms) until libvirt reports running; return host wall ns."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+            return time.time_ns()
+        time.sleep(0.001)
+    raise TimeoutError("guest did not run again")
+
+
+def crash_and_time(guest: LabGuest, events: Any) -> int:
+    """Crash the guest; return the host wall ns of the CRASHED event."""
+    while not events.empty():
+        events.get_nowait()
+    guest.crash()
+    ev = wait_for_panic(events, guest.name, 120)
+    if ev is None:
+        raise RuntimeError("no panic event")
+    return ev.received_ns
+
+
+def ready_again(guest: LabGuest, marks_before: int, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while guest.serial_text().count("vmcrash-lab: ready") <= marks_before:
+        if time.monotonic() > deadline:
+            raise TimeoutError("guest did not become ready again")
+        time.sleep(0.2)
+    guest.wait_ready(timeout_s)
+
+
+def run_builtin(hv: Hypervisor, spec: GuestSpec, events: Any) -> dict[str, Any]:
+    before = set(LIBVIRT_DUMP_DIR.iterdir()) if LIBVIRT_DUMP_DIR.exists() else set()
+    with LabGuest(GuestSpec(**{**spec.__dict__, "on_crash": "coredump-restart"}), hv=hv) as g:
+        g.boot(600)
+        panic_ns = crash_and_time(g, events)
+        time.sleep(0.05)
+        # libvirt moves crashed -> (dump) -> running; wait for running after the crash
+        while g.state()[0] == "running":
+            if time.time_ns() - panic_ns > 5e9:
+                break
+            time.sleep(0.001)
+        running_ns = wait_running(g.dom)
+        new = [p for p in LIBVIRT_DUMP_DIR.iterdir() if p not in before]
+        size = sum(p.stat().st_size for p in new)
+        disk = sum(allocated(p) for p in new)
+        for p in new:
+            p.unlink()
+    return {"freeze_s": (running_ns - panic_ns) / 1e9, "size_bytes": size, "on_disk_bytes": disk,
+            "final_bytes": disk}
+
+
+def run_virsh(hv: Hypervisor, guest: LabGuest, events: Any, fmt: str, tmp: Path) -> dict[str, Any]:
+    marks = guest.serial_text().count("vmcrash-lab: ready")
+    panic_ns = crash_and_time(guest, events)
+    out = tmp / f"virsh.{fmt}"
+    subprocess.run(["virsh", "-c", "qemu:///system", "dump", "--memory-only", "--format", fmt, guest.name,
+                    str(out)], check=True, capture_output=True)
+    guest.dom.reset(0)
+    if guest.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+        guest.dom.resume()
+    running_ns = wait_running(guest.dom)
+    result = {"freeze_s": (running_ns - panic_ns) / 1e9, "size_bytes": out.stat().st_size,
+              "on_disk_bytes": allocated(out), "final_bytes": allocated(out)}
+    out.unlink()
+    ready_again(guest, marks)
+    return result
+
+
+def run_vmcrash(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *, staged: bool) -> dict[str, Any]:
+    work = tmp / ("vmcrash-staged" if staged else "vmcrash-disk")
+    work.mkdir()
+    shm = Path("/dev/shm") / f"vmcrash-bench-{os.getpid()}"
+    shm.mkdir(exist_ok=True)
+    cfg = work / "vmcrash.toml"
+    cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mb = 64\n'
+                   f'[clock]\nsweep_interval_s = 0\nsync_after_recovery = false\n'
+                   f'[staging]\ntmpfs_dir = "{shm}"\nuse_tmpfs = {"true" if staged else "false"}\n'
+                   f'compact = true\n'
+                   f'[domains."*"]\nwatch = false\n[domains."{guest.name}"]\nwatch = true\nrecovery = "reset"\n')
+    log = open(work / "watch.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "vmcrash.cli.main", "--config", str(cfg), "-v", "watch"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while b"reconciled:" not in (work / "watch.log").read_bytes():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("daemon did not start")
+            time.sleep(0.1)
+        marks = guest.serial_text().count("vmcrash-lab: ready")
+        panic_ns = crash_and_time(guest, events)
+        time.sleep(0.02)
+        running_ns = wait_running(guest.dom)
+        # bytes on disk right when the guest runs again: staged file in tmpfs, or partial in dump dir
+        on_disk = sum(allocated(p) for d in (work / "dumps", shm / "vmcrash-staging") if d.exists()
+                      for p in d.iterdir())
+        cat = Catalog(work / "catalog.sqlite")
+        deadline = time.monotonic() + 900
+        while True:
+            rows = cat.crashes()
+            if rows and rows[0].state in ("done", "failed") and rows[0].compact_state in ("done", "failed", None):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not handled: {[(r.state, r.compact_state) for r in rows]}")
+            time.sleep(0.2)
+        row = rows[0]
+        cap = row.capture or {}
+        comp = row.compact or {}
+        result = {"freeze_s": (running_ns - panic_ns) / 1e9, "size_bytes": cap.get("stream_bytes"),
+                  "on_disk_bytes": on_disk, "final_bytes": allocated(Path(row.compact_path)) if row.compact_path
+                  else allocated(Path(row.dump_path or "/nonexistent")),
+                  "dump_s": cap.get("seconds"), "zero_pages": cap.get("zero_pages_skipped"),
+                  "written_bytes": cap.get("written_bytes"), "compaction_s": comp.get("seconds"),
+                  "codec": comp.get("codec"), "vmcrash_freeze_s": row.freeze_s, "staged": cap.get("staged_in")}
+        cat.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    ready_again(guest, marks)
+    return result
+
+
+def bench_profile(hv: Hypervisor, events: Any, name: str, spec: GuestSpec, tmp: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    print(f"== {name}: {spec.memory_mib} MiB guest, {spec.fill_mb} MiB random", flush=True)
+    results["builtin"] = run_builtin(hv, spec, events)
+    print(f"   builtin done: {results['builtin']['freeze_s']:.2f} s", flush=True)
+    with LabGuest(spec, hv=hv) as g:
+        g.boot(600)
+        results["virsh-elf"] = run_virsh(hv, g, events, "elf", tmp)
+        results["virsh-kdump"] = run_virsh(hv, g, events, "kdump-zlib", tmp)
+        results["vmcrash-staged"] = run_vmcrash(hv, g, events, tmp, staged=True)
+        results["vmcrash-direct-disk"] = run_vmcrash(hv, g, events, tmp, staged=False)
+    return results
+
+
+def report(all_results: dict[str, dict[str, Any]]) -> None:
+    for profile, results in all_results.items():
+        base = results["builtin"]
+        elf = results["virsh-elf"]["size_bytes"] or 1
+        print(f"\n{profile}")
+        print(f"  {'method':<20} {'freeze s':>9} {'x builtin':>9} {'on disk MiB':>12} {'final MiB':>10} "
+              f"{'final/ELF':>9}")
+        for method, r in results.items():
+            print(f"  {method:<20} {r['freeze_s']:>9.2f} {r['freeze_s'] / base['freeze_s']:>9.2f} "
+                  f"{r['on_disk_bytes'] / MiB:>12.0f} {r['final_bytes'] / MiB:>10.0f} {r['final_bytes'] / elf:>9.3f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="idle 1 GiB guest only")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    profiles = {"idle 1 GiB": GuestSpec(memory_mib=1024)} if args.quick else {
+        "2 GiB, 1 GiB random": GuestSpec(memory_mib=2048, fill_mb=1024),
+        "idle 2 GiB": GuestSpec(memory_mib=2048),
+    }
+    with LibvirtDaemons():
+        aio.event_loop()
+        hv = Hypervisor()
+        sub, events = Subscription.to_queue(hv)
+        all_results = {}
+        with tempfile.TemporaryDirectory(prefix="vmcrash-bench-", dir="/var/tmp") as tmp:
+            for name, spec in profiles.items():
+                all_results[name] = bench_profile(hv, events, name, spec, Path(tmp))
+        sub.close()
+        hv.close()
+    report(all_results)
+    if args.json:
+        args.json.write_text(json.dumps(all_results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
