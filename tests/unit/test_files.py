@@ -60,7 +60,7 @@ def test_modes_and_atomic_finalize(tmp_path: Path) -> None:
     files.write_sidecar(n.sidecar, {"a": 1})
     assert stat.S_IMODE(n.sidecar.stat().st_mode) == 0o600
     assert files.leftover_partials(d) == []
-    assert n.final.suffix == ".kdump"
+    assert n.final.suffix == ".flat"  # kdump formats arrive flattened
 
 
 def test_storage_errors_are_translated(tmp_path: Path) -> None:
