@@ -84,9 +84,7 @@ def vmcrash(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[s
 LIAR_SCRIPT = r"""
 sleep 0.3
 killall qemu-ga
-# Give QEMU's (rate-limited) port-closed event time to reach libvirt before the port reopens;
-# reopened within ~1 s, libvirt was seen never to reconnect.
-sleep 2
+sleep 1
 port=""
 for d in /sys/class/virtio-ports/vport*; do
   [ "$(cat "$d/name")" = org.qemu.guest_agent.0 ] && port="/dev/${d##*/}"
@@ -94,7 +92,10 @@ done
 exec 3<>"$port"
 echo "liar: listening on $port" > /dev/console
 n=0
-while read -r line <&3; do
+while true; do
+  # Until libvirt has reconnected to the port's host side, reads return EOF at once: keep the
+  # port open and retry (exiting here closed the port again and libvirt never came back).
+  if ! read -r line <&3; then sleep 0.1; continue; fi
   echo "liar got: $line" > /dev/console
   case "$line" in
     *guest-sync*)

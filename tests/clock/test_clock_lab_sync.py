@@ -26,6 +26,9 @@ pytestmark = pytest.mark.lab
 
 MS = 1_000_000
 S = 1_000_000_000
+#: Two offset measurements a few hundred ms apart differed by up to ~1 ms beyond their rtt/2 bounds
+#: with the lab's cores overloaded (load 6 on 2 cores); allowed on top of the bounds.
+NOISE_NS = 2 * MS
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +78,14 @@ def test_sync_after_pause_brings_the_guest_within_20_ms(guests: dict[str, Any]) 
     assert doc["ok"] is True and doc["attempts"] >= 1 and doc["target_ns"] == 5 * MS
     assert abs(doc["before"]["offset_ns"] - stale) < 1 * S  # the stale clock was seen
     assert abs(truth) + rtt // 2 <= 20 * MS  # the issue's bar, checked without vmcrash's code
-    assert abs(truth) <= 5 * MS + rtt  # and the target itself, within the probe's uncertainty
+    # and the target itself, within both probes' uncertainty plus NOISE_NS
+    assert abs(truth) <= 5 * MS + rtt // 2 + doc["after"]["rtt_ns"] // 2 + NOISE_NS
 
-    p = vmcrash("clock", "sync", guest.name)  # human output: already in target, nothing to set
+    p = vmcrash("clock", "sync", guest.name)  # human output (usually 0 sets now; under load maybe 1)
     assert p.returncode == 0
     row = next(line for line in p.stdout.splitlines() if line.startswith(guest.name))
-    assert "ok (target 5.00 ms)" in row and re.search(r" 0 +ok", row), row
+    assert re.search(r" [+-]\d+\.\d{3} ms +[+-]\d+\.\d{3} ms +\d+\.\d{2} ms +[01] +ok \(target 5\.00 ms\)$",
+                     row.rstrip()), row
 
 
 def test_sync_exit_code_follows_the_result(guests: dict[str, Any]) -> None:
@@ -115,7 +120,7 @@ def test_rtc_tracking_guest_paused_15_s_is_measured_and_corrected(guests: dict[s
     print(f"\nrtc=guest, {freeze[0]:.1f} s pause: {res.before.offset_ns / MS:+.3f} ms -> "
           f"{res.after.offset_ns / MS:+.3f} ms in {res.attempts} set(s); independent {truth / MS:+.3f} ms")
     assert res.ok and res.attempts >= 1 and abs(res.after.offset_ns) <= 5 * MS
-    assert abs(truth) <= 5 * MS + rtt
+    assert abs(truth) <= 5 * MS + rtt // 2 + res.after.rtt_ns // 2 + NOISE_NS
 
     # sync also wrote the RTC (qemu-ga runs hwclock -w): re-reading it now is right to its 1 s resolution.
     subprocess.run(["virsh", "-c", "qemu:///system", "domtime", "--sync", guest.name], check=True,
