@@ -1,0 +1,286 @@
+"""The proof on a real boot: the Debian root booted under QEMU with systemd, its clock 10 minutes behind.
+
+Two boots of the same root (module fixture, ~1 min each under TCG): as Debian ships it, and after
+``python3 -m vmcrash.guest fix --all-enabled`` applied to the image. The only NTP source is a
+chronyd on this host's loopback reached through QEMU's user network. Ground truth is what the
+guest's systemd and journal recorded, brought out by the in-guest collector:
+
+* the clock step: chronyd's "System clock was stepped by" journal entry and, independently, the
+  jump of (realtime - monotonic) between consecutive journal entries;
+* when each service started: ``systemctl show`` ``InactiveExitTimestampMonotonic``, and its
+  ``InactiveExitTimestamp`` (wall clock taken at the same moment), whose difference shows which
+  side of the step the service started on;
+* the ordering systemd built: ``systemctl show -p After,Wants`` for every loaded unit and
+  ``systemd-analyze critical-chain`` for the audited services, compared with the audit's model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmcrash.guest.audit import audit_graph, load_graph
+from vmcrash.guest.graph import BootGraph
+from vmcrash.guest.sources import RootSource
+from vmcrash.lab.image import LAB_DIR
+
+pytestmark = pytest.mark.lab
+log = logging.getLogger(__name__)
+
+CLOCK_OFFSET_S = -600
+#: The services the proof is about (they must start in both boots).
+CORE = ("cron.service", "nginx.service", "mariadb.service", "ssh.service")
+#: Pulled in only by systemd-fstab-generator (local-fs.target.wants), which runs only at boot; and the
+#: root mount, active before systemd starts (mounted by the initramfs), so it has no job.
+GENERATOR_PULLED = {"systemd-remount-fs.service", "local-fs-pre.target", "-.mount"}
+
+
+def parse_show(text: str) -> dict[str, dict[str, str]]:
+    units: dict[str, dict[str, str]] = {}
+    for block in text.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" in props:
+            units[props["Id"]] = props
+    return units
+
+
+def names(value: str) -> set[str]:
+    return set(shlex.split(value))
+
+
+def wall_us(text: str) -> int:
+    """``Thu 2026-11-26 12:29:21.313874 UTC`` -> microseconds since the epoch."""
+    dt = datetime.strptime(text.strip(), "%a %Y-%m-%d %H:%M:%S.%f %Z").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000 + dt.microsecond
+
+
+def critical_chain_trees(text: str) -> dict[str, list[tuple[str, str]]]:
+    """``systemd-analyze critical-chain`` output (ASCII tree, LC_ALL=C) -> unit -> (later, earlier) links."""
+    trees: dict[str, list[tuple[str, str]]] = {}
+    stack: list[str] = []
+    root = ""
+    for line in text.splitlines():
+        m = re.match(r"^((?:[ |] )*)([`|]-)?(\S+\.(?:service|target|socket|mount|slice|device|timer|path|swap|"
+                     r"automount|scope))(?: @\S+)?(?: \+\S+)?\s*$", line)
+        if not m:
+            continue
+        prefix, marker, token = m.groups()
+        if marker is None:
+            root, stack = token, [token]
+            trees[root] = []
+            continue
+        depth = len(prefix) // 2 + 1
+        del stack[depth:]
+        trees[root].append((stack[depth - 1], token))
+        stack.append(token)
+    return trees
+
+
+@dataclass
+class Step:
+    """The clock step seen in the guest journal. ``lo_us < step <= hi_us`` (monotonic)."""
+
+    lo_us: int
+    hi_us: int
+    size_s: float
+    chrony_says_s: float
+    base_before_us: int  # realtime - monotonic before the step
+
+
+def find_step(journal: list[list[Any]]) -> Step:
+    entries = sorted((int(m), int(r), str(i), str(msg)) for m, r, i, _u, msg in journal if int(m) > 0)
+    chrony = [float(m.group(1)) for *_, msg in entries
+              if (m := re.search(r"System clock was stepped by (-?[\d.]+) seconds", msg))]
+    assert chrony, "chronyd never stepped the clock"
+    for prev, cur in itertools.pairwise(entries):
+        jump = (cur[1] - cur[0]) - (prev[1] - prev[0])
+        if abs(jump) > 300_000_000:
+            return Step(prev[0], cur[0], jump / 1e6, chrony[0], prev[1] - prev[0])
+    raise AssertionError("no jump of realtime - monotonic in the journal")
+
+
+@dataclass
+class Boot:
+    root: Path
+    evidence: dict[str, Any]
+    units: dict[str, dict[str, str]]
+    step: Step
+    graph: BootGraph
+    report: Any
+    run_seconds: float
+    fixed: tuple[str, ...] = ()
+
+    def start_us(self, unit: str) -> int:
+        return int(self.units[unit].get("InactiveExitTimestampMonotonic") or 0)
+
+    def started_after_step(self, unit: str) -> bool | None:
+        """By the unit's own dual timestamp: True after the step, False before, None if it never started."""
+        props = self.units[unit]
+        mono = int(props.get("InactiveExitTimestampMonotonic") or 0)
+        if not mono:
+            return None
+        base = wall_us(props["InactiveExitTimestamp"]) - mono
+        return abs(base - self.step.base_before_us) > 300_000_000
+
+
+@pytest.fixture(scope="module")
+def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
+    from vmcrash.lab.systemd_guest import HostNtpServer, boot_all, build_boot_files, prepare_lab_root
+
+    work = LAB_DIR / "run" / f"guest-proof-{time.strftime('%H%M%S')}"
+    work.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Boot] = {}
+    try:
+        boot_files = build_boot_files()
+        with HostNtpServer() as ntp:
+            staged = {}
+            for label in ("before", "after"):
+                root = prepare_lab_root(debian_root.root, work / label, ntp_port=ntp.port)  # type: ignore[attr-defined]
+                fixed: tuple[str, ...] = ()
+                if label == "after":
+                    done = subprocess.run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", str(root),
+                                           "--all-enabled"], capture_output=True, text=True, timeout=300,
+                                          check=True)
+                    fixed = tuple(re.findall(r"wrote /etc/systemd/system/([^/]+)\.d/", done.stdout))
+                source = RootSource(root)
+                graph = load_graph(root, source)
+                staged[label] = (root, fixed, graph, audit_graph(graph, source, label=str(root)))
+            # both guests boot at the same time, one vCPU each
+            results = boot_all(hv, [staged[k][0] for k in ("before", "after")], work, ntp,  # type: ignore[arg-type]
+                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=600)
+            for label, result in zip(("before", "after"), results, strict=True):
+                root, fixed, graph, report = staged[label]
+                ev = result.evidence
+                log.warning("%s boot: %.1f s (disk image %.1f s)", label, result.run_seconds, result.image_seconds)
+                keep = os.environ.get("VMCRASH_KEEP_EVIDENCE")
+                if keep:
+                    Path(keep).mkdir(parents=True, exist_ok=True)
+                    (Path(keep) / f"evidence-{label}.json").write_text(json.dumps(ev))
+                    (Path(keep) / f"serial-{label}.txt").write_text(result.serial)
+                out[label] = Boot(root, ev, parse_show(ev["show"]["out"]), find_step(ev["journal"]), graph,
+                                  report, result.run_seconds, fixed)
+        yield out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_clock_was_ten_minutes_behind_and_chrony_stepped_it(boots: dict[str, Boot]) -> None:
+    for label, boot in boots.items():
+        assert 590 <= boot.step.size_s <= 615, (label, boot.step)
+        assert abs(boot.step.chrony_says_s - boot.step.size_s) < 2, (label, boot.step)
+        assert boot.evidence["waitsync"]["rc"] == 0, boot.evidence["waitsync"]
+
+
+def test_before_fix_time_sync_is_reached_before_the_step_and_services_start_early(boots: dict[str, Boot]) -> None:
+    boot = boots["before"]
+    ts = int(boot.units["time-sync.target"]["ActiveEnterTimestampMonotonic"])
+    assert 0 < ts <= boot.step.lo_us, "time-sync.target was reached only after the step"
+    audited = [s.unit for s in boot.report.services if not s.after_time_sync]
+    assert set(CORE) <= set(audited)
+    early = [u for u in audited if boot.started_after_step(u) is False and 0 < boot.start_us(u) <= boot.step.lo_us]
+    assert early, {u: (boot.start_us(u), boot.started_after_step(u)) for u in audited}
+    log.warning("before fix, started with the wrong clock: %s (step at %.2f s)", early, boot.step.hi_us / 1e6)
+    in_guest = boot.evidence["audit"]
+    assert in_guest["rc"] == 1
+    assert "service-before-time-sync" in {f["code"] for f in json.loads(in_guest["out"])["findings"]}
+
+
+def test_after_fix_every_audited_service_started_after_the_step(boots: dict[str, Boot]) -> None:
+    before, boot = boots["before"], boots["after"]
+    audited = [s.unit for s in before.report.services if not s.after_time_sync]
+    assert set(boot.fixed) == set(audited)
+    assert boot.report.exit_code == 0 and boot.report.findings == ()
+    wait = boot.units["chrony-wait.service"]
+    assert int(wait["ActiveEnterTimestampMonotonic"]) >= boot.step.hi_us
+    assert int(boot.units["time-sync.target"]["ActiveEnterTimestampMonotonic"]) >= boot.step.hi_us
+    started = 0
+    for unit in audited:
+        verdict = boot.started_after_step(unit)
+        if verdict is None:  # condition-skipped (e.g. systemd-pcrphase without a TPM): never ran
+            assert unit not in CORE, unit
+            continue
+        assert verdict is True, (unit, boot.units[unit]["InactiveExitTimestamp"])
+        assert boot.start_us(unit) >= boot.step.hi_us, (unit, boot.start_us(unit), boot.step)
+        started += 1
+    assert started >= len(CORE)
+
+
+def test_in_guest_audit_after_fix_only_flags_units_an_offline_image_cannot_show(boots: dict[str, Boot]) -> None:
+    """Inside the running guest the audit also sees generator output (serial-getty@ttyS0 for console=),
+    which the offline fix could not: those are the only findings left."""
+    boot = boots["after"]
+    doc = json.loads(boot.evidence["audit"]["out"])
+    left = {f["unit"] for f in doc["findings"]}
+    assert left <= {u for u in boot.units if u not in boot.graph.units}, doc["findings"]
+    assert doc["time_sync"]["held_by"] == ["chrony-wait.service"]
+
+
+@pytest.mark.parametrize("label", ["before", "after"])
+def test_model_after_and_wants_equal_what_systemd_reports(boots: dict[str, Boot], label: str) -> None:
+    """For every unit both loaded: systemd's After= equals the model's, once the units systemd created at
+    run time (devices, generator output, credential mounts), which an image cannot show, are set aside."""
+    boot = boots[label]
+    runtime_only = set(boot.units) - set(boot.graph.units)
+    compared = sorted(set(boot.units) & set(boot.graph.units))
+    assert len(compared) > 120
+    diffs = {}
+    for uid in compared:
+        systemd_after = names(boot.units[uid].get("After", "")) - runtime_only
+        model_after = boot.graph.after_names(uid)
+        if systemd_after != model_after:
+            diffs[uid] = (sorted(systemd_after - model_after), sorted(model_after - systemd_after))
+    assert diffs == {}
+    for s in boot.report.services:
+        systemd_wants = names(boot.units[s.unit].get("Wants", "")) - runtime_only
+        assert systemd_wants == set(boot.graph.edges(s.unit, "wants")), s.unit
+
+
+@pytest.mark.parametrize("label", ["before", "after"])
+def test_model_transaction_matches_what_systemd_started(boots: dict[str, Boot], label: str) -> None:
+    boot = boots[label]
+    runtime_only = set(boot.units) - set(boot.graph.units)
+    started = {u for u, p in boot.units.items() if int(p.get("InactiveExitTimestampMonotonic") or 0) > 0}
+    assert started - boot.graph.transaction - runtime_only <= GENERATOR_PULLED
+    # units the model starts that systemd did not run were skipped by a Condition (or Assert)
+    for uid in boot.graph.transaction - started:
+        unit = boot.graph.units[uid]
+        assert unit.synthetic or any(a.key.startswith(("Condition", "Assert")) for a in unit.assignments), uid
+    # what cannot start (logind without D-Bus) did not start
+    for uid in boot.graph.failed:
+        assert uid not in started
+
+
+@pytest.mark.parametrize("label", ["before", "after"])
+def test_every_critical_chain_link_is_an_edge_of_the_model(boots: dict[str, Boot], label: str) -> None:
+    boot = boots[label]
+    res = boot.evidence["critical_chain_all"]
+    assert res["rc"] == 0, res
+    trees = critical_chain_trees(res["out"])
+    started_core = [u for u in CORE if boot.start_us(u)]
+    assert set(trees) >= set(started_core), res["out"]
+    links = 0
+    for unit, edges in trees.items():
+        if unit not in boot.graph.units:
+            continue  # generator output (serial-getty@ttyS0): the in-guest audit sees it, an image does not
+        for later, earlier in edges:
+            assert earlier in boot.graph.after_names(later), (later, earlier, res["out"])
+            links += 1
+        if label == "after" and unit in CORE:
+            # with chrony-wait holding it, time-sync.target is on the critical chain of the fixed services
+            assert "time-sync.target" in {e for _, e in edges}, res["out"]
+    assert links > 10
