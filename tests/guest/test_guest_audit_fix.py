@@ -9,13 +9,15 @@ import stat
 from pathlib import Path
 
 import pytest
-from _guestsys import ETC, LIB, system, write_tree
+from _guestsys import CHRONY_WAIT, ETC, LIB, system, write_tree
 
 from vmcrash.errors import UsageError
 from vmcrash.guest.audit import audit
 from vmcrash.guest.fix import DROPIN_NAME, MANIFEST_PATH, apply_fix, plan_fix, render_plan, undo_fix
 from vmcrash.guest.sources import Link, MemorySource
 from vmcrash.guest.timecfg import read_chrony, read_ntpd, slew_seconds
+
+CHRONY_WAIT_SIMPLE = CHRONY_WAIT.replace("Type=oneshot", "Type=simple")
 
 
 def tree_state(root: Path) -> dict[str, tuple[str, int, int, int]]:
@@ -174,3 +176,52 @@ def test_fix_refuses_a_cycle_and_undo_leaves_changed_files(root: Path) -> None:
     manifest = json.loads((root / MANIFEST_PATH.lstrip("/")).read_text())
     assert [e["path"] for e in manifest["entries"] if e["action"] == "create"] == [
         f"{ETC}/web.service.d/{DROPIN_NAME}"]
+
+
+NTPSEC = ("[Unit]\nDescription=ntpsec\nWants=time-sync.target\nBefore=time-sync.target\nAfter=network.target\n"
+          "[Service]\nType=forking\nEnvironmentFile=-/etc/default/ntpsec\nExecStart=/usr/libexec/ntpsec/ntp-systemd-wrapper\n"
+          "[Install]\nWantedBy=multi-user.target\n")
+TIME_WAIT_SYNC = ("[Unit]\nDefaultDependencies=no\nBefore=time-sync.target shutdown.target\nWants=time-sync.target\n"
+                  "Conflicts=shutdown.target\n[Service]\nType=oneshot\nExecStart=/lib/systemd/systemd-time-wait-sync\n"
+                  "RemainAfterExit=yes\n[Install]\nWantedBy=sysinit.target\n")
+
+
+def test_ntpsec_slewing_is_a_finding_and_fix_uses_the_generic_wait_unit(tmp_path: Path) -> None:
+    files = system({f"{LIB}/ntpsec.service": NTPSEC,
+                    f"{ETC}/multi-user.target.wants/ntpsec.service": Link(f"{LIB}/ntpsec.service"),
+                    f"{LIB}/systemd-time-wait-sync.service": TIME_WAIT_SYNC,
+                    "/etc/default/ntpsec": 'NTPD_OPTS="-g -N -x"\n',
+                    "/etc/ntpsec/ntp.conf": "pool 0.debian.pool.ntp.org iburst\n"}, chrony=False)
+    write_tree(tmp_path, files)
+    report = audit(tmp_path)
+    assert {"ntpd-slews", "time-sync-not-held"} <= set(codes(report))
+    (daemon,) = report.daemons
+    assert daemon.daemon == "ntpsec" and daemon.data["x"] and daemon.data["g"]
+    plan = plan_fix(tmp_path, all_enabled=True)
+    assert plan.wait_unit == "systemd-time-wait-sync.service"
+    links = [c for c in plan.changes if c.action == "symlink"]
+    assert [(c.path, c.target) for c in links] == [
+        (f"{ETC}/sysinit.target.wants/systemd-time-wait-sync.service", f"{LIB}/systemd-time-wait-sync.service")]
+    apply_fix(plan)
+    after = audit(tmp_path)
+    assert after.time_sync_held_by == ("systemd-time-wait-sync.service",)
+    assert set(codes(after)) == {"ntpd-slews"}  # ordering fixed; slewing is the daemon's option (-x), not ours
+
+
+def test_a_wait_unit_that_is_not_oneshot_holds_nothing(tmp_path: Path) -> None:
+    files = system({f"{LIB}/chrony-wait.service": CHRONY_WAIT_SIMPLE,
+                    f"{ETC}/multi-user.target.wants/chrony-wait.service": Link(f"{LIB}/chrony-wait.service")})
+    write_tree(tmp_path, files)
+    report = audit(tmp_path)
+    clock = {c.unit: c for c in report.clock_units}["chrony-wait.service"]
+    assert clock.in_transaction and clock.role == "waits" and not clock.holds
+    assert "Type=simple" in clock.note
+    assert "time-sync-not-held" in codes(report)
+
+
+def test_masked_wait_unit_is_not_unmasked(root: Path) -> None:
+    (root / "etc/systemd/system/chrony-wait.service").symlink_to("/dev/null")
+    plan = plan_fix(root, all_enabled=True)
+    assert plan.wait_unit is None
+    assert any("masked" in w for w in plan.warnings)
+    assert not [c for c in plan.changes if c.action == "symlink"]
