@@ -8,7 +8,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config gcc linux-image-amd64 busybox-static qemu-guest-agent kmod cpio \
-	debootstrap chrony e2fsprogs util-linux libzstd1 zstd libxml2-utils
+	debootstrap chrony e2fsprogs util-linux libzstd1 zstd libxml2-utils \
+	makedumpfile liblzo2-dev binutils
 STAMP_APT := /var/lib/vmcrash/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 PYTEST_ARGS ?=
 
@@ -26,7 +27,7 @@ $(STAMP_APT):
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[host,test]'
+	$(BIN)/pip install -q -e '.[host,test,codecs]'
 	@touch $@
 
 demo: setup

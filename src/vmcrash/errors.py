@@ -153,11 +153,15 @@ class LibvirtUnavailable(EnvironmentProblem):
 
 
 class AgentUnavailable(EnvironmentProblem):
-    """The domain has no guest agent channel, or the agent does not answer."""
+    """The domain has no guest agent channel, or the agent does not answer.
 
-    def __init__(self, message: str, *, domain: str | None = None) -> None:
+    :ivar not_configured: True when the domain has no agent channel at all (waiting cannot help).
+    """
+
+    def __init__(self, message: str, *, domain: str | None = None, not_configured: bool = False) -> None:
         super().__init__(f"{domain}: {message}" if domain else message)
         self.domain = domain
+        self.not_configured = not_configured
 
 
 class MissingCodec(EnvironmentProblem):

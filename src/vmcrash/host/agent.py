@@ -83,7 +83,8 @@ def parse_time_ns(value: object, *, domain: str | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AgentProtocolError(f"guest-get-time: {type(value).__name__} is not an integer", domain=domain)
     if not 0 < value <= MAX_TIME_NS:
-        raise AgentProtocolError(f"guest-get-time: {value} ns is out of range", domain=domain)
+        shown = str(value) if -10**30 < value < 10**30 else f"a {len(str(abs(value)))}-digit number"
+        raise AgentProtocolError(f"guest-get-time: {shown} ns is out of range", domain=domain)
     return value
 
 
@@ -134,11 +135,15 @@ class Agent:
         timeout = max(1, int(timeout_s if timeout_s is not None else self.timeout_s))
         try:
             return libvirt_qemu.qemuAgentCommand(self.dom, encode_command(execute, arguments), timeout, 0)
+        except (SystemError, UnicodeDecodeError) as exc:
+            # A guest that answers with bytes that are not UTF-8 makes libvirt-python fail while
+            # decoding the reply (SystemError caused by UnicodeDecodeError), not with libvirtError.
+            raise AgentProtocolError(f"{execute}: reply is not valid UTF-8 text", domain=self.name) from exc
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             msg = exc.get_error_message() or str(exc)
             if code == libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED or "not configured" in msg:
-                raise AgentUnavailable(_NOT_CONFIGURED_HINT, domain=self.name) from exc
+                raise AgentUnavailable(_NOT_CONFIGURED_HINT, domain=self.name, not_configured=True) from exc
             if code == libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
                 raise AgentUnavailable(
                     f"guest agent is not responding ({msg}); is qemu-guest-agent running in the guest?",

@@ -90,11 +90,12 @@ fi
 if [ -n "$port" ] && [ "$agent" = qemu-ga ]; then
   qemu-ga -m virtio-serial -p "$port" -d -t /run && echo "vmcrash-lab: agent on $port"
 elif [ -n "$port" ] && [ "$agent" = garbage ]; then
+  # one open of the port for reading and writing (a second open fails: the port is busy)
   ( while true; do
       read -r line || sleep 0.1
       printf '\377{"return": {"bogus": [1e999, "\\u0000'
       printf '%s\n' '"]}} {{{ not json'
-    done ) <"$port" >"$port" 2>/dev/null &
+    done ) <>"$port" >&0 2>/dev/null &
   echo "vmcrash-lab: garbage agent on $port"
 fi
 echo "vmcrash-lab: ready"
