@@ -138,7 +138,7 @@ class Agent:
         except (SystemError, UnicodeDecodeError) as exc:
             # A guest that answers with bytes that are not UTF-8 makes libvirt-python fail while
             # decoding the reply (SystemError caused by UnicodeDecodeError), not with libvirtError.
-            raise AgentProtocolError(f"{execute}: reply is not valid UTF-8 text", domain=self.name) from exc
+            raise AgentProtocolError(f"{execute}: reply is not UTF-8 text", domain=self.name) from exc
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             msg = exc.get_error_message() or str(exc)
