@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmcrash.guest.names import escape_path, slice_for, unescape, unit_type
+from vmcrash.guest.names import escape_path, slice_for, unescape
 from vmcrash.guest.units import DepRef, Unit, UnitLoader
 
 __all__ = ["HARD_KINDS", "MAX_UNITS", "PULL_KINDS", "BootGraph", "Edge", "implicit_deps", "service_type"]
@@ -465,7 +465,3 @@ class BootGraph:
                         out.append(sorted(comp))
         return out
 
-
-def type_of(unit_id: str) -> str:
-    """The type suffix of a unit id (``service``...), or ``""``."""
-    return unit_type(unit_id) or ""
