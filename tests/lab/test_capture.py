@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,12 @@ from vmcrash.lab.guest import PANIC_LINE, LabGuest, unique_name
 pytestmark = pytest.mark.lab
 
 BOOT_MARK = "Linux version"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def virsh(*args: str) -> str:
@@ -71,7 +79,9 @@ def test_each_recovery_action(hv, lab_guest, daemon) -> None:  # type: ignore[no
     """A panic while watching → dump, sidecar, catalogue row, and the guest recovered per policy."""
     actions = ["restart", "reset", "preserve", "destroy"]
     guests: dict[str, LabGuest] = {a: lab_guest(memory_mib=384) for a in actions}
-    extra = "".join(f'[domains."{g.name}"]\nwatch = true\nrecovery = "{a}"\n' for a, g in guests.items())
+    port = free_port()
+    extra = f'metrics_listen = "127.0.0.1:{port}"\n' + "".join(
+        f'[domains."{g.name}"]\nwatch = true\nrecovery = "{a}"\n' for a, g in guests.items())
     d: Daemon = daemon(extra)
     d.start()
     for g in guests.values():
@@ -100,6 +110,16 @@ def test_each_recovery_action(hv, lab_guest, daemon) -> None:  # type: ignore[no
         g = guests[action]
         wait_for(lambda g=g: g.serial_text().count(BOOT_MARK) >= 2, 120, f"{action} guest to boot again")
         assert rows[action].freeze_s is not None and rows[action].freeze_s > 0
+    # Prometheus metrics count the four panics and their dumps
+    deadline = time.monotonic() + 10
+    while True:
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if 'vmcrash_panics_total{source="event"} 4.0' in metrics or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert 'vmcrash_panics_total{source="event"} 4.0' in metrics
+    assert 'vmcrash_dumps_total{result="written"} 4.0' in metrics
+    assert "vmcrash_libvirt_connected 1.0" in metrics
     # `vmcrash list --json` and `show` report the same rows
     listed = json.loads(d.cli("list", "--json", check=True).stdout)
     assert {r["domain"] for r in listed} == {g.name for g in guests.values()}

@@ -65,7 +65,10 @@ class DumpProgress:
     processed_bytes: int
     total_bytes: int
     elapsed_s: float
+    #: bytes of the stream consumed so far (streamed) or file size (direct)
     written_bytes: int = 0
+    #: all-zero pages left as holes so far (streamed only)
+    zero_pages: int = 0
 
     @property
     def fraction(self) -> float:
@@ -93,7 +96,7 @@ class DumpStats:
         return asdict(self)
 
 
-def zero_runs(chunk: bytes, page_bytes: int = PAGE_BYTES) -> list[tuple[int, int, bool]]:
+def zero_runs(chunk: bytes | bytearray, page_bytes: int = PAGE_BYTES) -> list[tuple[int, int, bool]]:
     """Split ``chunk`` into runs ``(start, end, is_zero)``; zero runs are whole aligned pages. Pure.
 
     Everything that is not an all-zero page aligned to ``page_bytes`` (a trailing partial page
@@ -139,7 +142,7 @@ class SparseWriter:
         self.written = 0
         self.zero_pages = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray) -> None:
         """Append ``chunk`` (its start must stay page-aligned except for the very last chunk)."""
         for start, end, is_zero in zero_runs(chunk):
             if is_zero:
@@ -221,9 +224,11 @@ class _StreamConsumer:
 
     def _serial(self, fd: int) -> None:
         buf = bytearray(CHUNK_BYTES)
+        view = memoryview(buf)
         while n := _read_full(fd, buf):
             self._check_limit(n)
-            self.writer.write(bytes(buf[:n]))
+            # no copy: the writer looks at and writes from the buffer before the next read
+            self.writer.write(buf if n == CHUNK_BYTES else view[:n].tobytes())
         self.writer.finish()
 
     def _pipeline(self, fd: int) -> None:
@@ -244,16 +249,19 @@ class _StreamConsumer:
 
         w = threading.Thread(target=write_loop, name="dump-writer", daemon=True)
         w.start()
-        buf = bytearray(CHUNK_BYTES)
         total = 0
         try:
-            while n := _read_full(fd, buf):
+            while True:
+                buf = bytearray(CHUNK_BYTES)  # a fresh buffer per chunk: the writer owns the last one
+                n = _read_full(fd, buf)
+                if not n:
+                    break
                 total += n
                 if self.aborted.is_set():
                     raise StorageError("dump aborted")
                 if total > self.limit_bytes:
                     raise StorageError(f"dump stream exceeds the expected {self.limit_bytes} bytes; aborted")
-                q.put(bytes(buf[:n]))
+                q.put(buf if n == CHUNK_BYTES else bytes(buf[:n]))
         finally:
             q.put(None)
             w.join()
@@ -270,7 +278,8 @@ class _StreamConsumer:
                 pass
 
 
-def _job_progress(dom: libvirt.virDomain, t0: float, written: Callable[[], int]) -> DumpProgress | None:
+def _job_progress(dom: libvirt.virDomain, t0: float, written: Callable[[], int],
+                  zero_pages: Callable[[], int]) -> DumpProgress | None:
     try:
         st = dom.jobStats()
     except libvirt.libvirtError:
@@ -278,7 +287,7 @@ def _job_progress(dom: libvirt.virDomain, t0: float, written: Callable[[], int])
     if not st or not st.get("type"):
         return None
     return DumpProgress(int(st.get("memory_processed", 0)), int(st.get("memory_total", 0)),
-                        time.monotonic() - t0, written())
+                        time.monotonic() - t0, written(), zero_pages())
 
 
 def take_dump(dom: libvirt.virDomain, target: Path, fmt: str, *, mode: str = "stream",
@@ -355,7 +364,8 @@ def take_dump(dom: libvirt.virDomain, target: Path, fmt: str, *, mode: str = "st
                     log.warning("%s: a direct memory-only dump cannot be aborted; finishing it", name)
                     aborted = False
             if progress is not None:
-                sample = _job_progress(dom, t0, written)
+                sample = _job_progress(dom, t0, written,
+                                       lambda: consumer.writer.zero_pages if consumer is not None else 0)
                 if sample is not None:
                     stats.samples += 1
                     progress(sample)
@@ -387,7 +397,8 @@ def take_dump(dom: libvirt.virDomain, target: Path, fmt: str, *, mode: str = "st
             size = os.stat(target).st_size
             stats.stream_bytes = stats.written_bytes = size
         if progress is not None:
-            progress(DumpProgress(stats.stream_bytes, stats.stream_bytes, stats.seconds, stats.stream_bytes))
+            progress(DumpProgress(stats.stream_bytes, stats.stream_bytes, stats.seconds, stats.stream_bytes,
+                                  stats.zero_pages_skipped))
         return stats
     finally:
         if out_fd >= 0:

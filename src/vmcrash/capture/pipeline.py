@@ -307,7 +307,7 @@ class CrashHandler:
         try:
             stats = take_dump(dom, target, policy.format, mode=mode,
                               expected_bytes=retention.estimate_dump_bytes(info.memory_bytes, policy.format),
-                              progress=progress, abort=self.abort_dumps)
+                              progress=progress, abort=self.abort_dumps, threads=self.cfg.staging.stream_threads)
         except VmcrashError as exc:
             files.remove_quietly(target)
             if isinstance(exc, LibvirtUnavailable):

@@ -95,6 +95,12 @@ class Watcher:
         self._queue: asyncio.Queue[Event | None] | None = None
         self._connected: asyncio.Event | None = None
         self.on_state: Callable[[Runstate], None] | None = None
+        self.metrics: Any = None
+        if cfg.metrics_listen:
+            from vmcrash.capture.metrics import Metrics
+
+            self.metrics = Metrics()
+            self.handler.on_finished = self._record_metrics
 
     # -- control ---------------------------------------------------------------------------
 
@@ -130,6 +136,8 @@ class Watcher:
         self._queue = asyncio.Queue()
         self._connected = asyncio.Event()
         files.ensure_dump_dir(self.cfg.dump_dir)
+        if self.metrics is not None:
+            self.metrics.serve(self.cfg.metrics_listen)
         backoff = 0.5
         notified = False
         sweeper: asyncio.Task[Any] | None = None
@@ -147,6 +155,8 @@ class Watcher:
                 self.hv = hv
                 self.connections += 1
                 self._connected.set()
+                if self.metrics is not None:
+                    self.metrics.connected.set(1)
                 self._set_state(Runstate.RUNNING)
                 try:
                     await self._reconcile()
@@ -165,6 +175,8 @@ class Watcher:
                     # Keep the connection: running handlers need it to recover their guests.
                     await self._drain_handlers()
                 self._connected.clear()
+                if self.metrics is not None:
+                    self.metrics.connected.set(0)
                 sub.close()
                 self.hv = None
                 hv.close()
@@ -320,6 +332,24 @@ class Watcher:
         finally:
             self.active.discard(report.uuid)
 
+    def _record_metrics(self, crash_id: int) -> None:
+        """Called by the handler when a panic's handling ends (in its worker thread)."""
+        m, row = self.metrics, self.catalog.get(crash_id)
+        if m is None or row is None:
+            return
+        m.panics.labels(source=row.source).inc()
+        m.dumps.labels(result="written" if row.dump_path else ("skipped" if row.skip_reason else "failed")).inc()
+        cap = row.capture or {}
+        if cap.get("seconds"):
+            m.dump_seconds.observe(cap["seconds"])
+            m.dump_bytes.inc(cap.get("written_bytes") or 0)
+            m.zero_pages.inc(cap.get("zero_pages_skipped") or 0)
+        if row.freeze_s is not None:
+            m.freeze_seconds.observe(row.freeze_s)
+        if row.clock and row.clock.get("after_ms") is not None:
+            m.clock_syncs.labels(reason="after-crash", ok=str(bool(row.clock.get("ok"))).lower()).inc()
+            m.clock_residual_ms.labels(domain=row.domain).set(row.clock["after_ms"])
+
     # -- compaction --------------------------------------------------------------------------
 
     def schedule_compaction(self, crash_id: int) -> None:
@@ -361,6 +391,10 @@ class Watcher:
             self.catalog.record_clock_sync(domain=name, uuid=uuid, reason=reason, ok=bool(result.get("ok")),
                                            before_ms=result.get("before_ms"), after_ms=result.get("after_ms"),
                                            result=result, error=result.get("error"))
+            if self.metrics is not None:
+                self.metrics.clock_syncs.labels(reason=reason, ok=str(bool(result.get("ok"))).lower()).inc()
+                if result.get("after_ms") is not None:
+                    self.metrics.clock_residual_ms.labels(domain=name).set(result["after_ms"])
             log.warning("%s: clock %s after %s: %s", name, "corrected" if result.get("ok") else "not corrected",
                         reason, result.get("error") or f"{result.get('before_ms'):+.1f} ms -> "
                                                        f"{result.get('after_ms'):+.1f} ms")

@@ -53,12 +53,13 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
     info = hv.info(dom)
     show_bar = not no_progress and not as_json and sys.stderr.isatty()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
-                        disable=not show_bar)
-    task = progress.add_task(f"dump {info.name}", total=info.memory_bytes)
+                        TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[zero]}"),
+                        transient=False, disable=not show_bar)
+    task = progress.add_task(f"dump {info.name}", total=info.memory_bytes, zero="")
 
     def on_progress(name: str, p: DumpProgress) -> None:
-        progress.update(task, completed=p.processed_bytes, total=p.total_bytes or info.memory_bytes)
+        zero = f"{p.zero_pages * 4096 / 2**20:.0f} MiB zero pages skipped" if p.zero_pages else ""
+        progress.update(task, completed=p.processed_bytes, total=p.total_bytes or info.memory_bytes, zero=zero)
 
     catalog = Catalog(cfg.catalog_path)
     handler = CrashHandler(cfg, lambda: hv, catalog, progress=on_progress)

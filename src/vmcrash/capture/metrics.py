@@ -1,0 +1,56 @@
+"""Prometheus metrics of the daemon (optional): panics, dumps, freezes, clock corrections.
+
+Enabled by ``metrics_listen = "127.0.0.1:9464"`` in the config; served by prometheus-client's
+own HTTP server thread. All metric objects live in a private registry so tests and several
+daemons in one process do not collide.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from vmcrash.errors import ConfigError
+
+__all__ = ["Metrics", "parse_listen"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` → (host, port). :raises ConfigError:"""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected host:port, got {value!r}", key="metrics_listen")
+    return host or "127.0.0.1", int(port)
+
+
+@dataclass
+class Metrics:
+    """The daemon's metrics. :meth:`serve` starts the HTTP endpoint."""
+
+    registry: CollectorRegistry
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.panics = Counter("vmcrash_panics", "Guest panics seen", ["source"], registry=r)
+        self.dumps = Counter("vmcrash_dumps", "Dump outcomes", ["result"], registry=r)
+        self.dump_seconds = Histogram("vmcrash_dump_seconds", "Time to write a dump", registry=r,
+                                      buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
+        self.freeze_seconds = Histogram("vmcrash_freeze_seconds", "Panic to guest running again",
+                                        registry=r, buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
+        self.dump_bytes = Counter("vmcrash_dump_written_bytes", "Bytes written for dumps", registry=r)
+        self.zero_pages = Counter("vmcrash_zero_pages_skipped", "Zero pages left as holes", registry=r)
+        self.clock_syncs = Counter("vmcrash_clock_syncs", "Clock corrections", ["reason", "ok"], registry=r)
+        self.clock_residual_ms = Gauge("vmcrash_clock_residual_ms", "Guest clock error after the last correction",
+                                       ["domain"], registry=r)
+        self.connected = Gauge("vmcrash_libvirt_connected", "1 while connected to libvirt", registry=r)
+        self.active = Gauge("vmcrash_active_handlings", "Panics being handled now", registry=r)
+
+    def serve(self, listen: str) -> None:
+        host, port = parse_listen(listen)
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
