@@ -21,7 +21,8 @@ from vmcrash.guest.unitfile import decode_unit_bytes, parse_unit_text
 
 
 def test_assignments_sections_and_line_numbers() -> None:
-    text = "# comment\n; other comment\n[Unit]\nDescription = My unit \nAfter=a.service b.service\n\n[Service]\nType=oneshot\n"
+    text = ("# comment\n; other comment\n[Unit]\nDescription = My unit \nAfter=a.service b.service\n\n"
+            "[Service]\nType=oneshot\n")
     parsed = parse_unit_text(text, "/x.service")
     assert [(a.section, a.key, a.value, a.line) for a in parsed.assignments] == [
         ("Unit", "Description", "My unit", 4),

@@ -7,7 +7,6 @@ the guest's serial console (a second boot), ``readelf`` on the dump, the files' 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat

@@ -37,7 +37,7 @@ def crashed(hv: Any, lab_image: Any, tmp_path_factory: pytest.TempPathFactory) -
             g.wait_ready(240)
         for g in guests.values():
             g.crash()
-        for key, g in guests.items():
+        for g in guests.values():
             g.wait_state("crashed", 60)
         time.sleep(1.0)  # let the console file receive the whole panic output
         for key, g in guests.items():

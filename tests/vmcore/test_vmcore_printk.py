@@ -120,7 +120,9 @@ def legacy(older: list[tuple[int, int, bytes, bytes]], newer: list[tuple[int, in
         first, nxt = 0, put(0, older)
     sym = {"log_buf": KMAP + 0x1000, "log_buf_len": KMAP + 0x1008, "log_first_idx": KMAP + 0x100C,
            "log_next_idx": KMAP + 0x1010}
-    phys = lambda v: v - KMAP + phys_base
+    def phys(v: int) -> int:
+        return v - KMAP + phys_base
+
     mem.write_fast(phys(sym["log_buf"]), struct.pack("<Q", buf_v))
     mem.write_fast(phys(sym["log_buf_len"]), struct.pack("<I", buf_len))
     mem.write_fast(phys(sym["log_first_idx"]), struct.pack("<I", first))

@@ -26,7 +26,8 @@ def pages(n: int, seed: int = 0) -> list[bytes]:
         elif i % 7 == 0:
             out.append(os.urandom(PAGE))
         else:
-            out.append((b"page %d seed %d " % (i, seed)) * 200 + bytes(PAGE - len(b"page %d seed %d " % (i, seed)) * 200))
+            text = (b"page %d seed %d " % (i, seed)) * 200
+            out.append(text + bytes(PAGE - len(text)))
     return [p[:PAGE] for p in out]
 
 

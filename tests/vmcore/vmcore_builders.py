@@ -245,7 +245,9 @@ def build_prb(mem: MemReader, records: list[tuple[int, int, int, int, bytes]], *
     descs_v = prb_vaddr + 0x1000
     infos_v = descs_v + 24 * count
     data_v = infos_v + 88 * count + 64
-    phys = lambda v: v - KMAP + phys_base
+    def phys(v: int) -> int:
+        return v - KMAP + phys_base
+
     descs = bytearray(24 * count)
     infos = bytearray(88 * count)
     data = bytearray(dsize)

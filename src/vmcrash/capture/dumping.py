@@ -234,7 +234,7 @@ class _StreamConsumer:
     def _pipeline(self, fd: int) -> None:
         import queue
 
-        q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        q: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=8)
         failure: list[BaseException] = []
 
         def write_loop() -> None:

@@ -310,7 +310,7 @@ class Watcher:
 
     async def _handle(self, report: PanicReport) -> None:
         try:
-            for attempt in range(10):
+            for _attempt in range(10):
                 try:
                     crash_id = await self._in_thread(self.handler.handle, report)
                     self.schedule_compaction(crash_id)
@@ -468,7 +468,7 @@ class Watcher:
             if not self._watched(info.name):
                 continue
             latest = self.catalog.latest_for(info.uuid)
-            dom_id = await self._in_thread(lambda: _safe_id(hv, info.uuid))
+            dom_id = await self._in_thread(_safe_id, hv, info.uuid)
             if latest is not None and latest.state in ("done", "failed") and latest.domain_id == dom_id \
                     and latest.recovery_result != "running":
                 continue  # this very panic was handled (e.g. preserved) already

@@ -424,7 +424,8 @@ def _chrony_report(source: UnitSource, unit: str, in_t: bool) -> tuple[DaemonRep
     return DaemonReport("chrony", unit, in_t, tuple(lines), data), findings, list(cfg.problems)
 
 
-def _ntpd_report(source: UnitSource, kind: str, unit: str, in_t: bool) -> tuple[DaemonReport, list[Finding], list[Problem]]:
+def _ntpd_report(source: UnitSource, kind: str, unit: str,
+                 in_t: bool) -> tuple[DaemonReport, list[Finding], list[Problem]]:
     if kind == "ntpsec":
         opts = _env_value(source, "/etc/default/ntpsec", "NTPD_OPTS")
         confs = ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf")
@@ -433,7 +434,9 @@ def _ntpd_report(source: UnitSource, kind: str, unit: str, in_t: bool) -> tuple[
         confs = ("/etc/ntp.conf", "/etc/ntpsec/ntp.conf")
     cfg: NtpdConfig = read_ntpd(source, confs, opts)
     lines = [f"configuration: {cfg.path or 'none found'}; options: {' '.join(cfg.options) or '(none)'}",
-             f"panic threshold {cfg.panic_s:g} s ({'-g given: the first offset may exceed it' if cfg.allow_first_big else 'no -g: ntpd exits on a larger offset at start'})",
+             f"panic threshold {cfg.panic_s:g} s ("
+             + ("-g given: the first offset may exceed it" if cfg.allow_first_big
+                else "no -g: ntpd exits on a larger offset at start") + ")",
              f"step threshold {cfg.step_s:g} s{' (-x: slew only up to 600 s)' if cfg.slew_only else ''}"]
     findings: list[Finding] = []
     if not cfg.steps():

@@ -181,7 +181,8 @@ def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
 
 
 def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change], list[str]]:
-    if "chrony.service" not in graph.transaction and graph.loader.resolve_name("chrony.service") not in graph.transaction:
+    if ("chrony.service" not in graph.transaction
+            and graph.loader.resolve_name("chrony.service") not in graph.transaction):
         return [], []
     opts = env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
     path = chrony_conf_path(source, opts)

@@ -110,8 +110,8 @@ def apply_fixes(xml: str) -> tuple[str, list[str]]:
     features = root.find("features")
     if features is None:
         features = ET.Element("features")
-        os_el = list(root).index(root.find("os")) + 1 if root.find("os") is not None else len(root)
-        root.insert(os_el, features)
+        os_node = root.find("os")
+        root.insert(list(root).index(os_node) + 1 if os_node is not None else len(root), features)
     devices = _ensure(root, "devices")
     if "panic-device" in failing:
         panic = ET.SubElement(devices, "panic", {"model": "isa"})

@@ -13,7 +13,6 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import libvirt
 
@@ -89,7 +88,7 @@ class ConnectionClosed:
     received_ns: int
 
 
-Event = Union[LifecycleEvent, AgentEvent, ConnectionClosed]
+Event = LifecycleEvent | AgentEvent | ConnectionClosed
 
 _CLOSE_REASONS = {0: "error", 1: "end-of-file", 2: "keepalive", 3: "client"}
 

@@ -4,7 +4,8 @@ Schema changes are numbered migrations applied in order inside one transaction e
 ``schema_version`` table records which ran. Never edit a released migration: add one.
 
 A crash row moves through ``state``: ``detected`` → ``dumping`` → ``dumped`` (or ``recovering``
-when the dump failed) → ``recovered`` → ``done`` (or ``failed``). The ``events`` table keeps a timestamped log of each crash's handling.
+when the dump failed) → ``recovered`` → ``done`` (or ``failed``). The ``events`` table keeps a
+timestamped log of each crash's handling.
 Every write commits at once, so a killed daemon leaves a consistent catalogue that the next
 start reconciles.
 """
@@ -327,7 +328,8 @@ class Catalog:
     def clock_syncs(self, *, domain: str | None = None, crash_id: int | None = None,
                     limit: int = 100) -> list[dict[str, Any]]:
         """Clock checks/corrections, newest first."""
-        sql, args = "SELECT * FROM clock_syncs WHERE 1=1", []
+        sql = "SELECT * FROM clock_syncs WHERE 1=1"
+        args: list[Any] = []
         if domain:
             sql += " AND (domain = ? OR uuid = ?)"
             args += [domain, domain]

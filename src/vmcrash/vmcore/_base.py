@@ -73,7 +73,7 @@ class DumpReader(abc.ABC):
     def file_size_bytes(self) -> int:
         """Size of the dump file on disk."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: readers without resources need nothing
         """Release the file."""
 
     def page_excluded(self, pfn: int) -> bool:

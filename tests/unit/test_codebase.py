@@ -1,0 +1,29 @@
+"""The code base itself: lint-clean (ruff) and type-checked (mypy), so CI catches regressions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ruff_is_clean() -> None:
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "bench"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:]
+
+
+def test_mypy_is_clean() -> None:
+    res = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:]
+
+
+def test_guest_package_imports_only_the_standard_library() -> None:
+    """`vmcrash.guest` runs inside guests: importing it must not pull libvirt, click or rich."""
+    code = ("import sys, vmcrash.guest, vmcrash.guest.audit, vmcrash.guest.fix; "
+            "bad = [m for m in ('libvirt', 'click', 'rich', 'prometheus_client') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
