@@ -54,12 +54,13 @@ def allocated(path: Path) -> int:
 
 
 def wait_running(dom: libvirt.virDomain, timeout_s: float = 600) -> int:
-    """Poll (1 ms) until libvirt reports running; return host wall ns."""
+    """Poll (10 ms: a busier loop steals CPU from the dump on 2 cores) until libvirt reports
+    running; return host wall ns."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
             return time.time_ns()
-        time.sleep(0.001)
+        time.sleep(0.01)
     raise TimeoutError("guest did not run again")
 
 
@@ -93,7 +94,7 @@ def run_builtin(hv: Hypervisor, spec: GuestSpec, events: Any) -> dict[str, Any]:
         while g.state()[0] == "running":
             if time.time_ns() - panic_ns > 5e9:
                 break
-            time.sleep(0.001)
+            time.sleep(0.01)
         running_ns = wait_running(g.dom)
         new = [p for p in LIBVIRT_DUMP_DIR.iterdir() if p not in before]
         size = sum(p.stat().st_size for p in new)
@@ -176,25 +177,36 @@ def run_vmcrash(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *, stag
     return result
 
 
-def bench_profile(hv: Hypervisor, events: Any, name: str, spec: GuestSpec, tmp: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    print(f"== {name}: {spec.memory_mib} MiB guest, {spec.fill_mb} MiB random", flush=True)
-    results["builtin"] = run_builtin(hv, spec, events)
-    print(f"   builtin done: {results['builtin']['freeze_s']:.2f} s", flush=True)
+def median_run(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sample with the median freeze (all samples kept under ``samples``)."""
+    ordered = sorted(samples, key=lambda r: r["freeze_s"])
+    return {**ordered[len(ordered) // 2], "samples": [r["freeze_s"] for r in samples]}
+
+
+def bench_profile(hv: Hypervisor, events: Any, name: str, spec: GuestSpec, tmp: Path,
+                  repeat: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    print(f"== {name}: {spec.memory_mib} MiB guest, {spec.fill_mb} MiB random, {repeat} run(s) each", flush=True)
+    for _ in range(repeat):
+        runs.setdefault("builtin", []).append(run_builtin(hv, spec, events))
+    print(f"   builtin: {[round(r['freeze_s'], 2) for r in runs['builtin']]} s", flush=True)
     with LabGuest(spec, hv=hv) as g:
         g.boot(600)
-        results["virsh-elf"] = run_virsh(hv, g, events, "elf", tmp)
-        results["virsh-kdump"] = run_virsh(hv, g, events, "kdump-zlib", tmp)
-        results["vmcrash-staged"] = run_vmcrash(hv, g, events, tmp, staged=True)
-        results["vmcrash-direct-disk"] = run_vmcrash(hv, g, events, tmp, staged=False)
-    return results
+        for _ in range(repeat):  # interleaved, so that drift on the host hits every method alike
+            runs.setdefault("virsh-elf", []).append(run_virsh(hv, g, events, "elf", tmp))
+            runs.setdefault("virsh-kdump", []).append(run_virsh(hv, g, events, "kdump-zlib", tmp))
+            runs.setdefault("vmcrash-staged", []).append(run_vmcrash(hv, g, events, tmp, staged=True))
+            runs.setdefault("vmcrash-direct-disk", []).append(run_vmcrash(hv, g, events, tmp, staged=False))
+            print("   round: " + ", ".join(f"{k} {v[-1]['freeze_s']:.2f} s" for k, v in runs.items()
+                                          if k != "builtin"), flush=True)
+    return {method: median_run(samples) for method, samples in runs.items()}
 
 
 def report(all_results: dict[str, dict[str, Any]]) -> None:
     for profile, results in all_results.items():
         base = results["builtin"]
         elf = results["virsh-elf"]["size_bytes"] or 1
-        print(f"\n{profile}")
+        print(f"\n{profile} (median freeze of the runs)")
         print(f"  {'method':<20} {'freeze s':>9} {'x builtin':>9} {'on disk MiB':>12} {'final MiB':>10} "
               f"{'final/ELF':>9}")
         for method, r in results.items():
@@ -206,6 +218,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="idle 1 GiB guest only")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
     args = ap.parse_args()
     profiles = {"idle 1 GiB": GuestSpec(memory_mib=1024)} if args.quick else {
         "2 GiB, 1 GiB random": GuestSpec(memory_mib=2048, fill_mb=1024),
@@ -218,7 +231,7 @@ def main() -> int:
         all_results = {}
         with tempfile.TemporaryDirectory(prefix="vmcrash-bench-", dir="/var/tmp") as tmp:
             for name, spec in profiles.items():
-                all_results[name] = bench_profile(hv, events, name, spec, Path(tmp))
+                all_results[name] = bench_profile(hv, events, name, spec, Path(tmp), args.repeat)
         sub.close()
         hv.close()
     report(all_results)
