@@ -130,7 +130,7 @@ def run_vmcrash(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *, stag
     cfg = work / "vmcrash.toml"
     cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mb = 64\n'
                    f'[clock]\nsweep_interval_s = 0\nsync_after_recovery = false\n'
-                   f'[staging]\ntmpfs_dir = "{shm}"\nuse_tmpfs = {"true" if staged else "false"}\n'
+                   f'[staging]\ntmpfs_dir = "{shm}"\ntmpfs = "{"always" if staged else "never"}"\n'
                    f'compact = true\n'
                    f'[domains."*"]\nwatch = false\n[domains."{guest.name}"]\nwatch = true\nrecovery = "reset"\n')
     log = open(work / "watch.log", "wb")

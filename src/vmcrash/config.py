@@ -131,9 +131,13 @@ class Staging:
     stream_threads: int = 2
     tmpfs_dir: str = "/dev/shm"
     ram_headroom_mb: int = 2048
-    use_tmpfs: bool = True
+    #: "auto": stage in tmpfs when the page cache cannot absorb the dump without throttling and RAM
+    #: allows; "always": whenever RAM allows; "never": straight to the dump dir.
+    tmpfs: str = "auto"
     compact: bool = True
     compact_codec: str = "auto"
+    #: leave the guest's free pages (buddy allocator) out of the compact file, like makedumpfile -d 16
+    compact_exclude_free: bool = True
     keep_elf: bool = True
 
 
@@ -299,6 +303,8 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         staging = _section(Staging, doc["staging"], p, "staging")
         if staging.mode not in DUMP_MODES:
             raise ConfigError(f"must be one of {', '.join(DUMP_MODES)}", path=p, key="staging.mode")
+        if staging.tmpfs not in ("auto", "always", "never"):
+            raise ConfigError("must be auto, always or never", path=p, key="staging.tmpfs")
         if staging.stream_threads not in (1, 2):
             raise ConfigError("must be 1 or 2", path=p, key="staging.stream_threads")
         values["staging"] = staging

@@ -23,7 +23,9 @@ class Daemon:
     """
 
     def __init__(self, directory: Path, extra: str = "", *, watch: list[str] | None = None,
-                 dump_dir: Path | None = None, min_free_mb: int = 64, staging: str = "") -> None:
+                 dump_dir: Path | None = None, min_free_mb: int = 64, staging: str = "",
+                 env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = dump_dir or self.dir / "dumps"
@@ -55,7 +57,7 @@ class Daemon:
         self._log_offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmcrash.cli.main", "--config", str(self.config), "-v", "watch"],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.wait_log("reconciled:", timeout_s)
 
     def log_text(self) -> str:

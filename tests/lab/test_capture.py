@@ -11,6 +11,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -370,3 +371,29 @@ def test_doctor_fix_makes_a_bare_domain_pass(hv, lab_guest, daemon) -> None:  # 
     g.wait_ready(180)
     g.crash()
     g.wait_state("crashed", 60)
+
+
+def test_systemd_readiness_and_unit_file(hv, daemon, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Type=notify: the daemon says READY=1 once it watches and STOPPING=1 on SIGTERM; the unit
+    file passes systemd's own verifier."""
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(60)
+    try:
+        d = daemon(env={"NOTIFY_SOCKET": str(sock_path)})
+        d.start()
+        assert sock.recv(4096).startswith(b"READY=1")
+        assert d.stop() == 0
+        assert sock.recv(4096) == b"STOPPING=1"
+    finally:
+        sock.close()
+    unit = (Path(__file__).parents[2] / "packaging" / "vmcrash.service").read_text()
+    import shutil as _sh
+
+    exe = _sh.which("vmcrash") or str(Path(sys.executable).parent / "vmcrash")
+    (tmp_path / "vmcrash.service").write_text(unit.replace("/usr/local/bin/vmcrash", exe))
+    res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "vmcrash.service")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Type=notify" in unit

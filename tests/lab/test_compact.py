@@ -89,7 +89,7 @@ def test_kdump_capture_is_rearranged_to_seekable(hv, lab_guest, daemon) -> None:
 
 def test_sigkill_during_compaction_resumes_and_never_leaves_a_false_complete_file(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
     g = lab_guest(memory_mib=1024, fill_mb=700)
-    d = daemon(f'[domains."{g.name}"]\nwatch = true\n', staging='compact_codec = "zlib"\n')
+    d = daemon(f'[domains."{g.name}"]\nwatch = true\n', staging='compact_codec = "zlib"\nkeep_elf = false\n')
     d.start()
     g.boot(240)
     g.crash()
@@ -101,6 +101,11 @@ def test_sigkill_during_compaction_resumes_and_never_leaves_a_false_complete_fil
     while not ckpt.exists() and time.monotonic() < deadline:  # killed after its first checkpoint
         time.sleep(0.05)
     assert ckpt.exists()
+    # the worker runs at the lowest CPU priority and in the idle I/O class
+    pid = subprocess.run(["pgrep", "-f", "vmcrash.capture.compact"], capture_output=True, text=True,
+                         check=True).stdout.split()[0]
+    assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16] == "19"  # nice
+    assert "idle" in subprocess.run(["ionice", "-p", pid], capture_output=True, text=True).stdout
     d.stop(signal.SIGKILL)
     time.sleep(0.5)
     assert not dst.exists()  # only the .part: nothing that looks complete
@@ -112,4 +117,39 @@ def test_sigkill_during_compaction_resumes_and_never_leaves_a_false_complete_fil
     assert row.compact.get("resumed_from") is not None
     assert dst.exists() and not part.exists() and not ckpt.exists()
     assert analyze(d, dst)["panic_line"]
+    # keep_elf = false: the ELF is gone, the catalogue and the sidecar point at the compact file
+    assert row.dump_path == str(dst) and not list(d.dump_dir.glob("*.elf"))
+    side = json.loads(Path(row.sidecar_path).read_text())
+    assert side["file"] == dst.name and side["original_file"].endswith(".elf")
     d.stop()
+
+
+def test_free_pages_excluded_match_the_guests_own_count(hv, lab_guest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Compaction may drop the pages the guest's allocator had free: their number agrees with the
+    guest kernel's own MemFree, and the kernel log read from the compact file is unchanged."""
+    from vmcrash import vmcore
+
+    g = lab_guest(memory_mib=512, fill_mb=64)
+    g.boot()
+    agent = g.agent()
+    pid = agent.exec("/bin/cat", ["/proc/meminfo"], capture=True)
+    deadline = time.monotonic() + 30
+    while not (st := agent.exec_status(pid)).exited and time.monotonic() < deadline:
+        time.sleep(0.1)
+    memfree_kib = int(next(ln for ln in st.out.decode().splitlines() if ln.startswith("MemFree:")).split()[1])
+    g.crash()
+    g.wait_state("crashed", 60)
+    elf = tmp_path / "g.elf"
+    subprocess.run(["virsh", "-c", "qemu:///system", "dump", "--memory-only", "--format", "elf", g.name, str(elf)],
+                   check=True, capture_output=True)
+    plain = vmcore.convert_to_kdump(elf, tmp_path / "plain.kdump", codec="zstd")
+    lean = vmcore.convert_to_kdump(elf, tmp_path / "lean.kdump", codec="zstd", exclude_free=True)
+    assert lean.free_scan_problem is None
+    free_kib = lean.pages_free_excluded * 4
+    # free pages holding non-zero data are a part of MemFree (zero ones were excluded already)
+    assert 0 < free_kib <= memfree_kib * 1.02, (free_kib, memfree_kib)
+    assert lean.pages_written + lean.pages_free_excluded <= plain.pages_written + 16
+    assert lean.dst_size_bytes <= plain.dst_size_bytes
+    a = vmcore.analyze(tmp_path / "plain.kdump", dmesg=True)
+    b = vmcore.analyze(tmp_path / "lean.kdump", dmesg=True)
+    assert a.dmesg == b.dmesg and a.panic_line == b.panic_line and a.call_trace == b.call_trace

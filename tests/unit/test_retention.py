@@ -47,8 +47,28 @@ def test_retention_limits() -> None:
 
 
 def test_staging_decision() -> None:
-    args = dict(enabled=True, tmpfs_dir=Path("/dev/shm"), expected_bytes=1000 * MiB, headroom_bytes=2000 * MiB)
+    args = {"mode": "always", "tmpfs_dir": Path("/dev/shm"), "expected_bytes": 1000 * MiB,
+            "headroom_bytes": 2000 * MiB, "dirty_allowance": 0}
     assert decide_staging(**args, mem_available=4000 * MiB, tmpfs_free=8000 * MiB).directory is not None
     assert decide_staging(**args, mem_available=2500 * MiB, tmpfs_free=8000 * MiB).directory is None
     assert decide_staging(**args, mem_available=9000 * MiB, tmpfs_free=500 * MiB).directory is None
-    assert decide_staging(**{**args, "enabled": False}, mem_available=9e12, tmpfs_free=9e12).directory is None
+    never = {**args, "mode": "never"}
+    assert decide_staging(**never, mem_available=9 << 40, tmpfs_free=9 << 40).directory is None
+    # auto: the page cache takes it unthrottled -> straight to the dump dir; too big -> tmpfs
+    auto = {**args, "mode": "auto"}
+    d = decide_staging(**{**auto, "dirty_allowance": 3000 * MiB}, mem_available=9 << 40, tmpfs_free=9 << 40)
+    assert d.directory is None and "page cache" in d.reason
+    d = decide_staging(**{**auto, "dirty_allowance": 500 * MiB}, mem_available=9 << 40, tmpfs_free=9 << 40)
+    assert d.directory is not None
+
+
+def test_dirty_allowance_from_proc(tmp_path: Path) -> None:
+    from vmcrash.capture.staging import dirty_allowance_bytes
+
+    (tmp_path / "sys" / "vm").mkdir(parents=True)
+    for name, value in {"dirty_ratio": 20, "dirty_background_ratio": 10, "dirty_bytes": 0,
+                        "dirty_background_bytes": 0}.items():
+        (tmp_path / "sys" / "vm" / name).write_text(f"{value}\n")
+    (tmp_path / "meminfo").write_text("MemAvailable:   10240000 kB\nDirty:   102400 kB\nWriteback:   0 kB\n")
+    # midpoint of 10% and 20% of 10240000 kB = 1536000 kB, minus 102400 kB dirty
+    assert dirty_allowance_bytes(tmp_path) == (1536000 - 102400) * 1024

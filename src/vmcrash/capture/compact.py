@@ -94,9 +94,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def compaction_argv(plan: CompactionPlan, *, codec: str, reserve_bytes: int) -> list[str]:
+def compaction_argv(plan: CompactionPlan, *, codec: str, reserve_bytes: int, exclude_free: bool = True) -> list[str]:
     return [sys.executable, "-m", "vmcrash.capture.compact", "--kind", plan.kind, "--src", str(plan.src),
-            "--dst", str(plan.dst), "--codec", codec, "--reserve-bytes", str(reserve_bytes)]
+            "--dst", str(plan.dst), "--codec", codec, "--reserve-bytes", str(reserve_bytes)] + (
+        ["--exclude-free"] if exclude_free else [])
 
 
 _running: set[subprocess.Popen[str]] = set()
@@ -111,9 +112,11 @@ def terminate_workers() -> None:
             pass
 
 
-def run_compaction(plan: CompactionPlan, *, codec: str, reserve_bytes: int) -> dict[str, Any]:
+def run_compaction(plan: CompactionPlan, *, codec: str, reserve_bytes: int,
+                   exclude_free: bool = True) -> dict[str, Any]:
     """Run the worker process and return its JSON result (``{"ok": false, "error": ...}`` on failure)."""
-    proc = subprocess.Popen(compaction_argv(plan, codec=codec, reserve_bytes=reserve_bytes),
+    proc = subprocess.Popen(compaction_argv(plan, codec=codec, reserve_bytes=reserve_bytes,
+                                            exclude_free=exclude_free),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_die_with_parent)
     _running.add(proc)
@@ -130,7 +133,8 @@ def run_compaction(plan: CompactionPlan, *, codec: str, reserve_bytes: int) -> d
     return doc
 
 
-def _work(kind: str, src: Path, dst: Path, codec: str, reserve_bytes: int) -> dict[str, Any]:
+def _work(kind: str, src: Path, dst: Path, codec: str, reserve_bytes: int,
+          exclude_free: bool = False) -> dict[str, Any]:
     from vmcrash import vmcore
 
     directory = dst.parent
@@ -151,7 +155,8 @@ def _work(kind: str, src: Path, dst: Path, codec: str, reserve_bytes: int) -> di
 
     t0 = time.monotonic()
     if kind == "convert":
-        result = vmcore.convert_to_kdump(src, dst, codec=pick_codec(codec), progress=progress)
+        result = vmcore.convert_to_kdump(src, dst, codec=pick_codec(codec), progress=progress,
+                                         exclude_free=exclude_free)
     else:
         result = vmcore.rearrange_flattened(src, dst, progress=progress)
     doc = result.to_dict()
@@ -170,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dst", type=Path, required=True)
     ap.add_argument("--codec", default="auto")
     ap.add_argument("--reserve-bytes", type=int, default=0)
+    ap.add_argument("--exclude-free", action="store_true", help="leave the guest's free pages out")
     args = ap.parse_args(argv)
     set_low_priority()
     try:
-        doc = _work(args.kind, args.src, args.dst, args.codec, args.reserve_bytes)
+        doc = _work(args.kind, args.src, args.dst, args.codec, args.reserve_bytes, args.exclude_free)
         code = 0
     except VmcrashError as exc:
         doc = {"ok": False, "error": str(exc), "retry": exc.exit_code == EXIT_ENVIRONMENT}

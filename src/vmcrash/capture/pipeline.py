@@ -26,7 +26,7 @@ import libvirt
 from vmcrash.capture import files, retention
 from vmcrash.capture.dumping import DumpProgress, DumpStats, take_dump
 from vmcrash.capture.recovery import RecoveryResult, recover
-from vmcrash.capture.staging import decide_staging, mem_available_bytes, move_sparse
+from vmcrash.capture.staging import decide_staging, dirty_allowance_bytes, mem_available_bytes, move_sparse
 from vmcrash.config import Config, DomainPolicy
 from vmcrash.errors import (
     AgentUnavailable,
@@ -270,10 +270,11 @@ class CrashHandler:
                 tmpfs_free = retention.disk_free_bytes(Path(cfg.staging.tmpfs_dir))
             except VmcrashError:
                 tmpfs_free = 0
-            decision = decide_staging(enabled=cfg.staging.use_tmpfs, tmpfs_dir=Path(cfg.staging.tmpfs_dir),
+            decision = decide_staging(mode=cfg.staging.tmpfs, tmpfs_dir=Path(cfg.staging.tmpfs_dir),
                                       expected_bytes=need,
                                       headroom_bytes=cfg.staging.ram_headroom_mb * 1024 * 1024,
-                                      mem_available=mem_available_bytes(), tmpfs_free=tmpfs_free)
+                                      mem_available=mem_available_bytes(), tmpfs_free=tmpfs_free,
+                                      dirty_allowance=dirty_allowance_bytes())
             self.catalog.log(crash_id, "staging", decision.reason)
             if decision.directory is not None:
                 files.ensure_dump_dir(decision.directory)
@@ -448,7 +449,8 @@ class CrashHandler:
         self.catalog.update(crash_id, compact_state="running")
         self.catalog.log(crash_id, "compaction", f"{plan.kind} {src.name} -> {plan.dst.name}")
         result = run_compaction(plan, codec=self.cfg.staging.compact_codec,
-                                reserve_bytes=self.cfg.min_free_bytes)
+                                reserve_bytes=self.cfg.min_free_bytes,
+                                exclude_free=self.cfg.staging.compact_exclude_free)
         if not result.get("ok"):
             # killed (daemon stopping) or short of space: resumable; anything else: failed
             state = ("pending" if result.get("interrupted") else

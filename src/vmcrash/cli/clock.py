@@ -147,8 +147,17 @@ def _sync_table(outcomes: Sequence[DomainOutcome]) -> None:
     _console().print(table)
 
 
-_connect = click.option("-c", "--connect", "uri", default=DEFAULT_URI, show_default=True, metavar="URI",
-                        help="libvirt connection URI.")
+_connect = click.option("-c", "--connect", "uri", default=None, metavar="URI",
+                        help=f"libvirt connection URI (default: the config's libvirt_uri, else {DEFAULT_URI}).")
+
+
+def _uri(ctx: click.Context, uri: str | None) -> str:
+    """``-c`` wins; else the configuration's ``libvirt_uri``."""
+    if uri:
+        return uri
+    from vmcrash.cli._common import config_of
+
+    return config_of(ctx).libvirt_uri
 _as_json = click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per domain.")
 _probes = click.option("--probes", type=click.IntRange(1, 1000), default=DEFAULT_PROBES, show_default=True,
                        help="guest-get-time probes per measurement (the faster half is used).")
@@ -165,12 +174,12 @@ def clock() -> None:
 @_probes
 @_as_json
 @click.pass_context
-def check(ctx: click.Context, domains: tuple[str, ...], uri: str, probes: int, as_json: bool) -> None:
+def check(ctx: click.Context, domains: tuple[str, ...], uri: str | None, probes: int, as_json: bool) -> None:
     """Measure each DOMAIN's clock offset (guest - host); change nothing.
 
     Exit 0 when every domain was measured.
     """
-    outcomes = _run_each(uri, domains, lambda agent: measure(agent, probes=probes))
+    outcomes = _run_each(_uri(ctx, uri), domains, lambda agent: measure(agent, probes=probes))
     _report(outcomes, as_json, _check_table)
     ctx.exit(exit_code_of(outcomes))
 
@@ -185,14 +194,14 @@ def check(ctx: click.Context, domains: tuple[str, ...], uri: str, probes: int, a
 @_probes
 @_as_json
 @click.pass_context
-def sync_cmd(ctx: click.Context, domains: tuple[str, ...], uri: str, target_ms: float, attempts: int,
+def sync_cmd(ctx: click.Context, domains: tuple[str, ...], uri: str | None, target_ms: float, attempts: int,
              probes: int, as_json: bool) -> None:
     """Set each DOMAIN's clock to the host's, compensated for the agent's delay, then verify.
 
     Exit 0 when every domain ended within --target-ms, 1 when one did not.
     """
     target_ns = max(1, round(target_ms * 1e6))
-    outcomes = _run_each(uri, domains,
+    outcomes = _run_each(_uri(ctx, uri), domains,
                          lambda agent: sync(agent, target_ns=target_ns, max_attempts=attempts, probes=probes))
     _report(outcomes, as_json, _sync_table)
     ctx.exit(exit_code_of(outcomes))

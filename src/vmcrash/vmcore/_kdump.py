@@ -345,8 +345,9 @@ class KdumpReader(DumpReader):
         if not self._bit(0, pfn):
             raise GuestMemoryError("physical page not in the dump", address=pfn * ps)
         if not self._bit(1, pfn):
-            # dump_level 1 excludes only zero pages; other levels drop pages with real content.
-            if self.header.dump_level & ~1 == 0:
+            # Levels 1 (zero pages) and 16 (free pages: stale content nobody owns) read as zeros,
+            # like crash --zero_excluded; the other levels drop pages with live content.
+            if self.header.dump_level & ~(1 | 16) == 0:
                 return bytes(ps)
             raise GuestMemoryError(f"page was excluded from the dump (dump level {self.header.dump_level})",
                                    address=pfn * ps)

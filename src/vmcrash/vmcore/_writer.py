@@ -86,6 +86,9 @@ class ConvertResult:
     pages_raw: int
     seconds: float
     resumed_from: int | None = None
+    #: free pages (buddy allocator) left out with ``exclude_free``; why not, when the scan failed
+    pages_free_excluded: int = 0
+    free_scan_problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,7 +299,7 @@ def _utsname(reader: DumpReader, vi: VmcoreInfo | None) -> list[bytes]:
 
 
 def _headers(reader: DumpReader, lay: _Layout, codec_flag: int, notes: list[Note], vi: VmcoreInfo | None,
-             exclude_zero: bool) -> bytes:
+             exclude_zero: bool, exclude_free: bool = False) -> bytes:
     uts = b"".join(f[:64].ljust(65, b"\0") for f in _utsname(reader, vi))
     nr_cpus = sum(1 for n in notes if n.name == b"CORE" and n.type == NT_PRSTATUS)
     head = DISK_DUMP_HEADER.pack(
@@ -307,10 +310,26 @@ def _headers(reader: DumpReader, lay: _Layout, codec_flag: int, notes: list[Note
         phys_base = vi.numbers["phys_base"] & ((1 << 64) - 1)
     elif isinstance(reader, KdumpReader):
         phys_base = reader.header.phys_base
-    sub = SUB_HEADER.pack(phys_base, 1 if exclude_zero else 0, 0, 0, 0,
+    dump_level = (1 if exclude_zero else 0) | (16 if exclude_free else 0)
+    sub = SUB_HEADER.pack(phys_base, dump_level, 0, 0, 0,
                           lay.vmci_offset if lay.vmci_size else 0, lay.vmci_size,
                           lay.note_offset if lay.note_size else 0, lay.note_size, 0, 0, 0, 0, lay.max_mapnr)
     return head.ljust(lay.block_size, b"\0") + sub
+
+
+def _free_map(reader: DumpReader, vi: VmcoreInfo | None, max_pfn: int) -> tuple[bytearray | None, str | None]:
+    """The free-page bitmap for ``exclude_free``, or (None, why not)."""
+    from ._freepages import free_page_bitmap
+    from ._x86 import KernelMemory
+
+    if vi is None:
+        return None, "no VMCOREINFO: free pages cannot be found, kept"
+    try:
+        found = free_page_bitmap(KernelMemory(reader, vi), vi, max_pfn)
+    except GuestMemoryError as exc:
+        return None, f"free pages kept: {exc}"
+    log.info("%d free pages found in %d memory sections", found.free_pages, found.sections)
+    return found.bitmap, None
 
 
 def _bitmap1(lay: _Layout, ranges: list[tuple[int, int]]) -> bytearray:
@@ -332,7 +351,7 @@ def _bitmap1(lay: _Layout, ranges: list[tuple[int, int]]) -> bytearray:
 
 def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str = "auto",
                      progress: Progress | None = None, exclude_zero: bool = True,
-                     checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES) -> ConvertResult:
+                     checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES, exclude_free: bool = False) -> ConvertResult:
     """Convert any readable dump (ELF, kdump, flattened kdump) to seekable kdump-compressed.
 
     :param codec: ``"auto"`` (first available of :data:`AUTO_CODEC_ORDER`), ``"zstd"``,
@@ -342,6 +361,9 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
         as zeros, makedumpfile refuses to read excluded pages). ``False`` keeps them, all sharing
         one stored zero page, so every tool can read every page.
     :param checkpoint_bytes: input processed between two checkpoints.
+    :param exclude_free: also leave out pages the guest's buddy allocator had free (dump level 16,
+        found through VMCOREINFO, see :mod:`._freepages`); if that scan is impossible the pages are
+        kept and ``free_scan_problem`` says why.
     :returns: sizes, page counts, codec and time; ``resumed_from`` when a previous run continued.
     :raises UsageError: ``dst`` exists, or an unknown codec. :raises MissingCodec: codec not installed.
     :raises StorageError: cannot read/write/rename. :raises DumpFormatError: corrupt source.
@@ -363,10 +385,15 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
             lay = _plan(reader, ranges, notes_blob, vmci)
             ps = lay.block_size
             zero = bytes(ps)
-            params = {"codec": codec_name, "exclude_zero": exclude_zero, "layout": asdict(lay)}
+            params = {"codec": codec_name, "exclude_zero": exclude_zero, "exclude_free": exclude_free,
+                      "layout": asdict(lay)}
+            free_map: bytearray | None = None
+            free_problem: str | None = None
+            if exclude_free:
+                free_map, free_problem = _free_map(reader, vi, lay.max_mapnr)
             bitmap2 = bytearray(lay.bitmap_half)
             state = {"next_pfn": 0, "data_cursor": lay.data_offset, "descs": 0, "excluded": 0, "raw": 0,
-                     "done_bytes": 0, "zero_at": -1}
+                     "done_bytes": 0, "zero_at": -1, "free": 0}
             resumed: int | None = None
             ck = part.load_checkpoint()
             if ck is not None and ck.get("source") == ident and ck.get("params") == params:
@@ -429,6 +456,10 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
                         if page is None or (exclude_zero and page == zero):
                             state["excluded"] += 1
                             continue
+                        if free_map is not None and p >> 3 < len(free_map) and free_map[p >> 3] >> (p & 7) & 1:
+                            state["excluded"] += 1
+                            state["free"] += 1
+                            continue
                         bitmap2[p >> 3] |= 1 << (p & 7)
                         if page == zero and state["zero_at"] >= 0:
                             # Kept zero pages share one stored copy (as QEMU does): every tool can
@@ -460,7 +491,7 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
                     if progress is not None:
                         progress(state["done_bytes"], total)
             flush()
-            headers = _headers(reader, lay, comp.flag, notes, vi, exclude_zero)
+            headers = _headers(reader, lay, comp.flag, notes, vi, exclude_zero, free_map is not None)
             part.pwrite(headers, 0)
             if notes_blob:
                 part.pwrite(notes_blob, lay.note_offset)
@@ -476,7 +507,7 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
                 src=src, dst=dst, source_format=dump.format, codec=codec_name, src_size_bytes=int(ident["size"]),
                 dst_size_bytes=size, pages_present=lay.n_present, pages_written=state["descs"],
                 pages_excluded=state["excluded"], pages_raw=state["raw"], seconds=time.perf_counter() - t0,
-                resumed_from=resumed)
+                resumed_from=resumed, pages_free_excluded=state["free"], free_scan_problem=free_problem)
     finally:
         part.close()
 
