@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/vmcrash/vmcrash.toml")
+#: Name prefix of throwaway lab domains (see :mod:`vmcrash.lab.guest`).
+LAB_PREFIX = "vmcrash-lab-"
 
 #: Dump formats QEMU offers through libvirt (lzo/snappy only when QEMU was built with them).
 DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
@@ -173,6 +175,16 @@ class Config:
     def has_exact(self, name: str) -> bool:
         """True when a policy table is keyed by exactly ``name`` (not a glob)."""
         return any(pattern == name for pattern, _ in self.domains)
+
+    def watches(self, name: str) -> bool:
+        """Whether the daemon handles domain ``name``'s panics.
+
+        Throwaway lab guests (``vmcrash-lab-*``: selftest, tests, benchmarks) belong to whoever
+        made them: they are watched only when a policy table names them exactly.
+        """
+        if name.startswith(LAB_PREFIX) and not self.has_exact(name):
+            return False
+        return self.policy_for(name).watch
 
     def policy_for(self, name: str) -> DomainPolicy:
         """The merged policy for domain ``name``: defaults, matching globs in order, exact name."""

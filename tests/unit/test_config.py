@@ -86,3 +86,10 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
 def test_sqlite_url(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, 'catalog = "sqlite:////var/x.db"\n'))
     assert cfg.catalog_path == Path("/var/x.db")
+
+
+def test_lab_domains_are_watched_only_by_exact_name(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[domains."*"]\nwatch = true\n[domains."vmcrash-lab-1-1-abcd"]\nwatch = true\n'))
+    assert cfg.watches("web1")
+    assert not cfg.watches("vmcrash-lab-2-1-ffff")
+    assert cfg.watches("vmcrash-lab-1-1-abcd")

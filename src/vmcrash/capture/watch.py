@@ -44,8 +44,6 @@ __all__ = ["Runstate", "Watcher", "sd_notify"]
 
 log = logging.getLogger(__name__)
 
-#: Name prefix of throwaway lab domains (see :mod:`vmcrash.lab.guest`).
-LAB_PREFIX = "vmcrash-lab-"
 
 
 class Runstate(enum.Enum):
@@ -258,11 +256,7 @@ class Watcher:
     # -- events ----------------------------------------------------------------------------
 
     def _watched(self, name: str) -> bool:
-        # Throwaway lab guests (selftest, tests, benchmarks) belong to whoever made them: a daemon
-        # watches one only when its config names it exactly.
-        if name.startswith(LAB_PREFIX) and not self.cfg.has_exact(name):
-            return False
-        return self.cfg.policy_for(name).watch
+        return self.cfg.watches(name)
 
     def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, AgentEvent):

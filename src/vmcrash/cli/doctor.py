@@ -28,7 +28,7 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
     cfg = config_of(ctx)
     hv = Hypervisor(cfg.libvirt_uri)
     doms = [hv.lookup(d) for d in domains] if domains else [
-        d for d in hv.domains() if cfg.policy_for(d.name()).watch]
+        d for d in hv.domains() if cfg.watches(d.name())]
     report: list[dict[str, Any]] = []
     all_ok = True
     for dom in doms:
@@ -44,7 +44,7 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
         space_ok = free >= need
         entry: dict[str, Any] = {
             "domain": name,
-            "watched": cfg.policy_for(name).watch,
+            "watched": cfg.watches(name),
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + [
                 {"name": "dump-space", "ok": space_ok,
                  "detail": f"{fmt_bytes(free)} free in {cfg.dump_dir}, a dump needs up to {fmt_bytes(need)} "
