@@ -321,6 +321,17 @@ class Watcher:
                     if row is None or row.state not in ("detected", "dumping", "dumped", "recovering",
                                                         "recovered"):
                         return
+                    try:
+                        info = await self._in_thread(self._info_of, report.uuid)
+                    except LibvirtUnavailable:
+                        continue
+                    except VmcrashError:
+                        info = None
+                    if info is None or not info.panicked:
+                        # recovered before the connection dropped: keep what is complete, close the row
+                        await self._in_thread(self._finish_interrupted, row, info)
+                        return
+                    await self._in_thread(self._wait_no_job, report.uuid)
                     self._cleanup_temp(row)
                     report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
         finally:
@@ -469,6 +480,10 @@ class Watcher:
             log.warning("%s: found %s by a panic at start-up; handling it", info.name, info.state)
             self.submit(PanicReport(info.name, info.uuid, time.time_ns(), "reconcile"))
         log.info("reconciled: %d domains, %d being handled", len(infos), len(self.active))
+
+    def _info_of(self, uuid: str) -> DomainInfo:
+        hv = self._current_hv()
+        return hv.info(hv.lookup(uuid))
 
     @staticmethod
     def _all_infos(hv: Hypervisor) -> list[DomainInfo]:
