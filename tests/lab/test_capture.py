@@ -301,12 +301,14 @@ def test_nasty_domain_names_get_safe_files(hv, lab_guest, daemon, lab_image) -> 
         d.start()
         g.boot()
         g.crash()
-        row = d.wait_row(name, done, 120)[0]
+        row = d.wait_row(name, lambda r: done(r) and r.compact_state in ("done", "failed"), 180)[0]
         path = Path(row.dump_path)
         assert path.parent == d.dump_dir
         assert path.name.isascii() and "/" not in path.name and ".." not in path.name
         assert not path.name.startswith(".")
-        assert sorted(p.name for p in d.dump_dir.iterdir()) == sorted([path.name, Path(row.sidecar_path).name])
+        expected = [path.name, Path(row.sidecar_path).name, Path(row.compact_path).name]
+        assert sorted(p.name for p in d.dump_dir.iterdir()) == sorted(expected)
+        assert all(Path(p).parent == d.dump_dir for p in (row.sidecar_path, row.compact_path))
         assert json.loads(Path(row.sidecar_path).read_text())["domain"] == name
         d.stop()
     finally:
