@@ -1,36 +1,57 @@
 # vmcrash: everything the project needs is installed from here (a fresh Debian 12 machine, as root).
-#   make demo   - set up, then a real throwaway guest crashes and vmcrash handles it end to end
-#   make test   - set up, then every test (unit, lab against real libvirtd + QEMU, guest, fuzz)
+#   make demo   - set up what the demo needs, then a real throwaway guest crashes and vmcrash handles it
+#   make test   - set up everything the tests need, then every test (unit, lab against real libvirtd +
+#                 QEMU, guest boots, PostgreSQL, Prometheus + Alertmanager, Chromium)
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
-	pkg-config gcc linux-image-amd64 busybox-static qemu-guest-agent kmod cpio \
-	debootstrap chrony e2fsprogs util-linux libzstd1 zstd libxml2-utils \
-	makedumpfile liblzo2-dev binutils
-STAMP_APT := /var/lib/vmcrash/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
+# What `make demo` needs: QEMU, libvirt, a guest kernel, busybox and the guest agent for the lab guest.
+APT_DEMO := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
+	pkg-config gcc linux-image-amd64 busybox-static qemu-guest-agent kmod cpio libzstd1
+# What only the tests need on top: a debootstrapped guest root and an NTP server for the boot proofs
+# (chrony: installing it replaces the host's systemd-timesyncd, so the demo never installs it),
+# makedumpfile/readelf/xmllint for interop checks, the lzo headers for the codecs extra, and the
+# real programs the ops features are tested against.
+APT_TEST := $(APT_DEMO) debootstrap chrony e2fsprogs util-linux zstd libxml2-utils makedumpfile \
+	liblzo2-dev binutils postgresql prometheus prometheus-alertmanager chromium
+stamp = /var/lib/vmcrash/.apt-$(shell echo $(1) | md5sum | cut -c1-8)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit lab fuzz bench lint typecheck clean
+.PHONY: setup setup-demo demo test unit lab fuzz bench lint typecheck clean
 
-setup: $(STAMP_APT) $(VENV)/.installed
-
-$(STAMP_APT):
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@mkdir -p $(dir $@) && touch $@
+	@mkdir -p /var/lib/vmcrash && touch $(2)
+endef
 
-$(VENV)/.installed: pyproject.toml
+setup: $(call stamp,$(APT_TEST)) $(VENV)/.installed-test
+setup-demo: $(call stamp,$(APT_DEMO)) $(VENV)/.installed-demo
+
+$(call stamp,$(APT_TEST)):
+	$(call apt_install,$(APT_TEST),$@)
+
+ifneq ($(call stamp,$(APT_TEST)),$(call stamp,$(APT_DEMO)))
+$(call stamp,$(APT_DEMO)):
+	$(call apt_install,$(APT_DEMO),$@)
+endif
+
+$(VENV)/.installed-demo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[host,test,codecs]'
+	$(BIN)/pip install -q -e '.[host]'
 	@touch $@
 
-demo: setup
+$(VENV)/.installed-test: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[host,test,codecs,fleet,web]'
+	@touch $@ $(VENV)/.installed-demo
+
+demo: setup-demo
 	$(BIN)/vmcrash selftest
 
 test: setup

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -91,6 +92,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX clock_syncs_domain ON clock_syncs(domain, at_ns);
     """,
+    # 3: every row names the host that wrote it (fleet catalogues); crash signatures for grouping
+    """
+    ALTER TABLE crashes ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE crashes ADD COLUMN signature TEXT;
+    ALTER TABLE clock_syncs ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    CREATE INDEX crashes_signature ON crashes(signature);
+    CREATE INDEX crashes_host ON crashes(host, id);
+    """,
 )
 
 #: States of a crash whose handling has not finished.
@@ -135,6 +144,10 @@ class CrashRow:
     compact_path: str | None
     compact_state: str | None
     compact: dict[str, Any] | None
+    #: the host whose daemon recorded this crash (``socket.gethostname()``)
+    host: str = ""
+    #: crash signature from triage (panic reason + top frames, noise stripped), or None
+    signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (used by ``list --json`` / ``show --json``)."""
@@ -159,8 +172,10 @@ class Catalog:
     :raises StorageError: the file cannot be opened or written.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, host: str | None = None) -> None:
         self.path = Path(path)
+        #: the name every row written through this catalogue carries
+        self.host = host if host is not None else socket.gethostname()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -227,9 +242,9 @@ class Catalog:
         now = time.time_ns()
         cur = self._exec(
             "INSERT INTO crashes(domain, uuid, domain_id, source, state, panic_ns, detected_ns, updated_ns,"
-            " policy_json) VALUES (?,?,?,?,?,?,?,?,?)",
+            " policy_json, host) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (domain, uuid, domain_id, source, "detected", panic_ns, now, now,
-             json.dumps(policy) if policy is not None else None),
+             json.dumps(policy) if policy is not None else None, self.host),
         )
         crash_id = int(cur.lastrowid or 0)
         self.log(crash_id, "detected", f"panic of {domain} ({source})")
@@ -242,6 +257,9 @@ class Catalog:
         cols: list[str] = []
         args: list[Any] = []
         for key, value in values.items():
+            if key == "triage" and isinstance(value, dict) and isinstance(value.get("signature"), str):
+                cols.append("signature = ?")
+                args.append(value["signature"])
             if key in {c.removesuffix("_json") for c in _JSON_COLUMNS}:
                 key, value = f"{key}_json", None if value is None else json.dumps(value)
             if key == "vmcoreinfo" and value is not None:
@@ -266,9 +284,9 @@ class Catalog:
         """Record one clock check/correction (after a crash, a resume or a sweep)."""
         cur = self._exec(
             "INSERT INTO clock_syncs(domain, uuid, at_ns, reason, crash_id, ok, before_ms, after_ms,"
-            " result_json, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " result_json, error, host) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (domain, uuid, time.time_ns(), reason, crash_id, int(ok), before_ms, after_ms,
-             json.dumps(result) if result is not None else None, error),
+             json.dumps(result) if result is not None else None, error, self.host),
         )
         return int(cur.lastrowid or 0)
 
