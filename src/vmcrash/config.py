@@ -11,6 +11,7 @@ Example::
     max_parallel_dumps = 2
     min_free_mb = 1024                              # never fill the dump disk below this
     metrics_listen = ""                             # e.g. "127.0.0.1:9464" for Prometheus
+    run_dir = "/run/vmcrash"                        # one daemon per hypervisor: its lock lives here
 
     [retention]
     max_dumps_per_domain = 5                        # 0 = unlimited
@@ -155,6 +156,8 @@ class Config:
     min_free_mb: int = 1024
     shutdown_dump: str = "abort"
     metrics_listen: str = ""
+    #: where the one-daemon-per-hypervisor and per-crash locks live (see capture/daemon_lock.py)
+    run_dir: Path = Path("/run/vmcrash")
     retention: Retention = field(default_factory=Retention)
     crash_loop: CrashLoop = field(default_factory=CrashLoop)
     clock: ClockPolicy = field(default_factory=ClockPolicy)
@@ -203,7 +206,7 @@ class Config:
 # -- parsing ---------------------------------------------------------------------------------
 
 _TOP_KEYS = {"libvirt_uri", "dump_dir", "catalog", "max_parallel_dumps", "min_free_mb", "shutdown_dump",
-             "metrics_listen",
+             "metrics_listen", "run_dir",
              "retention", "crash_loop", "clock", "staging", "domains"}
 
 
@@ -299,6 +302,11 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"expected host:port, got {listen!r}", path=p, key="metrics_listen")
         values["metrics_listen"] = listen
+    if "run_dir" in doc:
+        run_dir = Path(_check_type(doc["run_dir"], str, p, "run_dir"))
+        if not run_dir.is_absolute():
+            raise ConfigError("must be an absolute path", path=p, key="run_dir")
+        values["run_dir"] = run_dir
     if "retention" in doc:
         values["retention"] = _section(Retention, doc["retention"], p, "retention")
     if "crash_loop" in doc:

@@ -13,7 +13,8 @@ and which exit code the CLI returns::
     │   ├── LibvirtUnavailable           cannot reach libvirtd (uri)
     │   ├── AgentUnavailable             no guest agent channel / agent not answering (domain)
     │   ├── MissingCodec                 a compression library is not installed (codec)
-    │   └── StorageError                 disk full, permission denied, I/O error (path)
+    │   ├── StorageError                 disk full, permission denied, I/O error (path)
+    │   └── OwnedElsewhere               another vmcrash daemon owns this hypervisor or crash (pid, config)
     ├── RefusedError          exit 3     libvirt or the agent understood and said no
     │   ├── LibvirtRefused               (domain, code)
     │   └── AgentRefused                 (domain, command)
@@ -47,6 +48,7 @@ __all__ = [
     "AgentUnavailable",
     "MissingCodec",
     "StorageError",
+    "OwnedElsewhere",
     "RefusedError",
     "LibvirtRefused",
     "AgentRefused",
@@ -179,6 +181,19 @@ class StorageError(EnvironmentProblem):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
+
+
+class OwnedElsewhere(EnvironmentProblem):
+    """Another vmcrash process owns this hypervisor (a running daemon) or this domain's crash.
+
+    :ivar pid: the owner's process id, or ``None`` when it could not be read.
+    :ivar config: the owner's configuration file, or ``None``.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None, config: str | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.config = config
 
 
 # -- refusals ---------------------------------------------------------------------------

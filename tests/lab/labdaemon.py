@@ -24,18 +24,22 @@ class Daemon:
 
     def __init__(self, directory: Path, extra: str = "", *, watch: list[str] | None = None,
                  dump_dir: Path | None = None, min_free_mb: int = 64, staging: str = "",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, run_dir: Path | None = None) -> None:
         self.env = {**os.environ, **(env or {})}
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = dump_dir or self.dir / "dumps"
         self.staging = Path("/dev/shm") / f"vmcrash-test-{os.getpid()}-{id(self):x}"
         self.config = self.dir / "vmcrash.toml"
+        # Each test daemon gets its own lock directory unless a test shares one on purpose: the
+        # one-daemon-per-hypervisor lock would otherwise serialize unrelated tests' daemons.
+        self.run_dir = run_dir or self.dir / "run"
         self.catalog_path = self.dir / "catalog.sqlite"
         self.config.write_text(
             f'dump_dir = "{self.dump_dir}"\n'
             f'catalog = "{self.catalog_path}"\n'
             f"min_free_mb = {min_free_mb}\n"
+            f'run_dir = "{self.run_dir}"\n'
             + extra + "\n"
             # Only this test's guests: other lab guests on the host (other tests, benchmarks) are not ours.
             + '[domains."*"]\nwatch = false\n'
@@ -51,14 +55,16 @@ class Daemon:
         return subprocess.run([sys.executable, "-m", "vmcrash.cli.main", "--config", str(self.config), *args],
                               capture_output=True, text=True, check=check, timeout=timeout)
 
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = 60, *, args: tuple[str, ...] = (), ready: str | None = "reconciled:") -> None:
+        """Start ``vmcrash watch ARGS``; wait until ``ready`` is logged (None: do not wait)."""
         self.staging.mkdir(exist_ok=True)
         log = open(self.log_path, "ab")
         self._log_offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmcrash.cli.main", "--config", str(self.config), "-v", "watch"],
+            [sys.executable, "-m", "vmcrash.cli.main", "--config", str(self.config), "-v", "watch", *args],
             stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.wait_log("reconciled:", timeout_s)
+        if ready is not None:
+            self.wait_log(ready, timeout_s)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -32,6 +32,7 @@ from typing import Any
 import libvirt
 
 from vmcrash.capture import files
+from vmcrash.capture.daemon_lock import CrashLocks
 from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
 from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
 from vmcrash.config import Config
@@ -73,8 +74,11 @@ def sd_notify(message: str) -> bool:
 class Watcher:
     """The crash-capture daemon. Run :meth:`run` on the libvirt event loop (:mod:`vmcrash.host.aio`)."""
 
-    def __init__(self, cfg: Config, *, catalog: Catalog | None = None) -> None:
+    def __init__(self, cfg: Config, *, catalog: Catalog | None = None,
+                 crash_locks: CrashLocks | None = None) -> None:
         self.cfg = cfg
+        #: per-domain crash locks shared with manual verbs (None: an in-process daemon, e.g. selftest)
+        self.crash_locks = crash_locks
         self.catalog = catalog or Catalog(cfg.catalog_path)
         self.state = Runstate.IDLE
         self.hv: Hypervisor | None = None
@@ -303,7 +307,19 @@ class Watcher:
         return True
 
     async def _handle(self, report: PanicReport) -> None:
+        lock = self.crash_locks.lock_for(report.uuid) if self.crash_locks is not None else None
         try:
+            if lock is not None:
+                locks = self.crash_locks
+                assert locks is not None
+                got = await self._in_thread(lambda: lock.wait_acquire(
+                    role="watch", config=locks.config, key=locks.key, stop=self.stop_requested,
+                    timeout_s=3600.0))
+                if not got:
+                    holder = lock.holder()
+                    log.error("%s: not handled: its crash is held by %s", report.domain,
+                              holder.describe() if holder else "another process")
+                    return
             for _attempt in range(10):
                 try:
                     crash_id = await self._in_thread(self.handler.handle, report)
@@ -335,6 +351,8 @@ class Watcher:
                     self._cleanup_temp(row)
                     report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
         finally:
+            if lock is not None:
+                lock.release()
             self.active.discard(report.uuid)
 
     def _record_metrics(self, crash_id: int) -> None:
@@ -451,6 +469,8 @@ class Watcher:
         by_uuid = {i.uuid: i for i in infos}
         covered: set[str] = set()
         for row in self.catalog.unfinished():
+            if row.host and row.host != self.catalog.host:
+                continue  # a shared catalogue: another host's daemon finishes its own crashes
             if row.uuid in self.active:
                 covered.add(row.uuid)
                 continue

@@ -22,10 +22,17 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
     import libvirt
 
     from vmcrash.capture import retention
+    from vmcrash.capture.daemon_lock import HypervisorLock, resolve_hypervisor_key
     from vmcrash.host.connection import Hypervisor, call
     from vmcrash.host.domxml import apply_fixes, memory_bytes, readiness
 
     cfg = config_of(ctx)
+    key = resolve_hypervisor_key(cfg.libvirt_uri)
+    holder = HypervisorLock(cfg.run_dir, key).holder()
+    daemon = {"hypervisor": key, "held": holder is not None,
+              "holder": holder.to_dict() if holder is not None else None,
+              "detail": f"watched by {holder.describe()}" if holder is not None else
+                        "no vmcrash daemon holds this hypervisor: panics are not handled now"}
     hv = Hypervisor(cfg.libvirt_uri)
     doms = [hv.lookup(d) for d in domains] if domains else [
         d for d in hv.domains() if cfg.watches(d.name())]
@@ -45,6 +52,7 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
         entry: dict[str, Any] = {
             "domain": name,
             "watched": cfg.watches(name),
+            "daemon": daemon,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + [
                 {"name": "dump-space", "ok": space_ok,
                  "detail": f"{fmt_bytes(free)} free in {cfg.dump_dir}, a dump needs up to {fmt_bytes(need)} "
@@ -70,6 +78,7 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
     if as_json:
         echo_json(report)
     else:
+        click.echo(f"daemon: {daemon['detail']} ({key})")
         if not report:
             click.echo("no domains to check")
         for entry in report:

@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import click
 
+from vmcrash.capture.daemon_lock import Holder
 from vmcrash.cli._common import config_of, echo_json, fmt_bytes
-from vmcrash.config import DUMP_FORMATS
-from vmcrash.errors import EXIT_FINDINGS, EXIT_OK
+from vmcrash.config import DUMP_FORMATS, load_config
+from vmcrash.errors import EXIT_FINDINGS, EXIT_OK, OwnedElsewhere, VmcrashError
+from vmcrash.store.catalog import UNFINISHED_STATES, Catalog
 
-__all__ = ["dump"]
+__all__ = ["dump", "daemon_watches", "refuse_if_owned"]
+
+#: a crash row of another host updated more recently than this is taken as being handled there
+FOREIGN_ROW_FRESH_S = 600.0
+
+
+def daemon_watches(daemon: Holder | None, name: str) -> bool:
+    """Whether the daemon holding the hypervisor handles ``name``'s panics, judged by its own config.
+
+    An unreadable or broken config counts as "watches": refusing is the safe side.
+    """
+    if daemon is None:
+        return False
+    if not daemon.config or not daemon.config.startswith("/"):
+        return True
+    try:
+        return load_config(daemon.config).watches(name)
+    except VmcrashError:
+        return True
+
+
+def refuse_if_owned(name: str, uuid: str, panicked: bool, daemon: Holder | None, catalog: Catalog, *,
+                    watched: bool = True) -> None:
+    """Refuse a manual dump of a crash that a daemon owns (here, or on another host of a shared catalogue).
+
+    A panicked guest that a running daemon watches is the daemon's even before it took the crash's
+    lock; a crash row of another host that is unfinished and fresh is that host's.
+
+    :raises OwnedElsewhere: naming the owner.
+    """
+    if panicked and watched and daemon is not None and daemon.pid != os.getpid():
+        raise OwnedElsewhere(f"{name} has panicked and {daemon.describe()} watches this hypervisor: "
+                             "the daemon handles this crash (see 'vmcrash list')", pid=daemon.pid,
+                             config=daemon.config)
+    row = catalog.latest_for(uuid)
+    if row is not None and row.state in UNFINISHED_STATES and row.host and row.host != catalog.host \
+            and time.time_ns() - row.updated_ns < FOREIGN_ROW_FRESH_S * 1e9:
+        raise OwnedElsewhere(f"{name}: crash #{row.id} is being handled by host {row.host} "
+                             f"(state {row.state}); not dumping")
 
 
 @click.command("dump")
@@ -40,10 +81,10 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
         TransferSpeedColumn,
     )
 
+    from vmcrash.capture.daemon_lock import CrashLocks, HypervisorLock, resolve_hypervisor_key
     from vmcrash.capture.dumping import DumpProgress
     from vmcrash.capture.pipeline import CrashHandler, PanicReport
     from vmcrash.host.connection import Hypervisor
-    from vmcrash.store.catalog import Catalog
 
     cfg = config_of(ctx)
     if fmt is not None:
@@ -62,8 +103,14 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
         progress.update(task, completed=p.processed_bytes, total=p.total_bytes or info.memory_bytes, zero=zero)
 
     catalog = Catalog(cfg.catalog_path)
+    key = resolve_hypervisor_key(cfg.libvirt_uri)
+    config_name = str(cfg.path) if cfg.path else "(defaults)"
+    holder = HypervisorLock(cfg.run_dir, key).holder()
+    refuse_if_owned(info.name, info.uuid, info.panicked, holder, catalog,
+                    watched=daemon_watches(holder, info.name))
     handler = CrashHandler(cfg, lambda: hv, catalog, progress=on_progress)
-    with progress:
+    with CrashLocks(cfg.run_dir, key, config=config_name).hold(info.uuid, role="dump", domain=info.name), \
+            progress:
         crash_id = handler.handle(PanicReport(info.name, info.uuid, time.time_ns(), "manual"))
     if compact and not as_json and show_bar:
         click.echo("compacting in the background priority class ...", err=True)

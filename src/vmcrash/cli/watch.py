@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
+import time
 from typing import Any
 
 import click
@@ -15,30 +17,57 @@ __all__ = ["watch"]
 
 
 @click.command("watch")
+@click.option("--standby", is_flag=True,
+              help="If another daemon watches this hypervisor, wait and take over when it dies.")
 @click.pass_context
-def watch(ctx: click.Context) -> int:
+def watch(ctx: click.Context, standby: bool) -> int:
     """Watch libvirt for guest panics and handle each one: dump, recover, fix the clock, triage, record.
 
+    One daemon per hypervisor: a second one refuses to start (exit 3) unless --standby, which
+    waits for the first to end and then takes over (reconciling what happened in the gap).
     Stops cleanly on SIGTERM/SIGINT: a running dump is aborted (or finished, per shutdown_dump)
     and the guest recovered before exit.
     """
+    from vmcrash.capture.daemon_lock import CrashLocks, HypervisorLock, resolve_hypervisor_key
     from vmcrash.capture.watch import Watcher
     from vmcrash.host import aio
 
     cfg = config_of(ctx)
+    log = logging.getLogger("vmcrash")
     if ctx.find_root().obj.get("verbose", 0) == 0:
-        logging.getLogger("vmcrash").setLevel(logging.INFO)
-    aio.event_loop()
-    watcher = Watcher(cfg)
+        log.setLevel(logging.INFO)
+    stopping = threading.Event()
+    watcher: Watcher | None = None
 
     def on_signal(signum: int, frame: Any) -> None:
-        logging.getLogger("vmcrash").warning("signal %d: stopping", signum)
-        watcher.request_stop()
+        log.warning("signal %d: stopping", signum)
+        stopping.set()
+        if watcher is not None:
+            watcher.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    logging.getLogger("vmcrash").warning("vmcrash watch: %s, dumps in %s, catalogue %s",
-                                         cfg.libvirt_uri, cfg.dump_dir, cfg.catalog_path)
+    config_name = str(cfg.path) if cfg.path else "(defaults)"
+    key = resolve_hypervisor_key(cfg.libvirt_uri)
+    hv_lock = HypervisorLock(cfg.run_dir, key, config=config_name)
+    if standby:
+        holder = hv_lock.holder()
+        if holder is not None:
+            log.warning("standby: %s is watched by %s; waiting to take over", key, holder.describe())
+        waited_from = time.monotonic()
+        if not hv_lock.wait(stopping):
+            log.warning("standby: stopped before taking over")
+            return 0
+        if holder is not None:
+            log.warning("standby: took over %s after %.3f s", key, time.monotonic() - waited_from)
+    else:
+        hv_lock.acquire()
+    aio.event_loop()
+    watcher = Watcher(cfg, crash_locks=CrashLocks(cfg.run_dir, key, config=config_name))
+    if stopping.is_set():
+        watcher.request_stop()
+    log.warning("vmcrash watch: %s (%s), dumps in %s, catalogue %s",
+                cfg.libvirt_uri, key, cfg.dump_dir, cfg.catalog_path)
     fut = aio.submit(watcher.run())
     while True:
         try:
@@ -47,4 +76,5 @@ def watch(ctx: click.Context) -> int:
         except TimeoutError:
             continue
     sys.stdout.flush()
+    hv_lock.release()
     return 0
