@@ -63,12 +63,47 @@ class LazyGroup(click.Group):
 
             return unavailable
         command: click.Command = getattr(module, attr)
+        accept_global_options(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, spec[2]) for name, spec in VERBS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _set_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["config_path"] = value
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["verbose"] = root.obj.get("verbose", 0) + value
+        logging.getLogger().setLevel(max(logging.WARNING - 10 * root.obj["verbose"], logging.DEBUG))
+
+
+def accept_global_options(command: click.Command) -> None:
+    """Let ``--config FILE`` and ``-v`` also follow the verb (``vmcrash watch --config FILE``).
+
+    Added to every command of the verb, sub-commands included, unless it has an option of that
+    name of its own (``vmcrash guest audit -v`` keeps its meaning: every edge chain). Idempotent.
+    """
+    names = {opt for p in command.params for opt in getattr(p, "opts", [])}
+    if "--config" not in names:
+        command.params.append(click.Option(["--config", "global_config"], type=click.Path(dir_okay=False),
+                                           default=None, expose_value=False, callback=_set_config,
+                                           is_eager=True, help="Config file (as before the verb)."))
+    if "-v" not in names and "--verbose" not in names:
+        command.params.append(click.Option(["-v", "--verbose", "global_verbose"], count=True, expose_value=False,
+                                           callback=_set_verbose, help="More logging (as before the verb)."))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_global_options(sub)
 
 
 class VmcrashErrorExit(Exception):
