@@ -15,12 +15,11 @@ PAGE = 4096
 
 
 @pytest.mark.parametrize("name", ["zlib", "zstd", "lzo", "snappy"])
-def test_round_trip_or_missing(name: str) -> None:
+def test_round_trip(name: str) -> None:
+    """Every codec round-trips. `make test` installs all of them (the codecs extra), so a missing
+    one is a failure here, not a pass; what a missing library looks like is tested below."""
     page = os.urandom(1000) + bytes(PAGE - 1000)
-    if name not in available_codecs():
-        with pytest.raises(MissingCodec, match=f"no {name} library"):
-            get_codec(name)
-        return
+    assert name in available_codecs(), f"{name} codec library not installed (pip install -e '.[codecs]')"
     codec = get_codec(name)
     packed = codec.compress(page)
     assert len(packed) < PAGE

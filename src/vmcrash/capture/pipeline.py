@@ -23,7 +23,7 @@ from typing import Any
 
 import libvirt
 
-from vmcrash.capture import files, retention
+from vmcrash.capture import files, prune, retention
 from vmcrash.capture.dumping import DumpProgress, DumpStats, take_dump
 from vmcrash.capture.recovery import RecoveryResult, recover
 from vmcrash.capture.staging import decide_staging, dirty_allowance_bytes, mem_available_bytes, move_sparse
@@ -37,7 +37,7 @@ from vmcrash.host.agent import Agent
 from vmcrash.host.connection import Hypervisor
 from vmcrash.store.catalog import Catalog
 
-__all__ = ["PanicReport", "CrashHandler", "kept_dumps", "clock_after_freeze", "triage_dump"]
+__all__ = ["PanicReport", "CrashHandler", "clock_after_freeze", "triage_dump"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,6 @@ class PanicReport:
     panic_ns: int
     source: str
     resume_crash_id: int | None = None
-
-
-def kept_dumps(catalog: Catalog) -> list[retention.KeptDump]:
-    """Finished dumps that still exist on disk, from the catalogue."""
-    out = []
-    for row in catalog.dumps():
-        if row.dump_path and Path(row.dump_path).exists():
-            size = retention.disk_usage_bytes(Path(row.dump_path))
-            if row.compact_path and row.compact_path != row.dump_path:
-                size += retention.disk_usage_bytes(Path(row.compact_path))
-            out.append(retention.KeptDump(row.id, row.uuid, Path(row.dump_path), size, row.dump_ended_ns or 0))
-    return out
 
 
 def clock_after_freeze(dom: libvirt.virDomain, *, target_ms: float, agent_wait_s: float,
@@ -256,7 +244,7 @@ class CrashHandler:
             free = retention.disk_free_bytes(cfg.dump_dir)
         except VmcrashError as exc:
             return None, None, f"cannot check free space: {exc}"
-        plan = retention.plan_space(kept_dumps(self.catalog), need_bytes=need, free_bytes=free,
+        plan = retention.plan_space(prune.kept_dumps(self.catalog), need_bytes=need, free_bytes=free,
                                     reserve_bytes=cfg.min_free_bytes,
                                     keep_min_per_domain=cfg.retention.keep_min_per_domain)
         if not plan.fits:
@@ -484,22 +472,10 @@ class CrashHandler:
     # -- retention -------------------------------------------------------------------------
 
     def _delete_dump(self, crash_id: int, why: str) -> None:
-        row = self.catalog.get(crash_id)
-        if row is None:
-            return
-        for p in (row.dump_path, row.sidecar_path, row.compact_path):
-            if p:
-                files.remove_quietly(Path(p))
-                files.remove_quietly(Path(p + ".part"))
-                files.remove_quietly(Path(p + ".part.ckpt"))
-        self.catalog.update(crash_id, dump_path=None, sidecar_path=None, compact_path=None)
-        self.catalog.log(crash_id, "deleted", why)
-        log.warning("crash #%d: dump %s", crash_id, why)
+        prune.delete_dump(self.catalog, crash_id, why)
 
     def _apply_retention(self) -> None:
-        doomed = retention.plan_retention(kept_dumps(self.catalog), self.cfg.retention, time.time_ns())
-        for d in doomed:
-            self._delete_dump(d.crash_id, "deleted by retention limits")
+        prune.apply_retention(self.catalog, self.cfg.retention, time.time_ns())
 
 
 def _dom_id(dom: libvirt.virDomain) -> int | None:

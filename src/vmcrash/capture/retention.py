@@ -1,7 +1,7 @@
 """Disk safety: will the next dump fit, which old dumps make room, which exceed the limits.
 
 Planning is pure (lists of :class:`KeptDump` in, decisions out); :func:`disk_free_bytes` and
-:func:`kept_dumps` are the thin I/O around it. Oldest dumps go first; pruning for space never
+the executor that deletes is :mod:`~vmcrash.capture.prune`. Oldest dumps go first; pruning for space never
 takes a domain below ``keep_min_per_domain`` dumps.
 """
 
