@@ -9,7 +9,7 @@ import time
 import click
 
 from vmcrash.capture.daemon_lock import Holder
-from vmcrash.cli._common import config_of, echo_json, fmt_bytes
+from vmcrash.cli._common import config_of, echo_json, fmt_bytes, stderr_console
 from vmcrash.config import DUMP_FORMATS, load_config
 from vmcrash.errors import EXIT_FINDINGS, EXIT_OK, OwnedElsewhere, VmcrashError
 from vmcrash.store.catalog import UNFINISHED_STATES, Catalog
@@ -95,7 +95,7 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
     show_bar = not no_progress and not as_json and sys.stderr.isatty()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[zero]}"),
-                        transient=False, disable=not show_bar)
+                        transient=False, disable=not show_bar, console=stderr_console())
     task = progress.add_task(f"dump {info.name}", total=info.memory_bytes, zero="")
 
     def on_progress(name: str, p: DumpProgress) -> None:

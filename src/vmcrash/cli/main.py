@@ -131,12 +131,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
     Exit codes: 0 ok, 1 findings, 2 usage or bad input, 3 environment.
     """
+    from vmcrash.cli._common import log_handler
+
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[log_handler()])
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
     ctx.obj["verbose"] = verbose
