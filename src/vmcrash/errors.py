@@ -32,6 +32,11 @@ Exit codes of the CLI: 0 ok, 1 findings (a check failed, an audit found problems
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "EXIT_OK",
     "EXIT_FINDINGS",
@@ -55,6 +60,7 @@ __all__ = [
     "UsageError",
     "ConfigError",
     "DomainNotFound",
+    "storage_errors",
 ]
 
 EXIT_OK = 0
@@ -248,3 +254,17 @@ class DomainNotFound(UsageError):
     def __init__(self, domain: str) -> None:
         super().__init__(f"no such domain: {domain}")
         self.domain = domain
+
+
+# -- the one translation of OSError ------------------------------------------------------------
+
+
+@contextmanager
+def storage_errors(what: str, path: os.PathLike[str] | str | None = None) -> Iterator[None]:
+    """Translate ``OSError`` raised in the block into :class:`StorageError` (``what: reason``), keeping
+    the cause; ENOSPC reads "no space left on device". Used wherever vmcrash reads or writes files."""
+    try:
+        yield
+    except OSError as exc:
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StorageError(f"{what}: {reason}", path=str(path) if path else exc.filename) from exc

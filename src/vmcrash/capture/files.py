@@ -12,20 +12,17 @@ daemon can never leave a file that looks complete but is not. This is the one pl
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmcrash.errors import StorageError
+from vmcrash.errors import StorageError, storage_errors
 
 __all__ = [
     "PARTIAL_SUFFIX",
@@ -110,16 +107,6 @@ def dump_name(dump_dir: Path, domain: str, uuid: str, when_ns: int, fmt: str) ->
 def inside(directory: Path, path: Path) -> bool:
     """True when ``path`` is a direct child of ``directory`` (after resolving ``..`` and links)."""
     return path.parent.resolve() == directory.resolve() and path.name not in ("", ".", "..")
-
-
-@contextlib.contextmanager
-def storage_errors(what: str, path: os.PathLike[str] | str | None = None) -> Iterator[None]:
-    """Translate ``OSError`` raised in the block into :class:`StorageError`."""
-    try:
-        yield
-    except OSError as exc:
-        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise StorageError(f"{what}: {reason}", path=str(path) if path else exc.filename) from exc
 
 
 def ensure_dump_dir(dump_dir: Path) -> Path:

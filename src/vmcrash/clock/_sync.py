@@ -32,8 +32,6 @@ import math
 import time
 from collections.abc import Callable
 
-import libvirt
-
 from vmcrash.clock._estimate import OffsetEstimate, SyncResult, estimate, landing_ns, next_lead_ns, within
 from vmcrash.clock._transport import (
     DEFAULT_MAX_RTT_NS,
@@ -143,12 +141,11 @@ def sync(agent: ClockAgent, *, target_ns: int = DEFAULT_TARGET_NS, max_attempts:
 def agent_not_configured(exc: AgentUnavailable) -> bool:
     """True when ``exc`` says the domain has no agent channel at all (waiting cannot help).
 
-    :class:`~vmcrash.host.agent.Agent` keeps libvirt's error as the cause; libvirt reports a
-    missing channel as ``VIR_ERR_ARGUMENT_UNSUPPORTED`` ("QEMU guest agent is not configured").
+    :class:`~vmcrash.host.agent.Agent` decides that where libvirt's error is translated
+    (``VIR_ERR_ARGUMENT_UNSUPPORTED``, "QEMU guest agent is not configured") and says so in
+    :attr:`AgentUnavailable.not_configured`; ``clock/`` never looks at libvirt's errors itself.
     """
-    cause = exc.__cause__
-    return isinstance(cause, libvirt.libvirtError) and \
-        cause.get_error_code() == libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED
+    return bool(exc.not_configured)
 
 
 def wait_for_agent(agent: ClockAgent, *, timeout_s: float = 60.0, first_delay_s: float = 0.1,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,7 +26,10 @@ __all__ = [
     "DEFAULT_URI",
     "DomainInfo",
     "Hypervisor",
+    "TRANSLATION",
     "call",
+    "error_class",
+    "libvirt_errors",
     "translate",
     "state_name",
 ]
@@ -37,15 +41,19 @@ DEFAULT_URI = "qemu:///system"
 T = TypeVar("T")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
-# libvirt error codes and error domains that mean "the connection/daemon is gone",
-# as opposed to "the request was refused".
-_UNAVAILABLE_CODES = {
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_INVALID_CONN,
-    libvirt.VIR_ERR_AUTH_FAILED,
+# How a libvirtError maps to the error tree: (error code, error domain) -> class, ``None`` standing
+# for "any". Looked up most specific first: (code, domain), (code, None), (None, domain). Anything
+# not listed is a refusal: libvirt understood the request and said no.
+TRANSLATION: dict[tuple[int | None, int | None], type[VmcrashError]] = {
+    (libvirt.VIR_ERR_NO_DOMAIN, None): DomainNotFound,
+    # the connection or the daemon is gone
+    (libvirt.VIR_ERR_RPC, None): LibvirtUnavailable,
+    (libvirt.VIR_ERR_NO_CONNECT, None): LibvirtUnavailable,
+    (libvirt.VIR_ERR_INVALID_CONN, None): LibvirtUnavailable,
+    (libvirt.VIR_ERR_AUTH_FAILED, None): LibvirtUnavailable,
+    (None, libvirt.VIR_FROM_RPC): LibvirtUnavailable,
+    (None, libvirt.VIR_FROM_REMOTE): LibvirtUnavailable,
 }
-_UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -71,21 +79,38 @@ def state_name(state: int) -> str:
     return _STATE_NAMES.get(state, f"state-{state}")
 
 
+def error_class(code: int | None, domain: int | None) -> type[VmcrashError]:
+    """The project error class for a libvirt (code, error domain) pair, per :data:`TRANSLATION`. Pure."""
+    for key in ((code, domain), (code, None), (None, domain)):
+        kind = TRANSLATION.get(key)
+        if kind is not None:
+            return kind
+    return LibvirtRefused
+
+
 def translate(exc: libvirt.libvirtError, *, domain: str | None = None, uri: str | None = None) -> VmcrashError:
     """Map a ``libvirtError`` to the project's error tree (the caller does ``raise ... from exc``)."""
     code = exc.get_error_code()
     msg = exc.get_error_message() or str(exc)
-    if code == libvirt.VIR_ERR_NO_DOMAIN:
+    kind = error_class(code, exc.get_error_domain())
+    if kind is DomainNotFound:
         return DomainNotFound(domain or msg)
-    if code in _UNAVAILABLE_CODES or exc.get_error_domain() in _UNAVAILABLE_DOMAINS:
+    if kind is LibvirtUnavailable:
         return LibvirtUnavailable(msg, uri=uri)
     return LibvirtRefused(msg, domain=domain, code=code)
 
 
 def call(fn: Callable[..., T], *args: Any, domain: str | None = None, uri: str | None = None) -> T:
     """Call a libvirt function, translating its errors."""
-    try:
+    with libvirt_errors(domain=domain, uri=uri):
         return fn(*args)
+
+
+@contextmanager
+def libvirt_errors(*, domain: str | None = None, uri: str | None = None) -> Iterator[None]:
+    """Translate any ``libvirtError`` raised in the block (``with libvirt_errors(domain=name): ...``)."""
+    try:
+        yield
     except libvirt.libvirtError as exc:
         raise translate(exc, domain=domain, uri=uri) from exc
 
@@ -150,13 +175,6 @@ class Hypervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def alive(self) -> bool:
-        """True while the connection answers."""
-        try:
-            return bool(self.conn.isAlive())
-        except libvirt.libvirtError:
-            return False
 
     def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
         """Find a domain by UUID (when it looks like one) or name. :raises DomainNotFound:"""

@@ -19,6 +19,7 @@ Only the final atomic rename makes ``<dst>`` exist, so a half-written file never
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vmcrash.errors import DumpFormatError, GuestMemoryError, StorageError, UsageError, VmcrashError
+from vmcrash.errors import DumpFormatError, GuestMemoryError, StorageError, UsageError, VmcrashError, storage_errors
 
 from ._base import DumpReader
 from ._codecs import CODEC_FLAGS, available_codecs, get_codec
@@ -98,10 +99,8 @@ class ConvertResult:
 
 
 def _identity(path: str) -> dict[str, int | str]:
-    try:
+    with storage_errors("cannot stat", path):
         st = os.stat(path)
-    except OSError as exc:
-        raise StorageError(f"cannot stat: {exc.strerror}", path=path) from exc
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
@@ -122,10 +121,8 @@ class _Part:
         self.ckpt_path = dst + ".part.ckpt"
         if os.path.exists(dst):
             raise UsageError(f"{dst}: already exists; remove it or choose another destination")
-        try:
+        with storage_errors("cannot create", self.path):
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except OSError as exc:
-            raise StorageError(f"cannot create: {exc.strerror}", path=self.path) from exc
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -135,30 +132,22 @@ class _Part:
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
-            try:
+            with storage_errors("write failed", self.path):
                 n = os.pwrite(self.fd, view, offset)
-            except OSError as exc:
-                raise StorageError(f"write failed: {exc.strerror}", path=self.path) from exc
             view = view[n:]
             offset += n
 
     def pread(self, size: int, offset: int) -> bytes:
-        try:
+        with storage_errors("read failed", self.path):
             return os.pread(self.fd, size, offset)
-        except OSError as exc:
-            raise StorageError(f"read failed: {exc.strerror}", path=self.path) from exc
 
     def truncate(self, size: int) -> None:
-        try:
+        with storage_errors("truncate failed", self.path):
             os.ftruncate(self.fd, size)
-        except OSError as exc:
-            raise StorageError(f"truncate failed: {exc.strerror}", path=self.path) from exc
 
     def sync(self) -> None:
-        try:
+        with storage_errors("fsync failed", self.path):
             os.fsync(self.fd)
-        except OSError as exc:
-            raise StorageError(f"fsync failed: {exc.strerror}", path=self.path) from exc
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         try:
@@ -175,34 +164,26 @@ class _Part:
     def save_checkpoint(self, doc: dict[str, Any]) -> None:
         self.sync()
         tmp = self.ckpt_path + ".tmp"
-        try:
+        with storage_errors("cannot write checkpoint", self.ckpt_path):
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(doc, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.ckpt_path)
             _fsync_dir(self.ckpt_path)
-        except OSError as exc:
-            raise StorageError(f"cannot write checkpoint: {exc.strerror}", path=self.ckpt_path) from exc
 
     def drop_checkpoint(self) -> None:
         for p in (self.ckpt_path, self.ckpt_path + ".tmp"):
-            try:
+            with storage_errors("cannot remove", p), contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise StorageError(f"cannot remove: {exc.strerror}", path=p) from exc
 
     def finish(self) -> int:
         """fsync, rename to ``dst`` atomically, drop the checkpoint; returns the final size."""
         self.sync()
         size = os.fstat(self.fd).st_size
-        try:
+        with storage_errors("cannot rename into place", self.dst):
             os.replace(self.path, self.dst)
             _fsync_dir(self.dst)
-        except OSError as exc:
-            raise StorageError(f"cannot rename into place: {exc.strerror}", path=self.dst) from exc
         self.drop_checkpoint()
         return size
 
@@ -525,10 +506,8 @@ def _copy(src_fd: int, dst: _Part, src_off: int, dst_off: int, size: int, src_pa
                 raise StorageError(f"copy failed: {exc.strerror}", path=dst.path) from exc
             done = 0
         if done <= 0:
-            try:
+            with storage_errors("read failed", src_path):
                 data = os.pread(src_fd, n, src_off)
-            except OSError as exc:
-                raise StorageError(f"read failed: {exc.strerror}", path=src_path) from exc
             if not data:
                 raise DumpFormatError("file is truncated inside a record", path=src_path, offset=src_off)
             dst.pwrite(data, dst_off)
