@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,15 +172,6 @@ class Agent:
     def get_time_ns(self) -> int:
         """The guest's wall clock, nanoseconds since the epoch."""
         return parse_time_ns(self.command("guest-get-time"), domain=self.name)
-
-    def set_time_ns(self, time_ns: int | None) -> None:
-        """Set the guest clock to ``time_ns`` (None: from its RTC). Needs ``/sbin/hwclock`` in the guest."""
-        if time_ns is not None and not 0 < time_ns <= MAX_TIME_NS or (
-            time_ns is not None and not math.isfinite(time_ns)
-        ):
-            raise ValueError(f"time_ns out of range: {time_ns}")
-        args = {"time": int(time_ns)} if time_ns is not None else None
-        self.command("guest-set-time", args)
 
     def exec(self, path: str, args: list[str], *, capture: bool = False) -> int:
         """Start a process in the guest; return its guest PID."""

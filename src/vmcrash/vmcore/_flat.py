@@ -109,10 +109,6 @@ class FlattenedSource:
             pass
         return self._virtual_end
 
-    @property
-    def fully_indexed(self) -> bool:
-        return self._done
-
     def close(self) -> None:
         self._f.close()
 

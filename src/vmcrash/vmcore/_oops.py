@@ -80,10 +80,6 @@ def parse_frame(line: str) -> Frame | None:
                  module=m.group("mod"), reliable=m.group("unrel") is None)
 
 
-def _is_trace_line(text: str) -> bool:
-    return bool(_FRAME.match(text) or _MARKERS.match(text) or _REGS.match(text))
-
-
 def find_crash(lines: Sequence[str], *, window: int = 400) -> CrashReport:
     """Locate the panic and the report that led to it in log line texts (no timestamps).
 

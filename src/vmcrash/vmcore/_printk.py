@@ -79,11 +79,6 @@ class PrintkRecord:
             return f"C{self.caller_id & 0x7FFFFFFF}"
         return f"T{self.caller_id}"
 
-    @property
-    def is_continuation(self) -> bool:
-        """The record was built from ``KERN_CONT`` pieces (or was still open at the crash)."""
-        return bool(self.flags & LOG_CONT)
-
     def lines(self) -> list[bytes]:
         """The text split into lines (a record may carry several), trailing newline dropped."""
         text = self.text[:-1] if self.text.endswith(b"\n") else self.text
