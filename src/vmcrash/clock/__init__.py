@@ -9,6 +9,12 @@ where the set lands inside the round trip, and re-measures until within target;
 The arithmetic is pure (:func:`estimate`, :func:`landing_ns`, :func:`next_lead_ns` over :class:`Probe` tuples); the
 agent boundary that validates untrusted replies is in ``_transport``. All calls block: the daemon
 runs them in worker threads.
+
+Public surface: :func:`measure`, :func:`sync`, :func:`wait_for_agent`, :func:`agent_not_configured`
+over a :class:`ClockAgent`; results :class:`OffsetEstimate` and :class:`SyncResult`; the pure parts
+:class:`Probe`, :func:`estimate`, :func:`best_probes`, :func:`probe_offset_ns`, :func:`probe_rtt_ns`,
+:func:`landing_ns`, :func:`next_lead_ns`, :func:`within`; defaults :data:`DEFAULT_PROBES`,
+:data:`DEFAULT_TARGET_NS`, :data:`DEFAULT_MAX_ATTEMPTS`.
 """
 
 from vmcrash.clock._estimate import (

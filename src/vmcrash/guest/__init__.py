@@ -9,9 +9,11 @@ that chain and fixes it with drop-ins it can undo.
 It imports nothing outside the standard library (and :mod:`vmcrash.errors`), so a guest can run
 it from a copied directory: ``python3 -m vmcrash.guest audit``.
 
-Public surface: :func:`audit` -> :class:`AuditReport`; :func:`plan_fix`, :func:`apply_fix`,
-:func:`undo_fix`; :class:`UnitLoader`, :class:`BootGraph` and the sources (:class:`RootSource`,
-:class:`MemorySource`) for other tools.
+Public surface: :func:`audit` -> :class:`AuditReport` (its :class:`Finding` and
+:class:`ServiceVerdict` items), :func:`load_graph`; :func:`plan_fix` -> :class:`FixPlan`,
+:func:`render_plan`, :func:`apply_fix`, :func:`undo_fix`; for other tools :class:`UnitLoader` ->
+:class:`Unit`, :class:`BootGraph` of :class:`Edge`, and the sources (:class:`UnitSource`,
+:class:`RootSource`, :class:`MemorySource`, :class:`Link`).
 """
 
 from __future__ import annotations

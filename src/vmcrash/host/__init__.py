@@ -1,5 +1,6 @@
 """The host side's edge: the libvirt connection, its events, domain XML and the guest agent.
 
-Everything that imports ``libvirt`` lives here, so the rest of the package sees narrow interfaces
-and the project's own errors.
+libvirt's errors are translated into the project's error tree here, in one table
+(:data:`vmcrash.host.connection.TRANSLATION`); the capture pipeline above still holds libvirt
+domain handles, but sees only the project's errors.
 """

@@ -1,8 +1,10 @@
 """The throwaway crash lab: a guest built from the host's own kernel, busybox and qemu-guest-agent.
 
-Used by ``vmcrash selftest``, ``vmcrash lab``, the tests and the benchmarks. Public surface:
-:func:`build_image`, :class:`GuestSpec`, :class:`LabGuest`, :func:`ensure_libvirtd`,
-:func:`probe_accel`.
+Used by ``vmcrash selftest``, ``vmcrash lab``, the tests and the benchmarks. Guests themselves are
+:class:`vmcrash.lab.guest.LabGuest` made from a :class:`vmcrash.lab.guest.GuestSpec`.
+
+Public surface: :func:`build_image` -> :class:`LabImage`; :class:`LibvirtDaemons` and
+:func:`ensure_libvirtd` (start libvirt's daemons when absent, stop only what was started).
 """
 
 from __future__ import annotations

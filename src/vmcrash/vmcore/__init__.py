@@ -2,11 +2,15 @@
 
 Public surface::
 
-    open_dump(path) -> Dump              # ELF, kdump, flattened kdump; by content; context manager
-    analyze(path, *, dmesg=False) -> Triage
+    open_dump(path) -> Dump              # ELF, kdump, flattened kdump (FORMATS); by content
+    analyze(path, *, dmesg=False) -> Triage   # (SCHEMA_VERSION of its JSON); analyze_dump(dump)
     has_vmcoreinfo(path) -> bool
     convert_to_kdump(src, dst, *, codec="auto", progress=None, exclude_zero=True) -> ConvertResult
     rearrange_flattened(src, dst) -> ConvertResult
+
+and the pieces they are made of, for other tools: ``VmcoreInfo`` / ``parse_vmcoreinfo``,
+``KernelMemory`` (virtual → physical), ``Kallsyms`` / ``Symbol``, ``Note`` / ``CpuState``,
+``PrintkRecord`` / ``for_each_record``, ``Frame``.
 
 Everything reads the dump lazily and bounds every structure it takes from guest memory; errors
 are :class:`~vmcrash.errors.VmcrashError` subclasses only.
