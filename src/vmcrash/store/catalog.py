@@ -402,6 +402,12 @@ class Catalog:
                 " GROUP BY signature, host, domain").fetchall()
         return [dict(r) for r in rows]
 
+    def signature_count(self, signature: str) -> int:
+        """How many crashes carry ``signature``."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM crashes WHERE signature = ?", (signature,)).fetchone()
+        return int(row[0])
+
     def crashes_with_signature(self, signature: str, *, limit: int = 1000) -> list[CrashRow]:
         """Crashes of one signature, newest first."""
         with self._lock:
