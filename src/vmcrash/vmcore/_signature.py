@@ -14,6 +14,9 @@ stripped:
 - module load noise: only the module *name* of a frame is kept (``[crashme]``), never where it was
   loaded, and the ``Modules linked in:`` list is never read.
 
+For an oops, the kernel-mode ``RIP: 0010:func+0x15/0x1000 [mod]`` line of the report names the
+faulting function (often printed only as a ``?`` frame in the trace): it becomes the first frame.
+
 When the panic message is generic (``Fatal exception``: the oops itself is the bug), the reason is
 the report's first line instead (``BUG: kernel NULL pointer dereference, address: ADDR``).
 """
@@ -24,7 +27,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._oops import PANIC_MARK, Frame
+from ._oops import PANIC_MARK, Frame, parse_frame
 
 __all__ = ["MAX_SIGNATURE_CHARS", "SIGNATURE_FRAMES", "crash_signature", "signature_from_triage"]
 
@@ -59,6 +62,7 @@ _OFFSET = re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+")
 _NUMBERED = re.compile(r"\b(CPU|PID|pid|cpu|TGID|tgid|UID|uid)([:=]\s*)-?\d+")
 _BRACKET_NUM = re.compile(r"\[#\d+\]")
 _SPACES = re.compile(r"\s+")
+_KERNEL_RIP = re.compile(r"^\s*RIP: 0010:(?P<where>\S.*)$")
 
 
 def _normalize_text(text: str) -> str:
@@ -93,11 +97,13 @@ def crash_signature(panic_line: str | None, oops_lines: Sequence[str], frames: S
         head = _normalize_text(first_report_line)
         reason = f"{reason}: {head}" if reason else head
     names: list[str] = []
-    for frame in frames:
+    rip = next((m.group("where") for m in map(_KERNEL_RIP.match, oops_lines) if m), None)
+    rip_frame = parse_frame(rip) if rip else None
+    for frame in ([rip_frame] if rip_frame else []) + [f for f in frames if f is not rip_frame]:
         if not frame.reliable:
             continue
         name = _frame_name(frame.function, frame.module)
-        if _CLONE_SUFFIX.sub("", frame.function) in _NOISE_FRAMES or (names and names[-1] == name):
+        if _CLONE_SUFFIX.sub("", frame.function) in _NOISE_FRAMES or name in names:
             continue
         names.append(name)
         if len(names) >= max_frames:

@@ -35,8 +35,9 @@ class Series:
     line: bool = False
 
 
-def _fmt_time(ns: float) -> str:
-    return time.strftime("%m-%d %H:%M", time.gmtime(ns / 1e9))
+def _fmt_time(ns: float, span_ns: float) -> str:
+    """A tick label: seconds shown when the chart spans less than an hour."""
+    return time.strftime("%H:%M:%S" if span_ns < 3600e9 else "%m-%d %H:%M", time.gmtime(ns / 1e9))
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -87,9 +88,11 @@ def chart_svg(series: Sequence[Series], *, title: str, y_unit: str, width: int =
                      f'{t:.3g}</text>')
     if zero_line and y0 < 0 < y1:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#999"/>')
-    for t in _nice_ticks(x0, x1):
-        parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11" '
-                     f'fill="#555">{escape(_fmt_time(t))}</text>')
+    ticks = _nice_ticks(x0, x1)
+    for i, t in enumerate(ticks):
+        anchor = "start" if i == 0 else "end" if i == len(ticks) - 1 else "middle"
+        parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="{anchor}" font-size="11" '
+                     f'fill="#555">{escape(_fmt_time(t, x1 - x0))}</text>')
     parts.append(f'<text x="14" y="{top + ph / 2:.0f}" font-size="11" fill="#555" '
                  f'transform="rotate(-90 14 {top + ph / 2:.0f})" text-anchor="middle">{escape(y_unit)}</text>')
     for i, s in enumerate(series):
