@@ -240,6 +240,7 @@ def test_crash_page_shows_the_kernel_report_literally(lab: Lab, watched: Watched
     assert "done" in comp_row.inner_text() and Path(compact_path).name in comp_row.inner_text()
     assert page.locator("a.signature").inner_text() == cpu_sig
     page.screenshot(path=str(artifacts / "crash.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "crash-top.png"))  # what the first screen shows (README)
     watched.assert_clean()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from vmcrash.cli._common import config_of
@@ -44,7 +46,13 @@ def web(ctx: click.Context, listen: str | None) -> None:
     Catalog(cfg.catalog_path).close()
     app = create_app(WebSettings(open_catalog=lambda: Catalog(cfg.catalog_path), dump_dir=cfg.dump_dir,
                                  token=token))
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        reason = str(exc.strerror or exc).split(" (while")[0]
+        raise EnvironmentProblem(f"cannot listen on {host}:{port}: {reason}") from exc
     click.echo(f"vmcrash web: http://{host}:{port}/ (catalogue {cfg.catalog_path}; dump downloads "
                f"{'need the token' if token else 'disabled'})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
-                date_header=True, proxy_headers=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            server_header=False, proxy_headers=False)
+    uvicorn.Server(config).run(sockets=[sock])
