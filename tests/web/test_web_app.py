@@ -159,6 +159,22 @@ def test_web_config_section() -> None:
             parse_config({"web": bad})
 
 
+def test_dns_rebinding_is_refused_on_localhost(filled) -> None:  # type: ignore[no-untyped-def]
+    from starlette.testclient import TestClient
+
+    from vmcrash.cli.web import allowed_hosts
+
+    catalog, dumps, ids = filled
+    assert allowed_hosts("127.0.0.1") == ("localhost", "127.0.0.1", "127.0.0.1") and allowed_hosts("0.0.0.0") == ("*",)
+    app = create_app(WebSettings(open_catalog=lambda: Catalog(catalog), dump_dir=dumps,
+                                 allowed_hosts=allowed_hosts("127.0.0.1")))
+    with TestClient(app, base_url="http://127.0.0.1:9465") as c:
+        assert c.get("/api/crashes").status_code == 200
+        assert c.get("/api/crashes", headers={"host": "localhost:9465"}).status_code == 200
+        r = c.get("/api/crashes", headers={"host": "attacker.example:9465"})
+        assert r.status_code == 400 and r.headers["x-content-type-options"] == "nosniff"
+
+
 def test_listen_parsing() -> None:
     from vmcrash.cli.web import parse_listen
 

@@ -217,6 +217,9 @@ def test_crash_page_shows_the_kernel_report_literally(lab: Lab, watched: Watched
     assert "sysrq_handle_crash+0x16/0x20" in trace and "sysrq_handle_crash+0x16/0x20" in serial
     dmesg = page.locator("#dmesg").inner_text()
     assert f"Comm: {COMM}" in dmesg and "sysrq: Trigger a crash" in dmesg
+    console = {line.rstrip("\r") for line in serial.splitlines()}
+    tail = dmesg.splitlines()
+    assert len(tail) >= 30 and all(line in console for line in tail), [x for x in tail if x not in console][:3]
     # freeze, recovery, clock, CPU, registers from the catalogue row
     (freeze_s, recovery, result, clock_json, cpu_sig) = lab.db(
         "SELECT freeze_s, recovery_action, recovery_result, clock_json, signature FROM crashes WHERE id = ?",

@@ -9,7 +9,7 @@ import click
 from vmcrash.cli._common import config_of
 from vmcrash.errors import ConfigError, EnvironmentProblem
 
-__all__ = ["web", "parse_listen"]
+__all__ = ["allowed_hosts", "parse_listen", "web"]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -19,6 +19,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"expected host:port, got {listen!r}", key="--listen")
     return host, int(port)
+
+
+def allowed_hosts(listen_host: str) -> tuple[str, ...]:
+    """``Host`` headers to answer: on a loopback address only local names (no DNS rebinding), else all."""
+    if listen_host in ("localhost", "::1") or listen_host.startswith("127."):
+        return ("localhost", "127.0.0.1", listen_host)
+    return ("*",)
 
 
 @click.command("web")
@@ -45,7 +52,7 @@ def web(ctx: click.Context, listen: str | None) -> None:
     # Open once now, so a bad catalogue path fails here with one line, not at the first request.
     Catalog(cfg.catalog_path).close()
     app = create_app(WebSettings(open_catalog=lambda: Catalog(cfg.catalog_path), dump_dir=cfg.dump_dir,
-                                 token=token))
+                                 token=token, allowed_hosts=allowed_hosts(host)))
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 import jinja2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -49,11 +50,15 @@ class WebSettings:
     :ivar open_catalog: called once, at the first request; its catalogue is shared by all requests.
     :ivar dump_dir: only files inside it are ever served (the catalogue's paths are checked).
     :ivar token: the download token; ``None`` refuses every download.
+    :ivar allowed_hosts: ``Host`` header names answered (others get 400); ``("*",)`` answers all.
+        A dashboard on localhost answers only ``localhost``/``127.0.0.1``, so that a web page
+        elsewhere cannot read it through DNS rebinding.
     """
 
     open_catalog: Callable[[], Catalog]
     dump_dir: Path
     token: bytes | None = None
+    allowed_hosts: tuple[str, ...] = ("*",)
 
 
 def _fmt_bytes(n: Any) -> str:
@@ -269,6 +274,8 @@ def create_app(settings: WebSettings) -> Starlette:
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: h.http_error, VmcrashError: h.http_error},
                     lifespan=lifespan)
+    if settings.allowed_hosts != ("*",):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     app.add_middleware(SecurityHeaders)
     return app
 
