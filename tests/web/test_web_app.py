@@ -193,3 +193,10 @@ def test_chart_escapes_and_empty_state() -> None:
                      Series("other", (Point(10**18, 3.0, "z"),))], title="T", y_unit="ms", zero_line=True)
     assert "<b>" not in svg and "&lt;b&gt;dom&lt;/b&gt;" in svg and "&lt;i&gt;x&lt;/i&gt;" in svg
     assert svg.count('class="mark"') == 3 and 'href="/crashes/1"' in svg and "style=" not in svg
+    from vmcrash.web.views import clock_series
+
+    series = clock_series([{"domain": "a", "at_ns": 2, "reason": "sweep", "before_ms": 150.0, "after_ms": 0.5},
+                           {"domain": "a", "at_ns": 1, "reason": "after-crash", "before_ms": -4000.0, "after_ms": None},
+                           {"domain": "b", "at_ns": 3, "reason": "resume", "before_ms": None, "after_ms": None}])
+    assert [(s.name, [(p.x_ns, p.y, p.solid) for p in s.points]) for s in series] == [
+        ("a", [(1, -4000.0, True), (2, 150.0, True), (2, 0.5, False)])]

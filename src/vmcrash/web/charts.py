@@ -26,6 +26,8 @@ class Point:
     y: float
     label: str
     href: str | None = None
+    #: ``False`` draws a hollow ring (e.g. the offset left after a correction) instead of a dot
+    solid: bool = True
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class Series:
 def _fmt_time(ns: float, span_ns: float) -> str:
     """A tick label: seconds shown when the chart spans less than an hour."""
     return time.strftime("%H:%M:%S" if span_ns < 3600e9 else "%m-%d %H:%M", time.gmtime(ns / 1e9))
+
+
+def _fmt_value(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -85,7 +91,7 @@ def chart_svg(series: Sequence[Series], *, title: str, y_unit: str, width: int =
     for t in _nice_ticks(y0, y1):
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e4e4e4"/>'
                      f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">'
-                     f'{t:.3g}</text>')
+                     f'{_fmt_value(t)}</text>')
     if zero_line and y0 < 0 < y1:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#999"/>')
     ticks = _nice_ticks(x0, x1)
@@ -102,7 +108,8 @@ def chart_svg(series: Sequence[Series], *, title: str, y_unit: str, width: int =
             coords = " ".join(f"{sx(p.x_ns):.1f},{sy(p.y):.1f}" for p in sorted(spts, key=lambda p: p.x_ns))
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         for p in spts:
-            mark = (f'<circle class="mark" cx="{sx(p.x_ns):.1f}" cy="{sy(p.y):.1f}" r="4" fill="{color}">'
+            paint = f'class="mark" fill="{color}"' if p.solid else f'class="ring" fill="#fff" stroke="{color}"'
+            mark = (f'<circle {paint} cx="{sx(p.x_ns):.1f}" cy="{sy(p.y):.1f}" r="4">'
                     f'<title>{escape(p.label)}</title></circle>')
             parts.append(f'<a href="{escape(p.href)}">{mark}</a>' if p.href else mark)
     if len(series) > 1:

@@ -140,7 +140,7 @@ def freeze_series(points: Iterable[Mapping[str, Any]]) -> list[Series]:
 
 
 def clock_series(syncs: Iterable[Mapping[str, Any]]) -> list[Series]:
-    """Offset before each check/correction, per guest, over time (ms)."""
+    """Offset per guest over time (ms): a dot before each check/correction, a ring for what it left."""
     by_domain: dict[str, list[Point]] = {}
     for s in sorted(syncs, key=lambda s: s["at_ns"]):
         if s.get("before_ms") is None:
@@ -148,5 +148,8 @@ def clock_series(syncs: Iterable[Mapping[str, Any]]) -> list[Series]:
         after = s.get("after_ms")
         label = (f"{s['domain']} ({s['reason']}): {s['before_ms']:+.1f} ms"
                  + (f" -> {after:+.1f} ms" if after is not None else ""))
-        by_domain.setdefault(str(s["domain"]), []).append(Point(int(s["at_ns"]), float(s["before_ms"]), label))
+        pts = by_domain.setdefault(str(s["domain"]), [])
+        pts.append(Point(int(s["at_ns"]), float(s["before_ms"]), label))
+        if after is not None:
+            pts.append(Point(int(s["at_ns"]), float(after), label, solid=False))
     return [Series(name, tuple(p), line=True) for name, p in sorted(by_domain.items())]
