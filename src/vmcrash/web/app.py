@@ -179,8 +179,9 @@ class _Handlers:
         syncs = self.catalog.clock_syncs(limit=self._limit(request, 2000))
         entries = [views.clock_entry(s) for s in syncs]
         return self._page(request, "clock.html", syncs=entries,
-                          chart=chart_svg(views.clock_series(entries), title="Guest clock offset before each "
-                                          "check or correction", y_unit="offset (ms)", zero_line=True))
+                          chart=chart_svg(views.clock_series(entries), title="Guest clock offset (guest - host): "
+                                          "before each check or correction (dot), after it (ring)",
+                                          y_unit="offset (ms)", zero_line=True))
 
     # -- API -------------------------------------------------------------------------------
 
