@@ -178,7 +178,7 @@ class _Handlers:
     def clock(self, request: Request) -> Response:
         syncs = self.catalog.clock_syncs(limit=self._limit(request, 2000))
         entries = [views.clock_entry(s) for s in syncs]
-        return self._page(request, "clock.html", syncs=entries,
+        return self._page(request, "clock.html", syncs=entries, table_rows=300,
                           chart=chart_svg(views.clock_series(entries), title="Guest clock offset (guest - host): "
                                           "before each check or correction (dot), after it (ring)",
                                           y_unit="offset (ms)", zero_line=True))
