@@ -151,6 +151,8 @@ class Watched:
         self.context = browser.new_context(accept_downloads=True, viewport={"width": 1360, "height": 900})
         self.page = self.context.new_page()
         self.problems: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("request", lambda req: self.requests.append(req.url))
         self.page.on("dialog", lambda dlg: (self.problems.append(f"dialog: {dlg.message}"), dlg.dismiss()))
         self.page.on("console", lambda msg: self.problems.append(f"console {msg.type}: {msg.text}")
                      if msg.type == "error" else None)
@@ -167,6 +169,10 @@ class Watched:
         assert self.page.locator("img").count() == 0
         assert self.page.locator("script").count() == 0
         assert self.problems == [], self.problems
+        # every asset came from the dashboard itself (no CDN, no third party)
+        origin = re.match(r"https?://[^/]+/", self.page.url)
+        assert origin is not None and self.requests
+        assert all(u.startswith(origin.group(0)) for u in self.requests), self.requests
 
     def close(self) -> None:
         self.context.close()
