@@ -48,6 +48,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def remove_leftover(name: str) -> None:
+    """Destroy and undefine ``name`` through a fresh connection (the session's may have died with libvirtd).
+
+    The hostile-named guest does not match the lab's sweep pattern, so nothing else would remove it.
+    """
+    import libvirt
+
+    from vmcrash.lab.guest import destroy_and_undefine
+
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError:
+        return
+    try:
+        destroy_and_undefine(conn.lookupByName(name))
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
+
+
 def ms(value: float | None) -> str:
     """How the pages print an offset (``-`` when the agent gave none)."""
     return f"{value:+.1f} ms" if value is not None else "-"
@@ -142,6 +163,7 @@ def lab(hv: Any, lab_image: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         d.close()
         for g in guests:
             g.cleanup()
+            remove_leftover(g.name)
 
 
 class Watched:
