@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -164,6 +165,7 @@ def lab(hv: Any, lab_image: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         for g in guests:
             g.cleanup()
             remove_leftover(g.name)
+        shutil.rmtree(d.dump_dir, ignore_errors=True)  # 3 × 512 MiB of guest memory: not an artifact
 
 
 class Watched:
