@@ -31,6 +31,10 @@ Example::
     sweep_interval_s = 300                          # 0 = no periodic sweep
     sweep_threshold_ms = 100
 
+    [web]                                           # vmcrash web: the read-only dashboard
+    listen = "127.0.0.1:9465"
+    token_file = ""                                 # dump downloads need this file's token
+
     [domains."*"]                                   # policy tables keyed by name or glob
     watch = true
     dump = true
@@ -65,6 +69,7 @@ __all__ = [
     "CrashLoop",
     "ClockPolicy",
     "Staging",
+    "Web",
     "load_config",
     "parse_config",
 ]
@@ -145,6 +150,15 @@ class Staging:
 
 
 @dataclass(frozen=True)
+class Web:
+    """``vmcrash web``: where the dashboard listens, and the file holding the dump-download token
+    (empty: downloads are refused)."""
+
+    listen: str = "127.0.0.1:9465"
+    token_file: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is where it came from (None: defaults only)."""
 
@@ -162,6 +176,7 @@ class Config:
     crash_loop: CrashLoop = field(default_factory=CrashLoop)
     clock: ClockPolicy = field(default_factory=ClockPolicy)
     staging: Staging = field(default_factory=Staging)
+    web: Web = field(default_factory=Web)
     #: (pattern, raw table) in file order; see :meth:`policy_for`.
     domains: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
@@ -207,7 +222,7 @@ class Config:
 
 _TOP_KEYS = {"libvirt_uri", "dump_dir", "catalog", "max_parallel_dumps", "min_free_mb", "shutdown_dump",
              "metrics_listen", "run_dir",
-             "retention", "crash_loop", "clock", "staging", "domains"}
+             "retention", "crash_loop", "clock", "staging", "domains", "web"}
 
 
 def _check_type(value: Any, expected: type | tuple[type, ...], path: str | None, key: str) -> Any:
@@ -328,6 +343,14 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         if staging.stream_threads not in (1, 2):
             raise ConfigError("must be 1 or 2", path=p, key="staging.stream_threads")
         values["staging"] = staging
+    if "web" in doc:
+        web = _section(Web, doc["web"], p, "web")
+        host, sep, port = web.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"expected host:port, got {web.listen!r}", path=p, key="web.listen")
+        if web.token_file and not Path(web.token_file).is_absolute():
+            raise ConfigError("must be an absolute path", path=p, key="web.token_file")
+        values["web"] = web
     if "domains" in doc:
         tables = doc["domains"]
         if not isinstance(tables, dict):

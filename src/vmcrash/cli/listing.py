@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from vmcrash.cli._common import config_of, echo_json, fmt_bytes, fmt_ns
+
+if TYPE_CHECKING:
+    from vmcrash.store.catalog import Catalog
 
 __all__ = ["list_crashes"]
 
@@ -14,14 +19,20 @@ __all__ = ["list_crashes"]
 @click.option("--limit", "-n", type=click.IntRange(1, 100000), default=50, show_default=True)
 @click.option("--clock", "clock", is_flag=True,
               help="List clock checks and corrections (after crashes, resumes, sweeps) instead.")
+@click.option("--by-signature", "by_signature", is_flag=True,
+              help="Group crashes by crash signature (the same bug on many guests is one line).")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of crash objects.")
 @click.pass_context
-def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool, as_json: bool) -> None:
+def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool, as_json: bool,
+                 by_signature: bool) -> None:
     """List recorded crashes (id, time, domain, state, dump, freeze, recovery)."""
     from vmcrash.store.catalog import Catalog
 
     cfg = config_of(ctx)
     catalog = Catalog(cfg.catalog_path)
+    if by_signature:
+        _print_signatures(catalog, limit, as_json)
+        return
     if clock:
         syncs = catalog.clock_syncs(domain=domain, limit=limit)
         if as_json:
@@ -51,3 +62,20 @@ def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool
         rec = f"{r.recovery_action or '-'}->{r.recovery_result or '-'}"
         click.echo(f"{r.id:>4}  {fmt_ns(r.panic_ns):<19}  {r.domain[:28]:<28} {r.state:<9} {dump:>10} "
                    f"{freeze:>8}  {rec}")
+
+
+def _print_signatures(catalog: Catalog, limit: int, as_json: bool) -> None:
+    """``list --by-signature``: the grouping of the web dashboard's signatures page."""
+    from vmcrash.store.signatures import group_signatures
+
+    groups = group_signatures(catalog.signature_counts())[:limit]
+    if as_json:
+        echo_json([g.to_dict() for g in groups])
+        return
+    if not groups:
+        click.echo("no crash signatures recorded")
+        return
+    click.echo(f"{'CRASHES':>7} {'HOSTS':>5} {'DOMAINS':>7}  {'FIRST (UTC)':<19}  {'LAST (UTC)':<19}  SIGNATURE")
+    for g in groups:
+        click.echo(f"{g.crashes:>7} {g.hosts:>5} {g.domains:>7}  {fmt_ns(g.first_ns):<19}  {fmt_ns(g.last_ns):<19}  "
+                   f"{g.signature}")

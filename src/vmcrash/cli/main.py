@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "show": ("vmcrash.cli.show", "show", "Show one recorded crash in full."),
     "analyze": ("vmcrash.cli.analyze", "analyze", "Triage a dump file without debuginfo."),
     "selftest": ("vmcrash.cli.selftest", "selftest", "Crash a throwaway guest and check every step."),
+    "web": ("vmcrash.cli.web", "web", "Serve the read-only web dashboard on the catalogue."),
     "lab": ("vmcrash.cli.lab", "lab", "Build and run throwaway crash guests."),
     "guest": ("vmcrash.cli.guest", "guest", "In-guest clock-ordering audit and fix (no libvirt needed)."),
 }

@@ -371,3 +371,46 @@ class Catalog:
             rows = self._db.execute(
                 "SELECT * FROM crashes WHERE dump_path IS NOT NULL ORDER BY dump_ended_ns, id").fetchall()
         return (_row_to_crash(r) for r in rows)
+
+    # -- reads for dashboards (vmcrash web, list --by-signature): light columns, no JSON --------
+
+    def domain_counts(self) -> list[dict[str, Any]]:
+        """Per (host, domain): ``crashes``, ``last_id``, ``last_panic_ns``; newest crash first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT host, domain, COUNT(*) AS crashes, MAX(id) AS last_id, MAX(panic_ns) AS last_panic_ns"
+                " FROM crashes GROUP BY host, domain ORDER BY last_panic_ns DESC").fetchall()
+        return [dict(r) for r in rows]
+
+    def crash_points(self, *, limit: int = 2000) -> list[dict[str, Any]]:
+        """The newest ``limit`` crashes as ``id, host, domain, state, panic_ns, freeze_s, signature``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, host, domain, state, panic_ns, freeze_s, signature FROM crashes"
+                " ORDER BY id DESC LIMIT ?", (max(1, min(limit, 1_000_000)),)).fetchall()
+        return [dict(r) for r in rows]
+
+    def signature_counts(self) -> list[dict[str, Any]]:
+        """Per (signature, host, domain): ``crashes``, ``first_ns``, ``last_ns``, ``last_id``.
+
+        Crashes without a signature (no dump, no triage) are left out.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT signature, host, domain, COUNT(*) AS crashes, MIN(panic_ns) AS first_ns,"
+                " MAX(panic_ns) AS last_ns, MAX(id) AS last_id FROM crashes WHERE signature IS NOT NULL"
+                " GROUP BY signature, host, domain").fetchall()
+        return [dict(r) for r in rows]
+
+    def signature_count(self, signature: str) -> int:
+        """How many crashes carry ``signature``."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM crashes WHERE signature = ?", (signature,)).fetchone()
+        return int(row[0])
+
+    def crashes_with_signature(self, signature: str, *, limit: int = 1000) -> list[CrashRow]:
+        """Crashes of one signature, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM crashes WHERE signature = ? ORDER BY id DESC LIMIT ?",
+                                    (signature, max(1, min(limit, 1_000_000)))).fetchall()
+        return [_row_to_crash(r) for r in rows]

@@ -24,6 +24,7 @@ from ._oops import Frame, find_crash
 from ._open import Dump, open_dump
 from ._printk import PrintkRecord, for_each_record, printk_layout
 from ._scan import recover_vmcoreinfo, scan_without_vmcoreinfo
+from ._signature import crash_signature
 from ._vmcoreinfo import VmcoreInfo
 from ._x86 import KernelMemory, to_signed64
 
@@ -36,6 +37,8 @@ NO_VMCOREINFO = ("no VMCOREINFO in the dump: the guest did not publish it (that 
 NOT_RECOVERED = ("no VMCOREINFO page found in guest memory either: the kernel log, host name and symbols "
                  "cannot be located")
 _MAX_CPUS = 8192
+#: Console lines kept in ``Triage.dmesg_tail`` (the catalogue stores them with every crash).
+DMESG_TAIL_LINES = 60
 _UTS_FIELD = 65
 _REG_ORDER = ("rip", "rsp", "rbp", "eflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10",
               "r11", "r12", "r13", "r14", "r15", "orig_rax", "cs", "ss", "ds", "es", "fs", "gs", "fs_base",
@@ -56,6 +59,7 @@ class Triage:
     :ivar rip_symbol: its RIP as ``func+0xoff/0xsize`` (``[module]`` for module code).
     :ivar uptime_s: seconds since boot at the panic line (else at the last log record).
     :ivar dmesg: the whole kernel log as console lines, when asked for.
+    :ivar dmesg_tail: the last :data:`DMESG_TAIL_LINES` console lines of the log, always.
     """
 
     path: str
@@ -77,6 +81,7 @@ class Triage:
     uptime_s: float | None = None
     log_records: int = 0
     dmesg: tuple[str, ...] | None = None
+    dmesg_tail: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
     bytes_read: int = 0
     seconds: float = 0.0
@@ -84,6 +89,11 @@ class Triage:
     @property
     def rip(self) -> int | None:
         return self.registers.get("rip")
+
+    @property
+    def signature(self) -> str | None:
+        """The crash signature (:func:`~vmcrash.vmcore._signature.crash_signature`), or ``None``."""
+        return crash_signature(self.panic_line, self.oops_lines, self.call_trace)
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON document (``docs/analyze-json.md``, schema version 1)."""
@@ -110,6 +120,8 @@ class Triage:
             "uptime_s": self.uptime_s,
             "log_records": self.log_records,
             "dmesg": list(self.dmesg) if self.dmesg is not None else None,
+            "dmesg_tail": list(self.dmesg_tail),
+            "signature": self.signature,
             "problems": list(self.problems),
             "bytes_read": self.bytes_read,
         }
@@ -266,6 +278,8 @@ def analyze_dump(dump: Dump, *, dmesg: bool = False, recover: bool = True) -> Tr
         out["call_trace"] = report.call_trace
         if dmesg:
             out["dmesg"] = tuple(line for r in records for line in r.render())
+        out["dmesg_tail"] = tuple(line for r in records[-DMESG_TAIL_LINES:] for line in r.render()
+                                  )[-DMESG_TAIL_LINES:]
     elif dmesg:
         out["dmesg"] = ()
 
