@@ -158,12 +158,30 @@ def test_no_agent_channel_and_refusals_fail_at_once() -> None:
     assert by_key["refuses"].outcome is Outcome.FAILED and "refused" in (by_key["refuses"].error or "")
 
 
-def test_a_domain_that_is_not_running_is_dropped_not_failed() -> None:
+def test_a_domain_that_is_not_running_yet_is_waited_for() -> None:
+    # libvirt sends started/restored before it starts the vCPUs: the first probes see it paused
+    fakes = Fakes()
+    fakes.running["restoring"] = False
+
+    async def main() -> None:
+        sched = fakes.scheduler(first_delay_s=0.05)
+        sched.submit(job("restoring"))
+        await asyncio.sleep(0.2)
+        fakes.running["restoring"] = True
+        await sched.drain()
+        sched.close()
+
+    asyncio.run(main())
+    (out,) = fakes.done
+    assert out.outcome is Outcome.SYNCED and out.probes >= 2 and len(fakes.syncs) == 1
+
+
+def test_a_domain_that_stays_paused_is_dropped_not_failed() -> None:
     fakes = Fakes()
     fakes.running["paused"] = False
 
     async def main() -> None:
-        sched = fakes.scheduler()
+        sched = fakes.scheduler(agent_wait_s=0.3, first_delay_s=0.05)
         sched.submit(job("paused"))
         await sched.drain()
         sched.close()

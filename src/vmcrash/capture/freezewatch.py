@@ -144,8 +144,9 @@ class FreezeResyncs:
     def _record(self, out: ResyncOutcome) -> None:
         job = out.job
         if out.outcome is Outcome.DROPPED:
-            log.info("%s: clock resync after %s postponed: the domain is not running (the freeze goes on)",
-                     job.name, job.event)
+            log.info("%s: clock resync after %s dropped: the domain did not run again within %g s "
+                     "(the event that ends this freeze will ask again)", job.name, job.event,
+                     self.cfg.clock.agent_wait_s)
             return
         result = dict(out.result or {})
         result.update(event=job.event, frozen_s=job.frozen_s, agent_waited_s=out.waited_s, took_s=out.took_s)

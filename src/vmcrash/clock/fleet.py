@@ -54,15 +54,16 @@ class AgentReadiness(enum.Enum):
     READY = "ready"
     #: not connected / not answering yet: try again after the next backoff delay
     NOT_YET = "not-yet"
-    #: the domain is not running (paused again, shut off): the freeze is not over; drop the job,
-    #: the event that ends the freeze will ask again
+    #: the domain is not running (yet: libvirt announces a restore before it starts the vCPUs; or
+    #: again: restored ``--paused``): keep waiting; at the deadline the job is dropped, not failed —
+    #: the event that ends that freeze asks again
     NOT_RUNNING = "not-running"
 
 
 class Outcome(enum.Enum):
     SYNCED = "synced"      # the sync ran (its dict says whether the target was reached)
     FAILED = "failed"      # agent never answered, refused, or the sync raised
-    DROPPED = "dropped"    # the domain stopped running before the agent answered
+    DROPPED = "dropped"    # the domain did not run again within the wait (its freeze goes on)
 
 
 @dataclass(frozen=True)
@@ -221,9 +222,10 @@ class ResyncScheduler:
                 return self._outcome(slot.job, Outcome.FAILED, None, str(exc), start, start, probes)
             if ready is AgentReadiness.READY:
                 break
-            if ready is AgentReadiness.NOT_RUNNING:
-                return self._outcome(slot.job, Outcome.DROPPED, None, "domain not running", start, start, probes)
             left = deadline - loop.time()
+            if left <= 0 and ready is AgentReadiness.NOT_RUNNING:
+                return self._outcome(slot.job, Outcome.DROPPED, None,
+                                     f"domain not running after {self.agent_wait_s:g} s", start, start, probes)
             if left <= 0:
                 return self._outcome(slot.job, Outcome.FAILED, None,
                                      f"guest agent did not answer within {self.agent_wait_s:g} s "
