@@ -195,7 +195,8 @@ def part2(n: int, memory_mib: int) -> None:
         for r in sorted(rows, key=lambda r: r["domain"]):
             g = next(x for x in guests if x.name == r["domain"])
             res = r["result"] or {}
-            print(f"  {r['domain']}: {r['before_ms']:+9.1f} ms -> {r['after_ms']:+6.2f} ms (daemon), "
+            print(f"  {r['domain']}: {r['before_ms']:+9.1f} ms -> {r['after_ms']:+6.2f} ms "
+                  f"(daemon, ok={bool(r['ok'])}), "
                   f"independent probe {_independent_offset_ms(g.dom):+6.2f} ms, agent wait "
                   f"{res.get('agent_waited_s')} s, took {res.get('took_s')} s")
     finally:

@@ -136,3 +136,25 @@ def test_unknown_events_change_nothing() -> None:
 def test_every_pause_kind_counts(name: str) -> None:
     _, got = run([(0, name), (3, "resumed/unpaused")])
     assert [r.kind for r in got] == [FreezeKind.PAUSE]
+
+
+
+@pytest.mark.parametrize("module", ["freezes", "hostsleep", "fleet"])
+def test_the_freeze_rooms_import_neither_libvirt_nor_the_daemon(module: str) -> None:
+    """Pure rooms: their imports (read from the source) are the standard library and vmcrash.errors."""
+    import ast
+    from pathlib import Path
+
+    import vmcrash.clock
+
+    src = Path(vmcrash.clock.__file__).with_name(f"{module}.py").read_text()
+    names = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+    assert names, module
+    bad = {n for n in names if n.split(".")[0] == "libvirt" or n.startswith(("vmcrash.capture", "vmcrash.host"))}
+    assert not bad, bad
+    assert {n for n in names if n.startswith("vmcrash")} <= {"vmcrash.errors"}

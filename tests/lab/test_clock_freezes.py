@@ -1,9 +1,10 @@
 """The daemon corrects the guest clock after every kind of freeze a real guest goes through.
 
-One 512 MiB lab guest, one ``vmcrash watch``, five freezes in a row (reusing the guest is honest:
+One 512 MiB lab guest, one ``vmcrash watch``, six freezes in a row (reusing the guest is honest:
 each freeze starts from a clock the previous correction left within 20 ms, checked independently):
 pause/resume, managedsave + start, save + restore, an internal memory snapshot reverted, and a
-guest S3 suspend + wake-up. Each must end within 20 ms of the host clock within 10 s of the guest
+guest S3 suspend + wake-up, and a managedsave + start while the daemon was down (found at its
+start-up). Each must end within 20 ms of the host clock within 10 s of the guest
 running again — measured by this test's own agent probe (``_clocklab.independent_offset``,
 ``guest-get-time`` straight through libvirt_qemu), not by the daemon's numbers — and be listed by
 ``vmcrash list --clock`` with its reason and the libvirt event that caused it.
@@ -67,6 +68,7 @@ class Freezes:
         self.d = daemon
         self.seen: set[int] = set()
         self.report: list[str] = []
+        self.t0 = time.monotonic()
 
     def new_row(self, reason: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -90,8 +92,11 @@ class Freezes:
         offset = _probe_ms(self.g.dom, running_at + WITHIN_S)
         probed_after_s = time.monotonic() - running_at
         self.report.append(f"{reason:<10} {event:<22} before {row['before_ms']:+9.1f} ms  daemon after "
-                           f"{row['after_ms']:+6.1f} ms  probe {offset:+6.1f} ms  recorded {recorded_after_s:.1f} s")
-        assert row["ok"] == 1, row
+                           f"{row['after_ms']:+6.1f} ms  probe {offset:+6.1f} ms  recorded {recorded_after_s:.1f} s "
+                           f"(at {time.monotonic() - self.t0:.0f} s)")
+        # (``ok`` says whether the daemon's 5 ms target was reached; under a loaded host the five
+        # sets may leave a little more, which is what the 20 ms bound is for)
+        assert row["result"]["synced"] is True and row["error"] is None, row
         assert row["result"]["event"] == event, row["result"]
         assert row["before_ms"] <= -frozen_min_s * 1000, row  # the guest had fallen behind by the freeze
         assert abs(row["after_ms"]) <= TOLERANCE_MS, row
@@ -151,6 +156,17 @@ def test_every_freeze_kind_is_corrected_within_10_s_and_listed(hv, lab_guest, da
         g.dom.pMWakeup(0)
         f.check("pm-wakeup", "started/wakeup", time.monotonic(), 25)
 
+        # 6. a restore no daemon saw (it started after libvirt-guests): found at start-up by the reason
+        # libvirt still reports for the running guest, and corrected
+        assert d.stop() == 0
+        g.dom.managedSave(0)
+        time.sleep(3)
+        g.dom.create()
+        assert g.state() == ("running", libvirt.VIR_DOMAIN_RUNNING_RESTORED)
+        t_daemon = time.monotonic()
+        d.start()
+        f.check("restore", "startup:running/restored", t_daemon, 2)
+
         # every one of them in `vmcrash list --clock`, with its reason and cause
         listed = [line for line in d.cli("list", "--clock", check=True).stdout.splitlines() if g.name in line]
         causes = [(line.split()[3], line.split()[4]) for line in listed]
@@ -158,7 +174,8 @@ def test_every_freeze_kind_is_corrected_within_10_s_and_listed(hv, lab_guest, da
                      ("snapshot", "started/from-snapshot"), ("pm-wakeup", "started/wakeup")]:
             assert want in causes, listed
         assert causes.count(("restore", "started/restored")) == 2, listed
-        assert len(listed) == 5, listed  # one correction per freeze, no duplicates
+        assert ("restore", "startup:running/restored") in causes, listed
+        assert len(listed) == 6, listed  # one correction per freeze, no duplicates
         print("\n" + "\n".join(f.report) + f"\ntest took {time.monotonic() - t_test:.1f} s")
         assert d.stop() == 0
     finally:

@@ -464,6 +464,7 @@ class Watcher:
             else:
                 await self._in_thread(self._finish_interrupted, row, info)
         self._remove_orphan_partials()
+        self.freezes.at_reconcile(infos, self._watched)  # freezes that ended while nobody watched
         for row in self.catalog.crashes(limit=10000):
             if row.compact_state in ("pending", "running", "waiting-space"):
                 self.schedule_compaction(row.id)

@@ -41,14 +41,14 @@ def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool
         if not syncs:
             click.echo("no clock corrections recorded")
             return
-        click.echo(f"{'WHEN (UTC)':<19}  {'DOMAIN':<28} {'REASON':<12} {'CAUSE':<22} {'BEFORE ms':>11} "
+        click.echo(f"{'WHEN (UTC)':<19}  {'DOMAIN':<28} {'REASON':<12} {'CAUSE':<24} {'BEFORE ms':>11} "
                    f"{'AFTER ms':>9}  OK")
         for s in syncs:
             before = f"{s['before_ms']:+.1f}" if s["before_ms"] is not None else "-"
             after = f"{s['after_ms']:+.1f}" if s["after_ms"] is not None else "-"
             click.echo(f"{fmt_ns(s['at_ns']):<19}  {s['domain'][:28]:<28} {s['reason'][:12]:<12} "
-                       f"{_cause(s)[:22]:<22} {before:>11} {after:>9}  "
-                       f"{'yes' if s['ok'] else 'no: ' + str(s.get('error'))}")
+                       f"{_cause(s):<24} {before:>11} {after:>9}  "
+                       f"{'yes' if s['ok'] else 'no: ' + str(s.get('error') or 'target not reached')}")
         return
     rows = catalog.crashes(domain=domain, limit=limit)
     if as_json:

@@ -73,6 +73,8 @@ class ResyncJob:
     :ivar key: the domain's UUID. :ivar reason: ``clock_syncs.reason`` (``restore``, ``host-resume``...).
     :ivar event: what caused it (``started/restored``); :ivar frozen_s: the freeze, when known.
     :ivar merged: events of freezes that ended while this job waited, covered by the same correction.
+    :ivar record_unchanged: record the outcome even when the clock was already within target (False
+        for the start-up check of guests whose freeze may have ended while no daemon was watching).
     """
 
     key: str
@@ -81,6 +83,7 @@ class ResyncJob:
     event: str
     frozen_s: float | None = None
     merged: tuple[str, ...] = ()
+    record_unchanged: bool = True
 
 
 @dataclass(frozen=True)
