@@ -260,3 +260,33 @@ def test_bound_is_validated_and_closed_scheduler_refuses() -> None:
         return sched.submit(job("x"))
 
     assert asyncio.run(main()) is False
+
+
+def test_a_hundred_waiting_agents_hold_no_threads_and_leave_the_loop_free() -> None:
+    """Waiting is asyncio sleeping: threads stay at the bound, and other work on the loop runs."""
+    fakes = Fakes()
+    t0 = time.monotonic()
+    for i in range(100):
+        fakes.ready_at[f"g{i}"] = t0 + 0.8
+
+    async def main() -> tuple[int, float]:
+        sched = fakes.scheduler(max_parallel=4, first_delay_s=0.05, max_delay_s=0.2)
+        base_threads = threading.active_count()
+        for i in range(100):
+            sched.submit(job(f"g{i}"))
+        # meanwhile the loop serves other work (a crash handling would be scheduled here) at once
+        lags = []
+        for _ in range(10):
+            t = time.monotonic()
+            await asyncio.sleep(0.02)
+            lags.append(time.monotonic() - t - 0.02)
+        threads = threading.active_count() - base_threads
+        await sched.drain()
+        sched.close()
+        return threads, max(lags)
+
+    extra_threads, worst_lag_s = asyncio.run(main())
+    assert extra_threads <= 4
+    assert worst_lag_s < 0.1
+    assert len(fakes.done) == 100 and all(o.outcome is Outcome.SYNCED for o in fakes.done)
+    assert fakes.peak <= 4
