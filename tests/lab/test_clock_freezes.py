@@ -15,12 +15,22 @@ memory snapshot (``--memspec file=...,snapshot=external``, which it does create)
 ("revert to external snapshot not supported yet"; libvirt reverts external snapshots only from
 9.7). An empty 16 MiB qcow2 disk that the guest never uses gives the internal snapshot a place
 for its memory state: that revert is a real memory snapshot revert, so it is what is tested here.
+
+Host suspend (last, same guest): the lab machine cannot suspend itself, so two things are
+simulated, and only these: the host's sleep is an injected clock pair whose ``CLOCK_BOOTTIME``
+jumps 5 s ahead of ``CLOCK_MONOTONIC`` (what the kernel does over a suspend), and the guest's clock
+standing still is a clock set 5 s back (no event, as over a host suspend). Everything after the
+detection is real: :class:`~vmcrash.capture.freezewatch.FreezeResyncs` lists the running domains
+through libvirt, resyncs the watched one over its agent and records it, checked by the independent
+probe. A real host suspend has not been tried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clock"))
 from _clocklab import independent_offset, pause  # noqa: E402
+
+from vmcrash.capture.freezewatch import FreezeResyncs  # noqa: E402
+from vmcrash.config import parse_config  # noqa: E402
+from vmcrash.store.catalog import Catalog  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -58,6 +72,48 @@ def _probe_ms(dom: Any, deadline: float) -> float:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+class SleepingClocks:
+    """(boottime, monotonic) of a host that sleeps ``slept_s`` once, between the first two reads."""
+
+    def __init__(self, slept_s: float) -> None:
+        self.reads = 0
+        self.slept_ns = int(slept_s * 1e9)
+
+    def __call__(self) -> tuple[int, int]:
+        self.reads += 1
+        mono = time.monotonic_ns()
+        return mono + (self.slept_ns if self.reads >= 2 else 0), mono
+
+
+def host_resume(hv: Any, name: str, tmp_path: Path) -> tuple[list[dict[str, Any]], float]:
+    """Run the daemon's host-sleep loop with a host that "slept" 5 s; (rows it recorded, seconds)."""
+    cfg = parse_config({"dump_dir": str(tmp_path / "hs-dumps"), "catalog": str(tmp_path / "hs.sqlite"),
+                        "clock": {"host_sleep_check_s": 0.2, "agent_wait_s": 30}})
+    catalog = Catalog(tmp_path / "hs.sqlite")
+    clocks = SleepingClocks(5.0)
+    freezes = FreezeResyncs(cfg, hv=lambda: hv, catalog=catalog, crash_busy=lambda uuid: False,
+                            clock_pair=clocks)
+
+    async def main() -> float:
+        stop = threading.Event()
+        # other helpers' lab guests run on this host too: only ours is watched, only ours may be touched
+        loop_task = asyncio.create_task(freezes.host_sleep_loop(stop, lambda n: n == name))
+        t0 = time.monotonic()
+        while clocks.reads < 2 or freezes.scheduler.pending() == 0:
+            assert time.monotonic() - t0 < WITHIN_S, "host resume not acted on"
+            await asyncio.sleep(0.05)
+        await freezes.scheduler.drain()
+        stop.set()
+        loop_task.cancel()
+        freezes.close()
+        return time.monotonic() - t0
+
+    took_s = asyncio.run(main())
+    rows = catalog.clock_syncs()
+    catalog.close()
+    return rows, took_s
 
 
 class Freezes:
@@ -166,6 +222,19 @@ def test_every_freeze_kind_is_corrected_within_10_s_and_listed(hv, lab_guest, da
         t_daemon = time.monotonic()
         d.start()
         f.check("restore", "startup:running/restored", t_daemon, 2)
+
+        # 7. the host "slept" 5 s (simulated, see the module docstring) while the guest clock stood still
+        g.agent().raw("guest-set-time", {"time": time.time_ns() - 5 * 10**9}, timeout_s=10)
+        rows, took_s = host_resume(hv, g.name, tmp_path)
+        assert [r["domain"] for r in rows] == [g.name]  # no other domain was resynced
+        (row,) = rows
+        assert row["reason"] == "host-resume" and row["error"] is None and row["result"]["synced"], row
+        assert row["result"]["event"] == "host-resume" and row["result"]["frozen_s"] == 5.0
+        assert row["before_ms"] < -4500 and abs(row["after_ms"]) <= TOLERANCE_MS, row
+        offset = _probe_ms(g.dom, time.monotonic() + WITHIN_S)
+        assert abs(offset) <= TOLERANCE_MS and took_s < WITHIN_S, (offset, took_s)
+        f.report.append(f"host-resume (simulated) before {row['before_ms']:+9.1f} ms  after "
+                        f"{row['after_ms']:+6.1f} ms  probe {offset:+6.1f} ms  in {took_s:.1f} s")
 
         # every one of them in `vmcrash list --clock`, with its reason and cause
         listed = [line for line in d.cli("list", "--clock", check=True).stdout.splitlines() if g.name in line]
