@@ -11,6 +11,9 @@ Reconciliation (at start and after every reconnect) makes sure nothing is lost:
 2. leftover ``.partial`` files that nobody is writing are removed;
 3. every watched domain that is crashed (or paused) by a panic and not yet handled is handled.
 
+Clock resyncs after freezes (restores, snapshot reverts, migrations, wake-ups, pauses, host sleeps)
+are :mod:`vmcrash.capture.freezewatch`'s: every watched lifecycle event goes through it.
+
 Panics are handled in worker threads (:class:`~vmcrash.capture.pipeline.CrashHandler`), one per
 domain at a time, with at most ``max_parallel_dumps`` dumps running.
 """
