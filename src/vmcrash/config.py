@@ -127,6 +127,10 @@ class ClockPolicy:
     sweep_interval_s: float = 300.0
     sweep_threshold_ms: float = 100.0
     agent_wait_s: float = 90.0
+    #: freeze resyncs (restores, snapshots, host resume): agent calls in flight at most
+    max_parallel_syncs: int = 8
+    #: how often the daemon checks whether the host slept (seconds; 0 = off)
+    host_sleep_check_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -333,7 +337,10 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             raise ConfigError("must be at least 1", path=p, key="crash_loop.max_panics")
         values["crash_loop"] = loop
     if "clock" in doc:
-        values["clock"] = _section(ClockPolicy, doc["clock"], p, "clock")
+        clock = _section(ClockPolicy, doc["clock"], p, "clock")
+        if not 1 <= clock.max_parallel_syncs <= 256:
+            raise ConfigError("must be between 1 and 256", path=p, key="clock.max_parallel_syncs")
+        values["clock"] = clock
     if "staging" in doc:
         staging = _section(Staging, doc["staging"], p, "staging")
         if staging.mode not in DUMP_MODES:

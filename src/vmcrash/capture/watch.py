@@ -11,6 +11,9 @@ Reconciliation (at start and after every reconnect) makes sure nothing is lost:
 2. leftover ``.partial`` files that nobody is writing are removed;
 3. every watched domain that is crashed (or paused) by a panic and not yet handled is handled.
 
+Clock resyncs after freezes (restores, snapshot reverts, migrations, wake-ups, pauses, host sleeps)
+are :mod:`vmcrash.capture.freezewatch`'s: every watched lifecycle event goes through it.
+
 Panics are handled in worker threads (:class:`~vmcrash.capture.pipeline.CrashHandler`), one per
 domain at a time, with at most ``max_parallel_dumps`` dumps running.
 """
@@ -33,6 +36,7 @@ import libvirt
 
 from vmcrash.capture import files
 from vmcrash.capture.daemon_lock import CrashLocks
+from vmcrash.capture.freezewatch import FreezeResyncs
 from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
 from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
 from vmcrash.config import Config
@@ -85,7 +89,6 @@ class Watcher:
         self.stop_requested = threading.Event()
         self.handler = CrashHandler(cfg, self._current_hv, self.catalog, stop=self.stop_requested)
         self.active: set[str] = set()
-        self.paused_since: dict[str, int] = {}
         self.clock_busy: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.handler_tasks: set[asyncio.Task[Any]] = set()
@@ -103,6 +106,9 @@ class Watcher:
 
             self.metrics = Metrics()
             self.handler.on_finished = self._record_metrics
+        # Clock resyncs after restores, snapshot reverts, migrations, wake-ups, pauses, host sleeps.
+        self.freezes = FreezeResyncs(cfg, hv=self._current_hv, catalog=self.catalog,
+                                     crash_busy=self.active.__contains__, metrics=self.metrics)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -143,6 +149,8 @@ class Watcher:
         backoff = 0.5
         notified = False
         sweeper: asyncio.Task[Any] | None = None
+        sleep_watch = (self._spawn(self.freezes.host_sleep_loop(self.stop_requested, self._watched))
+                       if self.cfg.clock.host_sleep_check_s > 0 else None)
         try:
             while not self.stop_requested.is_set():
                 self._set_state(Runstate.CONNECTING)
@@ -187,6 +195,9 @@ class Watcher:
             sd_notify("STOPPING=1")
             if sweeper is not None:
                 sweeper.cancel()
+            if sleep_watch is not None:
+                sleep_watch.cancel()
+            self.freezes.close()
             if self.handler_tasks:
                 await self._final_connection_for_handlers()
                 await self._drain_handlers()
@@ -273,16 +284,7 @@ class Watcher:
             return
         if ev.is_panic:
             self.submit(PanicReport(ev.domain, ev.uuid, ev.received_ns, "event"))
-        elif ev.event == "suspended":
-            self.paused_since.setdefault(ev.uuid, ev.received_ns)
-        elif ev.event == "resumed":
-            since = self.paused_since.pop(ev.uuid, None)
-            if since is not None:
-                paused_s = (ev.received_ns - since) / 1e9
-                if paused_s >= self.cfg.clock.resume_threshold_s:
-                    self._spawn(self._clock_task(ev.domain, ev.uuid, "resume", paused_s))
-        elif ev.event in ("stopped", "started"):
-            self.paused_since.pop(ev.uuid, None)
+        self.freezes.on_event(ev)  # resumes, restores, snapshot reverts, migrations, wake-ups
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -400,7 +402,7 @@ class Watcher:
     # -- clock -----------------------------------------------------------------------------
 
     async def _clock_task(self, name: str, uuid: str, reason: str, paused_s: float | None) -> None:
-        if uuid in self.clock_busy or uuid in self.active:
+        if uuid in self.clock_busy or uuid in self.active or self.freezes.busy(uuid):
             return
         self.clock_busy.add(uuid)
         try:
@@ -442,7 +444,8 @@ class Watcher:
         hv = self._current_hv()
         infos = await self._in_thread(self._all_infos, hv)
         for info in infos:
-            if info.state != "running" or not self._watched(info.name) or info.uuid in self.active:
+            if info.state != "running" or not self._watched(info.name) or info.uuid in self.active \
+                    or self.freezes.busy(info.uuid):
                 continue
             try:
                 dom = hv.lookup(info.uuid)
@@ -484,6 +487,7 @@ class Watcher:
             else:
                 await self._in_thread(self._finish_interrupted, row, info)
         self._remove_orphan_partials()
+        self.freezes.at_reconcile(infos, self._watched)  # freezes that ended while nobody watched
         for row in self.catalog.crashes(limit=10000):
             if row.compact_state in ("pending", "running", "waiting-space"):
                 self.schedule_compaction(row.id)

@@ -14,6 +14,17 @@ if TYPE_CHECKING:
 __all__ = ["list_crashes"]
 
 
+def _cause(sync: dict[str, object]) -> str:
+    """What caused a clock correction: the libvirt event (``started/restored``), the crash, or ``-``."""
+    result = sync.get("result")
+    event = result.get("event") if isinstance(result, dict) else None
+    if isinstance(event, str) and event:
+        return event
+    if sync.get("crash_id") is not None:
+        return f"crash #{sync['crash_id']}"
+    return "-"
+
+
 @click.command("list")
 @click.option("--domain", "-d", default=None, help="Only this domain (name or UUID).")
 @click.option("--limit", "-n", type=click.IntRange(1, 100000), default=50, show_default=True)
@@ -41,12 +52,14 @@ def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool
         if not syncs:
             click.echo("no clock corrections recorded")
             return
-        click.echo(f"{'WHEN (UTC)':<19}  {'DOMAIN':<28} {'REASON':<12} {'BEFORE ms':>11} {'AFTER ms':>9}  OK")
+        click.echo(f"{'WHEN (UTC)':<19}  {'DOMAIN':<28} {'REASON':<12} {'CAUSE':<24} {'BEFORE ms':>11} "
+                   f"{'AFTER ms':>9}  OK")
         for s in syncs:
             before = f"{s['before_ms']:+.1f}" if s["before_ms"] is not None else "-"
             after = f"{s['after_ms']:+.1f}" if s["after_ms"] is not None else "-"
-            click.echo(f"{fmt_ns(s['at_ns']):<19}  {s['domain'][:28]:<28} {s['reason']:<12} {before:>11} "
-                       f"{after:>9}  {'yes' if s['ok'] else 'no: ' + str(s.get('error'))}")
+            click.echo(f"{fmt_ns(s['at_ns']):<19}  {s['domain'][:28]:<28} {s['reason'][:12]:<12} "
+                       f"{_cause(s):<24} {before:>11} {after:>9}  "
+                       f"{'yes' if s['ok'] else 'no: ' + str(s.get('error') or 'target not reached')}")
         return
     rows = catalog.crashes(domain=domain, limit=limit)
     if as_json:
