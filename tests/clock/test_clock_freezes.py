@@ -2,7 +2,7 @@
 
 The event sequences are the ones libvirt 9.0 sent for a lab guest (seen with a Subscription while
 running virsh managedsave/start, save/restore, snapshot-revert, dompmsuspend/dompmwakeup); the
-lab test ``tests/lab/test_clock_freezes.py`` replays them on a real guest.
+lab test ``tests/lab/test_freeze_resync_lab.py`` replays them on a real guest.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The scheduler is replaced by a recorder of submitted jobs (its own logic is tested in
 test_clock_fleet.py); the catalogue is the real SQLite one. The lab tests
-(tests/lab/test_clock_freezes.py, test_clock_hostsleep.py) run the same code on a real guest.
+(tests/lab/test_freeze_resync_lab.py, test_clock_hostsleep.py) run the same code on a real guest.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A guest whose vCPUs stop while the world goes on comes back with its clock behind by that time.
 libvirt tells us when a freeze begins and when it ends, but through several event pairs, which this
 module folds into one pure state machine per domain (:func:`step`). The sequences, as seen on the
-lab (libvirt 9.0, QEMU 7.2; ``tests/lab/test_clock_freezes.py`` replays them on a real guest):
+lab (libvirt 9.0, QEMU 7.2; ``tests/lab/test_freeze_resync_lab.py`` replays them on a real guest):
 
 ========================  ====================================================================
 freeze                    events (``event/detail``)
