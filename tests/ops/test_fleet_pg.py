@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from vmcrash.store.replicate import ReplicaState, Replicator
 
 
 def _crash(cat: Catalog, domain: str, n: int) -> int:
-    cid = cat.new_crash(domain=domain, uuid=f"uuid-{domain}", domain_id=n, source="event", panic_ns=1_700_000_000 * 10**9 + n)
+    cid = cat.new_crash(domain=domain, uuid=f"uuid-{domain}", domain_id=n, source="event",
+                        panic_ns=1_700_000_000 * 10**9 + n)
     cat.update(cid, state="dumping", dump_temp_path=f"/d/{domain}.partial")
     cat.update(cid, state="done", dump_path=f"/d/{domain}-{n}.elf", dump_size=1234 + n, freeze_s=1.5,
                clock={"before_ms": -5000.0, "after_ms": 1.0, "synced": True},
@@ -111,3 +115,39 @@ def test_outage_spools_then_replays_exactly_once(pg: PgCluster, tmp_path: Path) 
     rep.stop()
     assert pg.psql("SELECT COUNT(*), COUNT(DISTINCT origin_id) FROM crashes WHERE host = 'outage'") == [["11", "11"]]
     assert pg.psql("SELECT COUNT(*) FROM events WHERE host = 'outage'") == [["11"]]
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmcrash.cli.main", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_list_and_show_across_hosts(pg: PgCluster, tmp_path: Path) -> None:
+    ids = {}
+    for host in ("east", "west"):
+        local = Catalog(tmp_path / f"{host}.sqlite", host=host)
+        ids[host] = _crash(local, f"{host}-db", 7)
+        Replicator(local, pg.url).push_once()
+    cfg = tmp_path / "vmcrash.toml"
+    cfg.write_text(f'catalog = "{pg.url}"\ncatalog_spool = "{tmp_path / "east.sqlite"}"\nhost = "east"\n')
+    mine = json.loads(_cli(cfg, "list", "--json").stdout)
+    assert {(r["host"], r["domain"]) for r in mine} == {("east", "east-db")}
+    west = json.loads(_cli(cfg, "list", "--host", "west", "--json").stdout)
+    assert [(r["host"], r["origin_id"]) for r in west] == [("west", ids["west"])]
+    everyone = _cli(cfg, "list", "--all-hosts")
+    assert everyone.returncode == 0 and "HOST" in everyone.stdout
+    assert "east-db" in everyone.stdout and "west-db" in everyone.stdout
+    fleet_id = pg.psql("SELECT id FROM crashes WHERE host = 'west'")[0][0]
+    shown = _cli(cfg, "show", fleet_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "west-db" in shown.stdout and "on west" in shown.stdout and "Kernel panic - not syncing" in shown.stdout
+    both = _cli(cfg, "list", "--host", "x", "--all-hosts")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+    pg.stop()
+    try:
+        local_only = _cli(cfg, "list", "--json")
+        assert local_only.returncode == 0
+        assert "showing this host's local copy" in local_only.stderr
+        assert [r["domain"] for r in json.loads(local_only.stdout)] == ["east-db"]
+    finally:
+        pg.start()

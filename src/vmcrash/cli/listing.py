@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from vmcrash.cli._common import config_of, echo_json, fmt_bytes, fmt_ns
@@ -15,15 +17,27 @@ __all__ = ["list_crashes"]
 @click.option("--clock", "clock", is_flag=True,
               help="List clock checks and corrections (after crashes, resumes, sweeps) instead.")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of crash objects.")
+@click.option("--host", "host", default=None,
+              help="Only this host's rows (default with a fleet catalogue: this host).")
+@click.option("--all-hosts", "all_hosts", is_flag=True, help="Every host's rows (fleet catalogue).")
 @click.pass_context
-def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool, as_json: bool) -> None:
+def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool, as_json: bool,
+                 host: str | None, all_hosts: bool) -> None:
     """List recorded crashes (id, time, domain, state, dump, freeze, recovery)."""
-    from vmcrash.store.catalog import Catalog
+    from vmcrash.errors import UsageError
+    from vmcrash.store.reader import open_reader
 
+    if host is not None and all_hosts:
+        raise UsageError("--host and --all-hosts exclude each other")
     cfg = config_of(ctx)
-    catalog = Catalog(cfg.catalog_path)
+    reader = open_reader(cfg)
+    if reader.note:
+        click.echo(f"warning: {reader.note}", err=True)
+    catalog = reader.catalog
+    # A shared catalogue lists this host unless asked otherwise; a local file holds one host anyway.
+    only = None if all_hosts else host if host is not None else cfg.host_name if reader.shared else None
     if clock:
-        syncs = catalog.clock_syncs(domain=domain, limit=limit)
+        syncs = catalog.clock_syncs(domain=domain, limit=limit, host=only)
         if as_json:
             echo_json(syncs)
             return
@@ -37,12 +51,17 @@ def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool
             click.echo(f"{fmt_ns(s['at_ns']):<19}  {s['domain'][:28]:<28} {s['reason']:<12} {before:>11} "
                        f"{after:>9}  {'yes' if s['ok'] else 'no: ' + str(s.get('error'))}")
         return
-    rows = catalog.crashes(domain=domain, limit=limit)
+    rows = catalog.crashes(domain=domain, limit=limit, host=only)
     if as_json:
         echo_json([r.to_dict() for r in rows])
         return
     if not rows:
-        click.echo("no crashes recorded" + (f" for {domain}" if domain else ""))
+        click.echo("no crashes recorded" + (f" for {domain}" if domain else "")
+                   + (f" on {only}" if only is not None else ""))
+        return
+    hosts = {r.host for r in rows}
+    if len(hosts) > 1 or all_hosts or host is not None:
+        _list_with_hosts(rows)
         return
     click.echo(f"{'ID':>4}  {'PANIC (UTC)':<19}  {'DOMAIN':<28} {'STATE':<9} {'DUMP':>10} {'FREEZE':>8}  RECOVERY")
     for r in rows:
@@ -51,3 +70,14 @@ def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool
         rec = f"{r.recovery_action or '-'}->{r.recovery_result or '-'}"
         click.echo(f"{r.id:>4}  {fmt_ns(r.panic_ns):<19}  {r.domain[:28]:<28} {r.state:<9} {dump:>10} "
                    f"{freeze:>8}  {rec}")
+
+
+def _list_with_hosts(rows: list[Any]) -> None:
+    click.echo(f"{'ID':>5}  {'HOST':<16} {'PANIC (UTC)':<19}  {'DOMAIN':<28} {'STATE':<9} {'DUMP':>10} "
+               f"{'FREEZE':>8}  RECOVERY")
+    for r in rows:
+        dump = fmt_bytes(r.dump_size) if r.dump_path else ("skipped" if r.skip_reason else "-")
+        freeze = f"{r.freeze_s:.2f}s" if r.freeze_s is not None else "-"
+        rec = f"{r.recovery_action or '-'}->{r.recovery_result or '-'}"
+        click.echo(f"{r.id:>5}  {(r.host or '-')[:16]:<16} {fmt_ns(r.panic_ns):<19}  {r.domain[:28]:<28} "
+                   f"{r.state:<9} {dump:>10} {freeze:>8}  {rec}")

@@ -535,7 +535,7 @@ class Catalog:
 
     def outbox(self, *, crash_id: int | None = None) -> list[OutboxEntry]:
         """Every notification (of one crash), oldest first."""
-        sql, args = "SELECT * FROM outbox", ()
+        sql, args = "SELECT * FROM outbox", tuple[Any, ...]()
         if crash_id is not None:
             sql, args = sql + " WHERE crash_id = ?", (crash_id,)
         with self._lock:
@@ -553,3 +553,16 @@ class Catalog:
         """The newest crash id that has a notification queued (0: none)."""
         with self._lock:
             return int(self._db.execute("SELECT COALESCE(MAX(crash_id), 0) FROM outbox").fetchone()[0])
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows of a read-only query (for aggregate views such as :mod:`vmcrash.store.stats`).
+
+        :raises StorageError: the query failed.
+        """
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise ValueError("read() runs queries only")
+        try:
+            with self._lock:
+                return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        except sqlite3.Error as exc:
+            raise StorageError(f"catalogue read failed: {exc}", path=str(self.path)) from exc

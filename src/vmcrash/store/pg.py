@@ -88,7 +88,7 @@ class PgCatalog:
 
     def _all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
         with self._lock, self._translate("read"):
-            return list(self._db.execute(_params(sql), args).fetchall())  # type: ignore[arg-type]
+            return list(self._db.execute(_params(sql), args).fetchall())
 
     @property
     def closed(self) -> bool:
@@ -118,7 +118,7 @@ class PgCatalog:
                 for version in range(current + 1, len(MIGRATIONS) + 1):
                     for stmt in MIGRATIONS[version - 1].split(";"):
                         if stmt.strip():
-                            self._db.execute(pg_dialect(stmt))  # type: ignore[call-overload]
+                            self._db.execute(pg_dialect(stmt))
                     self._db.execute("INSERT INTO schema_version(version) VALUES (%s)", (version,))
         return len(MIGRATIONS)
 
@@ -142,7 +142,7 @@ class PgCatalog:
             with self._db.transaction():
                 for table, local_id, row in changes:
                     if row is None:
-                        self._db.execute(f"DELETE FROM {table} WHERE host = %s AND origin_id = %s",  # type: ignore[call-overload]
+                        self._db.execute(f"DELETE FROM {table} WHERE host = %s AND origin_id = %s",
                                          (host, local_id))
                         continue
                     self._upsert(host, table, local_id, row)
@@ -160,7 +160,7 @@ class PgCatalog:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in ("host", "origin_id"))
         sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(marks)}) "
                f"ON CONFLICT (host, origin_id) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
-        self._db.execute(sql, values)  # type: ignore[call-overload]
+        self._db.execute(sql, values)
 
     # -- reads (the same shape as Catalog's) -----------------------------------------------------
 
@@ -171,7 +171,7 @@ class PgCatalog:
     def crashes(self, *, domain: str | None = None, limit: int = 1000,
                 host: str | None = None) -> list[CrashRow]:
         """Crashes newest first (by panic time), optionally of one domain and one host."""
-        sql, args = "SELECT * FROM crashes WHERE 1=1", []
+        sql, args = "SELECT * FROM crashes WHERE 1=1", list[Any]()
         if domain:
             sql += " AND (domain = ? OR uuid = ?)"
             args += [domain, domain]
@@ -188,7 +188,7 @@ class PgCatalog:
 
     def clock_syncs(self, *, domain: str | None = None, crash_id: int | None = None,
                     limit: int = 100, host: str | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM clock_syncs WHERE 1=1", []
+        sql, args = "SELECT * FROM clock_syncs WHERE 1=1", list[Any]()
         if domain:
             sql += " AND (domain = ? OR uuid = ?)"
             args += [domain, domain]
