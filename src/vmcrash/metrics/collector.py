@@ -143,7 +143,7 @@ class CatalogCollector(Collector):
                                  "preserve)", labels=["host"])
         held.add_metric([h], s.images_held)
         yield from (dump_b, dump_s, inflight, held)
-        offset = GaugeMetricFamily("vmcrash_guest_clock_offset_ms", "Guest clock minus host clock at the "
+        offset = GaugeMetricFamily("vmcrash_guest_clock_offset_seconds", "Guest clock minus host clock at the "
                                    "latest check (when=before|after the correction)", labels=["host", "domain", "when"])
         checked = GaugeMetricFamily("vmcrash_guest_clock_checked_timestamp_seconds", "Latest clock check",
                                     labels=["host", "domain", "reason"])
@@ -151,9 +151,9 @@ class CatalogCollector(Collector):
         for domain, (at_ns, reason, before, after) in clock_items:
             name = label_value(domain)
             if before is not None:
-                offset.add_metric([h, name, "before"], before)
+                offset.add_metric([h, name, "before"], before / 1e3)
             if after is not None:
-                offset.add_metric([h, name, "after"], after)
+                offset.add_metric([h, name, "after"], after / 1e3)
             checked.add_metric([h, name, label_value(reason)], at_ns / 1e9)
         yield from (offset, checked)
         if s.last_sweep_ns is not None:
