@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def test_panic_reaches_alertmanager_receiver(hv, lab_guest, daemon, tmp_path: Pa
     metrics_port, prom_port, am_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     g = lab_guest(memory_mib=384)
-    d: Daemon = daemon(f'host = "lab-host-e2e"\nmetrics_listen = "127.0.0.1:{metrics_port}"\n', watch=[g.name])
+    d: Daemon = daemon(f'host = "lab-host-e2e"\nmetrics_listen = "127.0.0.1:{metrics_port}"\n'
+                       "[clock]\nsweep_interval_s = 2\nagent_wait_s = 60\n", watch=[g.name])
     try:
         (tmp_path / "am.yml").write_text(
             "route:\n  receiver: test\n  group_by: [alertname, host, domain]\n  group_wait: 1s\n"
@@ -80,6 +82,18 @@ def test_panic_reaches_alertmanager_receiver(hv, lab_guest, daemon, tmp_path: Pa
         wait_for(lambda: _get_json(f"http://127.0.0.1:{prom_port}/api/v1/rules")["data"]["groups"] != [], 30,
                  "rules loaded")
         assert receiver.requests == []  # nothing panicked yet, nothing alerted
+
+        def swept() -> list[dict]:  # type: ignore[type-arg]
+            q = urllib.parse.quote(f'vmcrash_sweep_clock_offset_seconds{{domain="{g.name}"}}')
+            return _get_json(f"http://127.0.0.1:{prom_port}/api/v1/query?query={q}")["data"]["result"]  # type: ignore[no-any-return]
+
+        wait_for(lambda: bool(swept()), 60, "a sweep's clock offset in Prometheus")
+        offset_s = float(swept()[0]["value"][1])
+        # ground truth from libvirt's own agent call (whole seconds): the same offset, within 2 s
+        out = subprocess.run(["virsh", "-c", "qemu:///system", "domtime", g.name], capture_output=True, text=True,
+                             timeout=30).stdout
+        virsh_offset_s = int(out.split(":")[1]) - time.time()
+        assert abs(offset_s - virsh_offset_s) < 2.5, (offset_s, virsh_offset_s)
         t_panic = time.monotonic()
         g.crash()
         g.wait_serial("Kernel panic - not syncing", 60)

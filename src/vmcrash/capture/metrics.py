@@ -14,7 +14,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from vmcrash.errors import ConfigError
 
-__all__ = ["Metrics", "parse_listen"]
+__all__ = ["Metrics", "parse_listen", "bounded_label", "MAX_SWEEP_DOMAINS"]
+
+#: at most this many domains get a sweep offset series
+MAX_SWEEP_DOMAINS = 200
+
+
+def bounded_label(text: str, max_chars: int = 64) -> str:
+    """A label value from a domain name (hostile input): printable, at most ``max_chars``."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:max_chars * 4])
+    return clean if len(clean) <= max_chars else clean[:max_chars - 1] + "…"
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,25 @@ class Metrics:
                                        ["domain"], registry=r)
         self.connected = Gauge("vmcrash_libvirt_connected", "1 while connected to libvirt", registry=r)
         self.active = Gauge("vmcrash_active_handlings", "Panics being handled now", registry=r)
+        self.sweep_offset = Gauge("vmcrash_sweep_clock_offset_seconds", "Guest clock minus host clock, measured "
+                                  "by the latest sweep (before any correction)", ["domain"], registry=r)
+        self.last_sweep = Gauge("vmcrash_last_sweep_timestamp_seconds", "When the latest clock sweep ended",
+                                registry=r)
+        self._sweep_domains: set[str] = set()
+
+    def sweep_measured(self, domain: str, offset_s: float) -> None:
+        """One guest's offset from a sweep; label values bounded, at most MAX_SWEEP_DOMAINS series."""
+        name = bounded_label(domain)
+        if name not in self._sweep_domains and len(self._sweep_domains) >= MAX_SWEEP_DOMAINS:
+            return
+        self._sweep_domains.add(name)
+        self.sweep_offset.labels(domain=name).set(offset_s)
+
+    def sweep_forget(self, keep: set[str]) -> None:
+        """Drop the series of guests the last sweep no longer saw (deleted, stopped, unwatched)."""
+        for name in self._sweep_domains - {bounded_label(k) for k in keep}:
+            self.sweep_offset.remove(name)
+            self._sweep_domains.discard(name)
 
     def serve(self, listen: str) -> None:
         host, port = parse_listen(listen)

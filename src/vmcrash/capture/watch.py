@@ -423,6 +423,7 @@ class Watcher:
     async def _sweep_once(self) -> None:
         hv = self._current_hv()
         infos = await self._in_thread(self._all_infos, hv)
+        seen: set[str] = set()
         for info in infos:
             if info.state != "running" or not self._watched(info.name) or info.uuid in self.active:
                 continue
@@ -432,9 +433,15 @@ class Watcher:
             except VmcrashError as exc:
                 log.debug("%s: sweep skipped: %s", info.name, exc)
                 continue
+            if self.metrics is not None:
+                seen.add(info.name)
+                self.metrics.sweep_measured(info.name, offset_ms / 1e3)
             if abs(offset_ms) > self.cfg.clock.sweep_threshold_ms:
                 log.warning("%s: sweep found clock %+.1f ms off; correcting", info.name, offset_ms)
                 await self._clock_task(info.name, info.uuid, "sweep", None)
+        if self.metrics is not None:
+            self.metrics.sweep_forget(seen)
+            self.metrics.last_sweep.set_to_current_time()
 
     # -- reconciliation --------------------------------------------------------------------
 
