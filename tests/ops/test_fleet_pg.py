@@ -151,3 +151,26 @@ def test_list_and_show_across_hosts(pg: PgCluster, tmp_path: Path) -> None:
         assert [r["domain"] for r in json.loads(local_only.stdout)] == ["east-db"]
     finally:
         pg.start()
+
+
+def test_spool_outlives_a_daemon_restart_during_the_outage(pg: PgCluster, tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    local = Catalog(path, host="restarted")
+    rep = Replicator(local, pg.url, interval_s=0.05, max_backoff_s=0.5)
+    pg.stop()
+    try:
+        rep.start()
+        ids = [_crash(local, "app-1", n) for n in range(5)]
+        wait_for(lambda: rep.state is ReplicaState.OFFLINE, 30, "replicator offline")
+        rep.stop()  # the daemon goes away with everything still spooled
+        local.close()
+    finally:
+        pg.start()
+    local = Catalog(path, host="restarted")
+    assert local.spool_depth() > 0
+    again = Replicator(local, pg.url)
+    again.push_once()
+    again.push_once()
+    assert local.spool_depth() == 0
+    assert pg.psql("SELECT origin_id FROM crashes WHERE host = 'restarted' ORDER BY origin_id") == [
+        [str(i)] for i in ids]
