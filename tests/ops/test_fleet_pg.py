@@ -134,7 +134,7 @@ def test_list_and_show_across_hosts(pg: PgCluster, tmp_path: Path) -> None:
     assert {(r["host"], r["domain"]) for r in mine} == {("east", "east-db")}
     west = json.loads(_cli(cfg, "list", "--host", "west", "--json").stdout)
     assert [(r["host"], r["origin_id"]) for r in west] == [("west", ids["west"])]
-    everyone = _cli(cfg, "list", "--all-hosts")
+    everyone = _cli(cfg, "list", "--all-hosts", "--limit", "100000")
     assert everyone.returncode == 0 and "HOST" in everyone.stdout
     assert "east-db" in everyone.stdout and "west-db" in everyone.stdout
     fleet_id = pg.psql("SELECT id FROM crashes WHERE host = 'west'")[0][0]
