@@ -45,17 +45,24 @@ def test_panic_during_database_outage_with_bad_receivers(hv, lab_guest, daemon, 
         f'[[notify]]\nurl = "{url}"\ntimeout_s = 2\nbackoff_s = 0.5\nmax_backoff_s = 2\n' + extra
         for url, extra in ((f"http://127.0.0.1:{down}/x", ""), (slow.url, ""), (failing.url, ""),
                            (good.url, 'secret = "lab-secret"\n')))
-    g = lab_guest(memory_mib=384)
+    g, g2 = lab_guest(memory_mib=384), lab_guest(memory_mib=384)
     d = fleet_daemon(daemon, pg, "lab-host-a", f'metrics_listen = "127.0.0.1:{port}"\n', [g.name])
     d.config.write_text(d.config.read_text() + targets)
+    d2 = fleet_daemon(daemon, pg, "lab-host-b", "", [g2.name])  # a second host on the same database
     try:
         g.start()
+        g2.start()
         d.start()
+        d2.start()
         g.wait_ready(240)
+        g2.wait_ready(240)
         pg.stop()
         try:
             g.crash()
+            g2.crash()
             row = d.wait_row(g.name, done, 240)[0]
+            row2 = d2.wait_row(g2.name, done, 240)[0]
+            assert row2.state == "done" and row2.host == "lab-host-b"
             assert row.state == "done" and row.recovery_result == "running", (row.state, row.error)
             assert row.dump_path and row.host == "lab-host-a"
             assert subprocess.run(["virsh", "-c", "qemu:///system", "domstate", g.name], capture_output=True,
@@ -81,7 +88,8 @@ def test_panic_during_database_outage_with_bad_receivers(hv, lab_guest, daemon, 
         assert doc["dump"]["path"] == row.dump_path and doc["freeze_s"] == row.freeze_s
         assert doc["recovery"] == {"action": "restart", "result": "running"}
         # replayed once the database is back: exactly one row, the same facts, all its events
-        wait_for(lambda: d.catalog().spool_depth() == 0, 60, "spool replayed")
+        wait_for(lambda: d.catalog().spool_depth() == 0 and d2.catalog().spool_depth() == 0, 60,
+                 "both spools replayed")
         rows = pg.psql(f"SELECT origin_id, state, dump_path, recovery_result FROM crashes "
                        f"WHERE host = 'lab-host-a' AND domain = '{g.name}'")
         assert rows == [[str(row.id), "done", row.dump_path, "running"]]
@@ -90,12 +98,19 @@ def test_panic_during_database_outage_with_bad_receivers(hv, lab_guest, daemon, 
                        f"c.host = 'lab-host-a' AND c.origin_id = {row.id}") == [[str(local_events)]]
         listed = json.loads(d.cli("list", "--json", check=True).stdout)
         assert [(r["domain"], r["origin_id"]) for r in listed] == [(g.name, row.id)]
+        everyone = json.loads(d.cli("list", "--all-hosts", "--json", check=True).stdout)
+        assert {(r["host"], r["domain"]) for r in everyone} >= {("lab-host-a", g.name), ("lab-host-b", g2.name)}
+        other = next(r for r in everyone if r["domain"] == g2.name)
+        assert pg.psql(f"SELECT COUNT(*) FROM crashes WHERE domain = '{g2.name}'") == [["1"]]
+        shown = d.cli("show", str(other["id"]), check=True).stdout  # host a shows host b's crash
+        assert g2.name in shown and "on lab-host-b" in shown and row2.dump_path in shown
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert (f'vmcrash_crashes_total{{domain="{g.name}",host="lab-host-a",outcome="dumped"}} 1.0' in metrics)
         assert 'vmcrash_fleet_catalog_up{host="lab-host-a"} 1.0' in metrics
         t0 = time.monotonic()
         assert d.stop() == 0
-        assert time.monotonic() - t0 < 30  # a hung receiver does not hold up the shutdown either
+        assert time.monotonic() - t0 < 30
+        assert d2.stop() == 0  # a hung receiver does not hold up the shutdown either
     finally:
         for s in (good, failing, slow):
             s.close()
