@@ -62,7 +62,11 @@ def test_spool_marks_survive_and_rev_protects_concurrent_changes(tmp_path: Path)
     cat.spool_done(batch)
     assert [(e.table, e.local_id) for e in cat.spool_pending()] == [("crashes", old)]
     cat.close()
-    assert Catalog(tmp_path / "c.sqlite").spool_depth() == 1  # marks are in the file
+    again = Catalog(tmp_path / "c.sqlite")
+    assert again.spool_depth() == 1  # marks are in the file
+    again.disable_spool()
+    again.new_crash(domain="b", uuid="v", domain_id=2, source="event", panic_ns=2)
+    assert again.spool_depth() == 0
 
 
 def test_notifier_queueing_is_idempotent_and_catch_up_skips_history(tmp_path: Path) -> None:
@@ -101,3 +105,19 @@ def test_list_host_filter_on_a_local_catalogue(tmp_path: Path) -> None:
     assert run() == ["one-vm", "two-vm"]  # a local file: every row it has
     assert run("--host", "two") == ["two-vm"]
     assert run("--all-hosts") == ["one-vm", "two-vm"]
+
+
+def test_show_lists_notifications_of_a_local_crash(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    cat = Catalog(path, host="one")
+    cid = cat.new_crash(domain="vm", uuid="u", domain_id=1, source="event", panic_ns=1)
+    cat.update(cid, state="done")
+    cat.outbox_add(cid, "http://127.0.0.1:9/hook")
+    entry = cat.outbox(crash_id=cid)[0]
+    cat.outbox_result(entry.id, state="pending", attempts=2, next_ns=0, error="HTTP 500 Internal Server Error")
+    cfg = tmp_path / "vmcrash.toml"
+    cfg.write_text(f'catalog = "{path}"\n')
+    out = subprocess.run([sys.executable, "-m", "vmcrash.cli.main", "--config", str(cfg), "show", str(cid)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "http://127.0.0.1:9/hook: pending, 2 attempt(s), last error: HTTP 500" in out
+    assert "crash #1: vm (u) on one" in out

@@ -41,6 +41,8 @@ def start_companions(cfg: Config, catalog: Catalog, registry: Any,
         comp.replicator = Replicator(catalog, cfg.fleet_url, host=cfg.host_name)
         comp.replicator.start()
         chain_finished(lambda _cid: comp.replicator.wake())
+    else:
+        catalog.disable_spool()  # replicated once, not any more: stop marking rows nobody will push
     if cfg.notify:
         from vmcrash.notify.webhook import Notifier
 

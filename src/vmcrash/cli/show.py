@@ -86,6 +86,9 @@ def show(ctx: click.Context, crash_id: int, as_json: bool) -> None:
     if row.triage:
         out.append("triage:")
         out.extend(_triage_lines(row.triage))
+    for note in (cat.outbox(crash_id=crash_id) if hasattr(cat, "outbox") else []):
+        out.append(f"  {'notify':<12} {note.target}: {note.state}, {note.attempts} attempt(s)"
+                   + (f", last error: {note.last_error}" if note.last_error and note.state != "delivered" else ""))
     out.append("log:")
     for ev in events:
         out.append(f"  {fmt_ns(ev['at_ns'])}  {ev['kind']:<14} {ev['message']}")

@@ -492,6 +492,17 @@ class Catalog:
                 self._db.execute("ROLLBACK")
                 raise StorageError(f"cannot set up the spool: {exc}", path=str(self.path)) from exc
 
+    def disable_spool(self) -> None:
+        """Stop marking changes and forget the marks (the catalogue is no longer replicated)."""
+        with self._lock:
+            names = [r[0] for r in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'spool_%'").fetchall()]
+        if not names:
+            return
+        for name in names:
+            self._exec(f"DROP TRIGGER IF EXISTS {name}")
+        self._exec("DELETE FROM spool")
+
     def spool_pending(self, limit: int = 500) -> list[SpoolEntry]:
         """Marked rows, parents first (crashes, then clock checks, then events), oldest first."""
         with self._lock:
