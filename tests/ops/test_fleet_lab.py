@@ -107,6 +107,8 @@ def test_panic_during_database_outage_with_bad_receivers(hv, lab_guest, daemon, 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert (f'vmcrash_crashes_total{{domain="{g.name}",host="lab-host-a",outcome="dumped"}} 1.0' in metrics)
         assert 'vmcrash_fleet_catalog_up{host="lab-host-a"} 1.0' in metrics
+        lint = subprocess.run(["promtool", "check", "metrics"], input=metrics.encode(), capture_output=True, timeout=30)
+        assert lint.returncode == 0, lint.stdout + lint.stderr  # Prometheus' own parser and linter
         t0 = time.monotonic()
         assert d.stop() == 0
         assert time.monotonic() - t0 < 30

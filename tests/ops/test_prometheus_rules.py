@@ -104,3 +104,23 @@ def test_hostile_domain_names_cannot_blow_up_the_scrape(tmp_path: Path) -> None:
     assert len(text) < 400_000
     assert label_value('quote"back\\slash') == 'quote"back\\slash'  # escaping is the exposition's job
     assert label_value("new\nline") == "new?line"
+
+
+def test_live_and_catalogue_metrics_together_pass_promtool(tmp_path: Path) -> None:
+    from vmcrash.capture.metrics import MAX_SWEEP_DOMAINS, Metrics
+
+    m = Metrics()
+    m.registry.register(CatalogCollector(Catalog(tmp_path / "c.sqlite", host="hv1"), host="hv1",
+                                         crash_loop_max_panics=3, crash_loop_window_s=600))
+    for i in range(MAX_SWEEP_DOMAINS + 50):  # hostile and many names: bounded, capped
+        m.sweep_measured(f"vm\n{i}" + "x" * 300, 0.25)
+        m.clock_residual_ms.labels(domain=f"vm-{i}").set(1500.0)
+    text = generate_latest(m.registry)
+    res = _promtool("check", "metrics", stdin=text)
+    assert res.returncode == 0, res.stdout + res.stderr
+    fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    assert len(fams["vmcrash_sweep_clock_offset_seconds"].samples) == MAX_SWEEP_DOMAINS
+    assert len(fams["vmcrash_clock_residual_seconds"].samples) == MAX_SWEEP_DOMAINS
+    assert fams["vmcrash_clock_residual_seconds"].samples[0].value == 1.5  # fed ms, exposed in seconds
+    m.sweep_forget({"vm\n0" + "x" * 300})
+    assert len(list(m.sweep_offset.collect())[0].samples) == 1

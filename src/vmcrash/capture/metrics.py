@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -36,6 +37,34 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+class _BoundedChild:
+    def __init__(self, child: Any) -> None:
+        self._child = child
+
+    def set(self, value_ms: float) -> None:
+        if self._child is not None:
+            self._child.set(value_ms / 1e3)
+
+
+class _MillisecondGauge:
+    """A per-domain gauge in seconds that callers feed milliseconds (``.labels(domain=…).set(ms)``).
+
+    Domain names are bounded (:func:`bounded_label`) and at most :data:`MAX_SWEEP_DOMAINS` series
+    exist; values for further domains are dropped.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._names: set[str] = set()
+
+    def labels(self, *, domain: str) -> _BoundedChild:
+        name = bounded_label(domain)
+        if name not in self._names and len(self._names) >= MAX_SWEEP_DOMAINS:
+            return _BoundedChild(None)
+        self._names.add(name)
+        return _BoundedChild(self.gauge.labels(domain=name))
+
+
 @dataclass
 class Metrics:
     """The daemon's metrics. :meth:`serve` starts the HTTP endpoint."""
@@ -54,8 +83,8 @@ class Metrics:
         self.dump_bytes = Counter("vmcrash_dump_written_bytes", "Bytes written for dumps", registry=r)
         self.zero_pages = Counter("vmcrash_zero_pages_skipped", "Zero pages left as holes", registry=r)
         self.clock_syncs = Counter("vmcrash_clock_syncs", "Clock corrections", ["reason", "ok"], registry=r)
-        self.clock_residual_ms = Gauge("vmcrash_clock_residual_ms", "Guest clock error after the last correction",
-                                       ["domain"], registry=r)
+        self.clock_residual_ms = _MillisecondGauge(Gauge(
+            "vmcrash_clock_residual_seconds", "Guest clock error after the last correction", ["domain"], registry=r))
         self.connected = Gauge("vmcrash_libvirt_connected", "1 while connected to libvirt", registry=r)
         self.active = Gauge("vmcrash_active_handlings", "Panics being handled now", registry=r)
         self.sweep_offset = Gauge("vmcrash_sweep_clock_offset_seconds", "Guest clock minus host clock, measured "
