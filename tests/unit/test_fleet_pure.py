@@ -121,3 +121,20 @@ def test_show_lists_notifications_of_a_local_crash(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True).stdout
     assert "http://127.0.0.1:9/hook: pending, 2 attempt(s), last error: HTTP 500" in out
     assert "crash #1: vm (u) on one" in out
+
+
+def test_notifier_sweep_queues_crashes_no_hook_announced(tmp_path: Path) -> None:
+    from vmcrash.config import NotifyTarget
+
+    cat = Catalog(tmp_path / "c.sqlite", host="h")
+    history = cat.new_crash(domain="a", uuid="u", domain_id=1, source="event", panic_ns=1)
+    cat.update(history, state="done")
+    interrupted = cat.new_crash(domain="c", uuid="w", domain_id=3, source="event", panic_ns=3)
+    n = Notifier(cat, (NotifyTarget(url="http://127.0.0.1:9/x"),), send=lambda t, b: Delivery(True, 200, None))
+    n.mark_start()
+    cat.update(history, compact_state="done")  # old news touched again: not announced
+    cat.update(interrupted, state="failed", error="handling interrupted")  # closed by reconciliation, no hook
+    later = cat.new_crash(domain="b", uuid="v", domain_id=2, source="event", panic_ns=2)
+    cat.update(later, state="done")
+    assert n.sweep_finished() == 2 and n.sweep_finished() == 0
+    assert sorted(e.crash_id for e in cat.outbox()) == [interrupted, later]

@@ -42,6 +42,8 @@ FINISHED_STATES = ("done", "failed")
 #: longest text field put in a document (guest data is hostile: bounded)
 _MAX_TEXT = 4096
 SIGNATURE_HEADER = "X-Vmcrash-Signature"
+#: how often the thread looks for finished crashes no hook announced
+SWEEP_S = 5.0
 
 
 class NotifierState(enum.Enum):
@@ -150,6 +152,8 @@ class Notifier:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._max_id_at_start = 0
+        self._unfinished_at_start: set[int] = set()
 
     # -- queueing --------------------------------------------------------------------------
 
@@ -175,6 +179,26 @@ class Notifier:
             if row.id > last and row.state in FINISHED_STATES:
                 for name in self.targets:
                     n += int(self.catalog.outbox_add(row.id, name))
+        return n
+
+    def mark_start(self) -> None:
+        """Remember which crashes are news for this run: newer ones, and the ones still unfinished."""
+        rows = self.catalog.read("SELECT COALESCE(MAX(id), 0) AS m FROM crashes")
+        self._max_id_at_start = int(rows[0]["m"])
+        self._unfinished_at_start = {int(r["id"]) for r in self.catalog.read(
+            "SELECT id FROM crashes WHERE state NOT IN ('done', 'failed')")}
+
+    def sweep_finished(self) -> int:
+        """Queue this run's finished crashes that no hook announced (e.g. closed by the daemon's
+        reconciliation after an interruption). Return how many were queued."""
+        n = 0
+        for name in self.targets:
+            for r in self.catalog.read(
+                    "SELECT id FROM crashes WHERE state IN ('done', 'failed') AND id NOT IN "
+                    "(SELECT crash_id FROM outbox WHERE target = ?) ORDER BY id DESC LIMIT 1000", (name,)):
+                cid = int(r["id"])
+                if cid > self._max_id_at_start or cid in self._unfinished_at_start:
+                    n += int(self.catalog.outbox_add(cid, name))
         return n
 
     # -- delivering ------------------------------------------------------------------------
@@ -218,6 +242,7 @@ class Notifier:
     # -- thread ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.mark_start()
         self.catch_up()
         self.state = NotifierState.RUNNING
         self._thread = threading.Thread(target=self._run, name="vmcrash-notify", daemon=True)
@@ -234,8 +259,12 @@ class Notifier:
         return sum(1 for e in self.catalog.outbox() if e.state == "pending")
 
     def _run(self) -> None:
+        last_sweep = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() - last_sweep >= SWEEP_S:
+                    last_sweep = time.monotonic()
+                    self.sweep_finished()
                 self.run_due()
             except Exception:  # a bad row must not end notifications; logged with its traceback
                 log.exception("notification round failed")
