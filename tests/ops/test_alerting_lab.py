@@ -122,6 +122,13 @@ def test_panic_reaches_alertmanager_receiver(hv, lab_guest, daemon, tmp_path: Pa
         print(f"panic -> alert: {timing}")
         assert t_alert - t_panic < 60
         assert d.stop() == 0
+
+        # the daemon is gone: Prometheus sees it and the daemon-down rule starts (it fires after its 2 min)
+        def down_pending() -> bool:
+            alerts = _get_json(f"http://127.0.0.1:{prom_port}/api/v1/alerts")["data"]["alerts"]
+            return any(a["labels"]["alertname"] == "VmcrashDaemonDown" and a["state"] == "pending" for a in alerts)
+
+        wait_for(down_pending, 30, "VmcrashDaemonDown pending")
     finally:
         for p in procs:
             p.terminate()

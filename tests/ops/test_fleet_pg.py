@@ -141,6 +141,9 @@ def test_list_and_show_across_hosts(pg: PgCluster, tmp_path: Path) -> None:
     shown = _cli(cfg, "show", fleet_id)
     assert shown.returncode == 0, shown.stderr
     assert "west-db" in shown.stdout and "on west" in shown.stdout and "Kernel panic - not syncing" in shown.stdout
+    clocks = json.loads(_cli(cfg, "list", "--clock", "--all-hosts", "--limit", "100000", "--json").stdout)
+    assert {"east", "west"} <= {c["host"] for c in clocks}
+    assert {c["host"] for c in json.loads(_cli(cfg, "list", "--clock", "--json").stdout)} == {"east"}
     both = _cli(cfg, "list", "--host", "x", "--all-hosts")
     assert both.returncode == 2 and "exclude each other" in both.stderr
     pg.stop()
