@@ -7,7 +7,10 @@ Example::
 
     libvirt_uri = "qemu:///system"
     dump_dir = "/var/lib/vmcrash/dumps"
-    catalog = "/var/lib/vmcrash/catalog.sqlite"     # or "sqlite:////abs/path.sqlite"
+    catalog = "/var/lib/vmcrash/catalog.sqlite"     # or "sqlite:////abs/path.sqlite", or a fleet
+                                                    # catalogue "postgresql://user@db/vmcrash"
+    catalog_spool = "/var/lib/vmcrash/catalog-spool.sqlite"  # with postgresql: this host's local copy
+    host = ""                                       # the name this host's rows carry ("" = hostname)
     max_parallel_dumps = 2
     min_free_mb = 1024                              # never fill the dump disk below this
     metrics_listen = ""                             # e.g. "127.0.0.1:9464" for Prometheus
@@ -44,6 +47,12 @@ Example::
     [domains."db-*"]
     recovery = "reset"
 
+    [[notify]]                                      # a webhook per crash, once triage is done
+    url = "https://hooks.example.net/vmcrash"
+    secret = ""                                     # HMAC-SHA256 of the body in X-Vmcrash-Signature
+    timeout_s = 5
+    max_attempts = 10                               # then given up (recorded in the catalogue)
+
 Policy tables are merged: defaults, then every glob that matches (in file order), then the
 exact name.
 """
@@ -52,6 +61,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -163,6 +173,28 @@ class Web:
 
 
 @dataclass(frozen=True)
+class NotifyTarget:
+    """A ``[[notify]]`` webhook: one JSON document per handled crash."""
+
+    url: str = ""
+    #: when set, ``X-Vmcrash-Signature: sha256=<hex HMAC of the body>``
+    secret: str = ""
+    timeout_s: float = 5.0
+    max_attempts: int = 10
+    #: first retry delay; doubles per attempt up to max_backoff_s
+    backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+
+    @property
+    def name(self) -> str:
+        """How the outbox names this target (the URL without credentials or query)."""
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.url)
+        return f"{u.scheme}://{u.hostname or ''}{':' + str(u.port) if u.port else ''}{u.path}"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is where it came from (None: defaults only)."""
 
@@ -176,6 +208,11 @@ class Config:
     metrics_listen: str = ""
     #: where the one-daemon-per-hypervisor and per-crash locks live (see capture/daemon_lock.py)
     run_dir: Path = Path("/run/vmcrash")
+    #: with a postgresql:// catalogue: the local SQLite copy the daemon writes and replicates from
+    catalog_spool: str = "/var/lib/vmcrash/catalog-spool.sqlite"
+    #: the name every catalogue row of this host carries ("" = socket.gethostname())
+    host: str = ""
+    notify: tuple[NotifyTarget, ...] = ()
     retention: Retention = field(default_factory=Retention)
     crash_loop: CrashLoop = field(default_factory=CrashLoop)
     clock: ClockPolicy = field(default_factory=ClockPolicy)
@@ -186,9 +223,22 @@ class Config:
 
     @property
     def catalog_path(self) -> Path:
-        """The SQLite file of the catalogue (``sqlite:///`` URLs accepted)."""
+        """The SQLite file of the catalogue (``sqlite:///`` URLs accepted); with a fleet catalogue,
+        the local spool the daemon writes."""
+        if self.fleet_url:
+            return Path(self.catalog_spool)
         return Path(self.catalog.removeprefix("sqlite:///")) if self.catalog.startswith("sqlite:///") \
             else Path(self.catalog)
+
+    @property
+    def fleet_url(self) -> str | None:
+        """The ``postgresql://`` URL of a shared fleet catalogue, or None for a local SQLite one."""
+        return self.catalog if self.catalog.startswith("postgresql://") else None
+
+    @property
+    def host_name(self) -> str:
+        """The name this host's catalogue rows carry."""
+        return self.host or socket.gethostname()
 
     @property
     def min_free_bytes(self) -> int:
@@ -225,7 +275,7 @@ class Config:
 # -- parsing ---------------------------------------------------------------------------------
 
 _TOP_KEYS = {"libvirt_uri", "dump_dir", "catalog", "max_parallel_dumps", "min_free_mb", "shutdown_dump",
-             "metrics_listen", "run_dir",
+             "metrics_listen", "run_dir", "catalog_spool", "host", "notify",
              "retention", "crash_loop", "clock", "staging", "domains", "web"}
 
 
@@ -273,6 +323,18 @@ def _policy_items(pattern: str, table: Any, path: str | None) -> tuple[tuple[str
     return tuple(table.items())
 
 
+def _notify_target(table: Any, index: int, path: str | None) -> NotifyTarget:
+    key = f"notify[{index}]"
+    target = _section(NotifyTarget, table, path, key)
+    if not target.url.startswith(("http://", "https://")) or len(target.url) > 2048:
+        raise ConfigError("url must be an http:// or https:// URL", path=path, key=f"{key}.url")
+    if not 0 < target.timeout_s <= 300:
+        raise ConfigError("must be between 0 and 300 seconds", path=path, key=f"{key}.timeout_s")
+    if not 1 <= target.max_attempts <= 1000:
+        raise ConfigError("must be between 1 and 1000", path=path, key=f"{key}.max_attempts")
+    return target
+
+
 def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     """Validate a parsed TOML document. :raises ConfigError: naming the file and the key."""
     p = str(path) if path else None
@@ -293,9 +355,11 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             if not catalog.startswith("sqlite:////"):
                 raise ConfigError("a sqlite URL needs an absolute path: sqlite:////var/lib/...",
                                   path=p, key="catalog")
+        elif catalog.startswith("postgresql://"):
+            pass  # validated when connecting (psycopg's own URL rules)
         elif "://" in catalog:
-            raise ConfigError(f"unsupported database URL {catalog.split('://')[0]}:// (only sqlite)",
-                              path=p, key="catalog")
+            raise ConfigError(f"unsupported database URL {catalog.split('://')[0]}:// (sqlite:// or "
+                              "postgresql://)", path=p, key="catalog")
         elif not Path(catalog).is_absolute():
             raise ConfigError("must be an absolute path", path=p, key="catalog")
         values["catalog"] = catalog
@@ -326,6 +390,21 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         if not run_dir.is_absolute():
             raise ConfigError("must be an absolute path", path=p, key="run_dir")
         values["run_dir"] = run_dir
+    if "catalog_spool" in doc:
+        spool = _check_type(doc["catalog_spool"], str, p, "catalog_spool")
+        if not Path(spool).is_absolute():
+            raise ConfigError("must be an absolute path", path=p, key="catalog_spool")
+        values["catalog_spool"] = spool
+    if "host" in doc:
+        host = _check_type(doc["host"], str, p, "host")
+        if len(host) > 253 or any(not (c.isalnum() or c in "-._") for c in host):
+            raise ConfigError("a host name of letters, digits, '-', '.', '_' (at most 253)", path=p, key="host")
+        values["host"] = host
+    if "notify" in doc:
+        targets = doc["notify"]
+        if not isinstance(targets, list):
+            raise ConfigError("expected [[notify]] tables", path=p, key="notify")
+        values["notify"] = tuple(_notify_target(t, i, p) for i, t in enumerate(targets))
     if "retention" in doc:
         values["retention"] = _section(Retention, doc["retention"], p, "retention")
     if "crash_loop" in doc:

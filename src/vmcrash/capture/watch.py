@@ -83,7 +83,7 @@ class Watcher:
         self.cfg = cfg
         #: per-domain crash locks shared with manual verbs (None: an in-process daemon, e.g. selftest)
         self.crash_locks = crash_locks
-        self.catalog = catalog or Catalog(cfg.catalog_path)
+        self.catalog = catalog or Catalog(cfg.catalog_path, host=cfg.host_name)
         self.state = Runstate.IDLE
         self.hv: Hypervisor | None = None
         self.stop_requested = threading.Event()
@@ -443,6 +443,7 @@ class Watcher:
     async def _sweep_once(self) -> None:
         hv = self._current_hv()
         infos = await self._in_thread(self._all_infos, hv)
+        seen: set[str] = set()
         for info in infos:
             if info.state != "running" or not self._watched(info.name) or info.uuid in self.active \
                     or self.freezes.busy(info.uuid):
@@ -453,9 +454,15 @@ class Watcher:
             except VmcrashError as exc:
                 log.debug("%s: sweep skipped: %s", info.name, exc)
                 continue
+            if self.metrics is not None:
+                seen.add(info.name)
+                self.metrics.sweep_measured(info.name, offset_ms / 1e3)
             if abs(offset_ms) > self.cfg.clock.sweep_threshold_ms:
                 log.warning("%s: sweep found clock %+.1f ms off; correcting", info.name, offset_ms)
                 await self._clock_task(info.name, info.uuid, "sweep", None)
+        if self.metrics is not None:
+            self.metrics.sweep_forget(seen)
+            self.metrics.last_sweep.set_to_current_time()
 
     # -- reconciliation --------------------------------------------------------------------
 

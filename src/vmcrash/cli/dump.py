@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -35,8 +36,8 @@ def daemon_watches(daemon: Holder | None, name: str) -> bool:
         return True
 
 
-def refuse_if_owned(name: str, uuid: str, panicked: bool, daemon: Holder | None, catalog: Catalog, *,
-                    watched: bool = True) -> None:
+def refuse_if_owned(name: str, uuid: str, panicked: bool, daemon: Holder | None, catalog: Any, *,
+                    watched: bool = True, this_host: str | None = None) -> None:
     """Refuse a manual dump of a crash that a daemon owns (here, or on another host of a shared catalogue).
 
     A panicked guest that a running daemon watches is the daemon's even before it took the crash's
@@ -49,7 +50,8 @@ def refuse_if_owned(name: str, uuid: str, panicked: bool, daemon: Holder | None,
                              "the daemon handles this crash (see 'vmcrash list')", pid=daemon.pid,
                              config=daemon.config)
     row = catalog.latest_for(uuid)
-    if row is not None and row.state in UNFINISHED_STATES and row.host and row.host != catalog.host \
+    here = this_host if this_host is not None else catalog.host
+    if row is not None and row.state in UNFINISHED_STATES and row.host and row.host != here \
             and time.time_ns() - row.updated_ns < FOREIGN_ROW_FRESH_S * 1e9:
         raise OwnedElsewhere(f"{name}: crash #{row.id} is being handled by host {row.host} "
                              f"(state {row.state}); not dumping")
@@ -102,12 +104,21 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
         zero = f"{p.zero_pages * 4096 / 2**20:.0f} MiB zero pages skipped" if p.zero_pages else ""
         progress.update(task, completed=p.processed_bytes, total=p.total_bytes or info.memory_bytes, zero=zero)
 
-    catalog = Catalog(cfg.catalog_path)
+    catalog = Catalog(cfg.catalog_path, host=cfg.host_name)
     key = resolve_hypervisor_key(cfg.libvirt_uri)
     config_name = str(cfg.path) if cfg.path else "(defaults)"
     holder = HypervisorLock(cfg.run_dir, key).holder()
     refuse_if_owned(info.name, info.uuid, info.panicked, holder, catalog,
                     watched=daemon_watches(holder, info.name))
+    if cfg.fleet_url:  # a shared catalogue: is another host handling this domain's crash right now?
+        from vmcrash.store.reader import open_reader
+
+        shared = open_reader(cfg)
+        if shared.shared:
+            try:
+                refuse_if_owned(info.name, info.uuid, False, None, shared.catalog, this_host=cfg.host_name)
+            finally:
+                shared.catalog.close()
     handler = CrashHandler(cfg, lambda: hv, catalog, progress=on_progress)
     with CrashLocks(cfg.run_dir, key, config=config_name).hold(info.uuid, role="dump", domain=info.name), \
             progress:

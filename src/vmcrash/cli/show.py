@@ -35,18 +35,23 @@ def _triage_lines(t: dict[str, Any]) -> list[str]:
 @click.pass_context
 def show(ctx: click.Context, crash_id: int, as_json: bool) -> None:
     """Show everything recorded about crash CRASH_ID."""
-    from vmcrash.store.catalog import Catalog
+    from vmcrash.store.reader import open_reader
 
-    cat = Catalog(config_of(ctx).catalog_path)
+    reader = open_reader(config_of(ctx))
+    if reader.note:
+        click.echo(f"warning: {reader.note}", err=True)
+    cat = reader.catalog
     row = cat.get(crash_id)
     if row is None:
-        raise UsageError(f"no crash #{crash_id} in the catalogue")
+        raise UsageError(f"no crash #{crash_id} in the {'fleet ' if reader.shared else ''}catalogue")
     events = cat.events(crash_id)
     syncs = cat.clock_syncs(crash_id=crash_id)
     if as_json:
         echo_json({**row.to_dict(), "events": events, "clock_syncs": syncs})
         return
-    out = [f"crash #{row.id}: {row.domain} ({row.uuid})",
+    out = [f"crash #{row.id}: {row.domain} ({row.uuid})"
+           + (f" on {row.host}" if row.host else "")
+           + (f", #{row.origin_id} there" if row.origin_id is not None else ""),
            f"  {'panic':<12} {fmt_ns(row.panic_ns)} UTC, seen via {row.source}",
            f"  {'state':<12} {row.state}" + (f" — {row.error}" if row.error else "")]
     if row.dump_path:
@@ -81,6 +86,9 @@ def show(ctx: click.Context, crash_id: int, as_json: bool) -> None:
     if row.triage:
         out.append("triage:")
         out.extend(_triage_lines(row.triage))
+    for note in (cat.outbox(crash_id=crash_id) if hasattr(cat, "outbox") else []):
+        out.append(f"  {'notify':<12} {note.target}: {note.state}, {note.attempts} attempt(s)"
+                   + (f", last error: {note.last_error}" if note.last_error and note.state != "delivered" else ""))
     out.append("log:")
     for ev in events:
         out.append(f"  {fmt_ns(ev['at_ns'])}  {ev['kind']:<14} {ev['message']}")

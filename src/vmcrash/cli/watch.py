@@ -30,7 +30,9 @@ def watch(ctx: click.Context, standby: bool) -> int:
     """
     from vmcrash.capture.daemon_lock import CrashLocks, HypervisorLock, resolve_hypervisor_key
     from vmcrash.capture.watch import Watcher
+    from vmcrash.cli._ops import start_companions
     from vmcrash.host import aio
+    from vmcrash.store.catalog import Catalog
 
     cfg = config_of(ctx)
     log = logging.getLogger("vmcrash")
@@ -63,18 +65,39 @@ def watch(ctx: click.Context, standby: bool) -> int:
     else:
         hv_lock.acquire()
     aio.event_loop()
-    watcher = Watcher(cfg, crash_locks=CrashLocks(cfg.run_dir, key, config=config_name))
+    w = Watcher(cfg, catalog=Catalog(cfg.catalog_path, host=cfg.host_name),
+                crash_locks=CrashLocks(cfg.run_dir, key, config=config_name))
+    watcher = w
     if stopping.is_set():
-        watcher.request_stop()
-    log.warning("vmcrash watch: %s (%s), dumps in %s, catalogue %s",
-                cfg.libvirt_uri, key, cfg.dump_dir, cfg.catalog_path)
-    fut = aio.submit(watcher.run())
-    while True:
-        try:
-            fut.result(timeout=1.0)
-            break
-        except TimeoutError:
-            continue
+        w.request_stop()
+
+    def chain_finished(fn: Any) -> None:
+        before = w.handler.on_finished
+
+        def both(crash_id: int) -> None:
+            if before is not None:
+                before(crash_id)
+            try:
+                fn(crash_id)
+            except Exception:  # a companion must never break crash handling
+                logging.getLogger("vmcrash.ops").exception("crash #%d: companion hook failed", crash_id)
+
+        w.handler.on_finished = both
+
+    companions = start_companions(cfg, w.catalog, w.metrics.registry if w.metrics is not None else None,
+                                  chain_finished)
+    log.warning("vmcrash watch: %s (%s), dumps in %s, catalogue %s%s", cfg.libvirt_uri, key, cfg.dump_dir,
+                cfg.catalog_path, " (replicated to the fleet catalogue)" if cfg.fleet_url else "")
+    fut = aio.submit(w.run())
+    try:
+        while True:
+            try:
+                fut.result(timeout=1.0)
+                break
+            except TimeoutError:
+                continue
+    finally:
+        companions.stop()
     sys.stdout.flush()
     hv_lock.release()
     return 0

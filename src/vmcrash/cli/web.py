@@ -7,6 +7,7 @@ import socket
 import click
 
 from vmcrash.cli._common import config_of
+from vmcrash.config import Config
 from vmcrash.errors import ConfigError, EnvironmentProblem
 
 __all__ = ["allowed_hosts", "parse_listen", "web"]
@@ -44,22 +45,35 @@ def web(ctx: click.Context, listen: str | None) -> None:
     except ImportError as exc:
         raise EnvironmentProblem(f"'vmcrash web' needs {exc.name}: install the web extra "
                                  "(pip install 'vmcrash[web]')") from exc
-    from vmcrash.store.catalog import Catalog
+    from vmcrash.store.reader import open_reader
 
     cfg = config_of(ctx)
     host, port = parse_listen(listen or cfg.web.listen)
     token = load_token(cfg.web.token_file) if cfg.web.token_file else None
-    # Open once now, so a bad catalogue path fails here with one line, not at the first request.
-    Catalog(cfg.catalog_path).close()
-    app = create_app(WebSettings(open_catalog=lambda: Catalog(cfg.catalog_path), dump_dir=cfg.dump_dir,
+    # Open once now, so a bad catalogue fails here with one line, not at the first request; a fleet
+    # catalogue (PostgreSQL) shows every host, and this host's local copy while it is unreachable.
+    first = open_reader(cfg)
+    if first.note:
+        click.echo(f"warning: {first.note}", err=True)
+    first.catalog.close()
+    app = create_app(WebSettings(open_catalog=lambda: open_reader(cfg).catalog, dump_dir=cfg.dump_dir,
                                  token=token, allowed_hosts=allowed_hosts(host)))
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         reason = str(exc.strerror or exc).split(" (while")[0]
         raise EnvironmentProblem(f"cannot listen on {host}:{port}: {reason}") from exc
-    click.echo(f"vmcrash web: http://{host}:{port}/ (catalogue {cfg.catalog_path}; dump downloads "
+    click.echo(f"vmcrash web: http://{host}:{port}/ (catalogue {redact(cfg)}; dump downloads "
                f"{'need the token' if token else 'disabled'})", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             server_header=False, proxy_headers=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def redact(cfg: Config) -> str:
+    """The catalogue's name for a log line: the fleet URL without its password, or the SQLite path."""
+    if cfg.fleet_url:
+        from vmcrash.store.pg import redact_url
+
+        return redact_url(cfg.fleet_url)
+    return str(cfg.catalog_path)

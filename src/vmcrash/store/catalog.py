@@ -25,7 +25,8 @@ from typing import Any
 
 from vmcrash.errors import StorageError, UsageError
 
-__all__ = ["Catalog", "CrashRow", "MIGRATIONS", "UNFINISHED_STATES"]
+__all__ = ["Catalog", "CrashRow", "MIGRATIONS", "REPLICATED_TABLES", "SpoolEntry", "OutboxEntry",
+           "UNFINISHED_STATES", "row_to_crash"]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: crashes and their event log
@@ -100,7 +101,50 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX crashes_signature ON crashes(signature);
     CREATE INDEX crashes_host ON crashes(host, id);
     """,
+    # 4: fleet catalogues: rows replicated from a host's local spool keep their local id as origin_id
+    # (unique per host, so a replay never doubles a row); the spool of rows not yet replicated; the
+    # outbox of crash notifications (webhooks) not yet delivered
+    """
+    ALTER TABLE crashes ADD COLUMN origin_id INTEGER;
+    ALTER TABLE events ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN origin_id INTEGER;
+    ALTER TABLE clock_syncs ADD COLUMN origin_id INTEGER;
+    CREATE UNIQUE INDEX crashes_origin ON crashes(host, origin_id);
+    CREATE UNIQUE INDEX events_origin ON events(host, origin_id);
+    CREATE UNIQUE INDEX clock_syncs_origin ON clock_syncs(host, origin_id);
+    CREATE TABLE spool (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tbl TEXT NOT NULL,
+        local_id INTEGER NOT NULL,
+        rev INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE UNIQUE INDEX spool_row ON spool(tbl, local_id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        crash_id INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_ns INTEGER NOT NULL,
+        next_ns INTEGER NOT NULL,
+        delivered_ns INTEGER,
+        last_error TEXT
+    );
+    CREATE UNIQUE INDEX outbox_crash_target ON outbox(crash_id, target);
+    CREATE INDEX outbox_state ON outbox(state, next_ns);
+    """,
 )
+
+#: Tables whose rows a fleet catalogue replicates (the order parents first).
+REPLICATED_TABLES = ("crashes", "clock_syncs", "events")
+
+# The spool: every change of a replicated row marks it (rev counts changes, so a row changed while
+# it was being pushed stays marked). Created only on a host whose catalogue is replicated.
+_SPOOL_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS spool_{table}_{op.lower()} AFTER {op} ON {table} BEGIN "
+    f"INSERT INTO spool(tbl, local_id) VALUES ('{table}', {'OLD' if op == 'DELETE' else 'NEW'}.id) "
+    f"ON CONFLICT(tbl, local_id) DO UPDATE SET rev = rev + 1; END"
+    for table in REPLICATED_TABLES for op in ("INSERT", "UPDATE", "DELETE"))
 
 #: States of a crash whose handling has not finished.
 UNFINISHED_STATES = ("detected", "dumping", "dumped", "recovering", "recovered")
@@ -148,6 +192,8 @@ class CrashRow:
     host: str = ""
     #: crash signature from triage (panic reason + top frames, noise stripped), or None
     signature: str | None = None
+    #: in a fleet catalogue: the id this crash has in its host's local catalogue (None locally)
+    origin_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (used by ``list --json`` / ``show --json``)."""
@@ -156,8 +202,37 @@ class CrashRow:
         return asdict(self)
 
 
-def _row_to_crash(row: sqlite3.Row) -> CrashRow:
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A row changed locally and not yet replicated: ``rev`` counts its changes."""
+
+    seq: int
+    table: str
+    local_id: int
+    rev: int
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One notification of one crash to one target, until delivered (or given up)."""
+
+    id: int
+    crash_id: int
+    target: str
+    state: str
+    attempts: int
+    created_ns: int
+    next_ns: int
+    delivered_ns: int | None
+    last_error: str | None
+
+
+def row_to_crash(row: Any) -> CrashRow:
+    """A crash from a database row (a mapping of column → value, SQLite or PostgreSQL)."""
     d = dict(row)
+    known = CrashRow.__dataclass_fields__
+    for extra in [k for k in d if k not in known and k not in _JSON_COLUMNS]:
+        d.pop(extra)  # a column added by a newer migration than this reader knows
     decoded: dict[str, Any] = {}
     for col in _JSON_COLUMNS:
         raw = d.pop(col, None)
@@ -274,8 +349,8 @@ class Catalog:
 
     def log(self, crash_id: int | None, kind: str, message: str) -> None:
         """Append to a crash's event log."""
-        self._exec("INSERT INTO events(crash_id, at_ns, kind, message) VALUES (?,?,?,?)",
-                   (crash_id, time.time_ns(), kind, message))
+        self._exec("INSERT INTO events(crash_id, at_ns, kind, message, host) VALUES (?,?,?,?,?)",
+                   (crash_id, time.time_ns(), kind, message, self.host))
 
     def record_clock_sync(self, *, domain: str, uuid: str, reason: str, ok: bool,
                           before_ms: float | None, after_ms: float | None,
@@ -299,19 +374,23 @@ class Catalog:
         """One crash, or ``None``."""
         with self._lock:
             row = self._db.execute("SELECT * FROM crashes WHERE id = ?", (crash_id,)).fetchone()
-        return _row_to_crash(row) if row else None
+        return row_to_crash(row) if row else None
 
-    def crashes(self, *, domain: str | None = None, limit: int = 1000) -> list[CrashRow]:
-        """Crashes newest first, optionally of one domain (name or UUID)."""
-        sql = "SELECT * FROM crashes"
+    def crashes(self, *, domain: str | None = None, limit: int = 1000,
+                host: str | None = None) -> list[CrashRow]:
+        """Crashes newest first, optionally of one domain (name or UUID) and one host."""
+        sql = "SELECT * FROM crashes WHERE 1=1"
         args: tuple[Any, ...] = ()
         if domain:
-            sql += " WHERE domain = ? OR uuid = ?"
+            sql += " AND (domain = ? OR uuid = ?)"
             args = (domain, domain)
+        if host is not None:
+            sql += " AND host = ?"
+            args = (*args, host)
         sql += " ORDER BY id DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, max(1, min(limit, 1_000_000)))).fetchall()
-        return [_row_to_crash(r) for r in rows]
+        return [row_to_crash(r) for r in rows]
 
     def unfinished(self) -> list[CrashRow]:
         """Crashes whose handling was interrupted (daemon killed, libvirtd lost, ...)."""
@@ -319,14 +398,14 @@ class Catalog:
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM crashes WHERE state IN ({marks}) ORDER BY id",
                                     UNFINISHED_STATES).fetchall()
-        return [_row_to_crash(r) for r in rows]
+        return [row_to_crash(r) for r in rows]
 
     def latest_for(self, uuid: str) -> CrashRow | None:
         """The newest crash of a domain UUID."""
         with self._lock:
             row = self._db.execute("SELECT * FROM crashes WHERE uuid = ? ORDER BY id DESC LIMIT 1",
                                    (uuid,)).fetchone()
-        return _row_to_crash(row) if row else None
+        return row_to_crash(row) if row else None
 
     def panic_times(self, uuid: str, since_ns: int) -> list[int]:
         """Panic times (ns) of a domain since ``since_ns`` (for crash-loop detection)."""
@@ -344,10 +423,13 @@ class Catalog:
         return [dict(r) for r in rows]
 
     def clock_syncs(self, *, domain: str | None = None, crash_id: int | None = None,
-                    limit: int = 100) -> list[dict[str, Any]]:
+                    limit: int = 100, host: str | None = None) -> list[dict[str, Any]]:
         """Clock checks/corrections, newest first."""
         sql = "SELECT * FROM clock_syncs WHERE 1=1"
         args: list[Any] = []
+        if host is not None:
+            sql += " AND host = ?"
+            args.append(host)
         if domain:
             sql += " AND (domain = ? OR uuid = ?)"
             args += [domain, domain]
@@ -370,7 +452,7 @@ class Catalog:
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM crashes WHERE dump_path IS NOT NULL ORDER BY dump_ended_ns, id").fetchall()
-        return (_row_to_crash(r) for r in rows)
+        return (row_to_crash(r) for r in rows)
 
     # -- reads for dashboards (vmcrash web, list --by-signature): light columns, no JSON --------
 
@@ -413,4 +495,129 @@ class Catalog:
         with self._lock:
             rows = self._db.execute("SELECT * FROM crashes WHERE signature = ? ORDER BY id DESC LIMIT ?",
                                     (signature, max(1, min(limit, 1_000_000)))).fetchall()
-        return [_row_to_crash(r) for r in rows]
+        return [row_to_crash(r) for r in rows]
+        return (row_to_crash(r) for r in rows)
+
+    def hosts(self) -> list[str]:
+        """Every host that has crashes or clock checks recorded here, sorted."""
+        with self._lock:
+            rows = self._db.execute("SELECT host FROM crashes UNION SELECT host FROM clock_syncs").fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def raw_row(self, table: str, row_id: int) -> dict[str, Any] | None:
+        """One row of a replicated table as stored (JSON undecoded), or ``None`` when gone."""
+        if table not in REPLICATED_TABLES:
+            raise ValueError(table)
+        with self._lock:
+            row = self._db.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        return dict(row) if row else None
+
+    # -- the spool (rows waiting to be replicated to a fleet catalogue) -----------------------
+
+    def enable_spool(self) -> None:
+        """Mark every later change of a replicated row in the spool (idempotent).
+
+        Rows written before the spool existed are marked once, so a host that joins a fleet
+        brings its history along.
+        """
+        with self._lock:
+            exists = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'spool_crashes_insert'").fetchone()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for stmt in _SPOOL_TRIGGERS:
+                    self._db.execute(stmt)
+                if not exists:
+                    for table in REPLICATED_TABLES:
+                        self._db.execute(f"INSERT OR IGNORE INTO spool(tbl, local_id) SELECT '{table}', id "
+                                         f"FROM {table} ORDER BY id")
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StorageError(f"cannot set up the spool: {exc}", path=str(self.path)) from exc
+
+    def disable_spool(self) -> None:
+        """Stop marking changes and forget the marks (the catalogue is no longer replicated)."""
+        with self._lock:
+            names = [r[0] for r in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'spool_%'").fetchall()]
+        if not names:
+            return
+        for name in names:
+            self._exec(f"DROP TRIGGER IF EXISTS {name}")
+        self._exec("DELETE FROM spool")
+
+    def spool_pending(self, limit: int = 500) -> list[SpoolEntry]:
+        """Marked rows, parents first (crashes, then clock checks, then events), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, tbl, local_id, rev FROM spool ORDER BY CASE tbl WHEN 'crashes' THEN 0 "
+                "WHEN 'clock_syncs' THEN 1 ELSE 2 END, seq LIMIT ?", (limit,)).fetchall()
+        return [SpoolEntry(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def spool_done(self, entries: list[SpoolEntry]) -> None:
+        """Unmark replicated rows, unless they changed again meanwhile (their ``rev`` moved on)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM spool WHERE tbl = ? AND local_id = ? AND rev = ?",
+                                     [(e.table, e.local_id, e.rev) for e in entries])
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StorageError(f"spool update failed: {exc}", path=str(self.path)) from exc
+
+    def spool_depth(self) -> int:
+        """Rows waiting to be replicated."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+
+    # -- the outbox (crash notifications not yet delivered) ----------------------------------
+
+    def outbox_add(self, crash_id: int, target: str) -> bool:
+        """Queue the notification of a crash to a target; False when it was queued already."""
+        now = time.time_ns()
+        cur = self._exec("INSERT OR IGNORE INTO outbox(crash_id, target, state, created_ns, next_ns) "
+                         "VALUES (?,?,?,?,?)", (crash_id, target, "pending", now, now))
+        return cur.rowcount == 1
+
+    def outbox_due(self, now_ns: int, limit: int = 100) -> list[OutboxEntry]:
+        """Pending notifications whose next attempt is due, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM outbox WHERE state = 'pending' AND next_ns <= ? "
+                                    "ORDER BY id LIMIT ?", (now_ns, limit)).fetchall()
+        return [OutboxEntry(**dict(r)) for r in rows]
+
+    def outbox(self, *, crash_id: int | None = None) -> list[OutboxEntry]:
+        """Every notification (of one crash), oldest first."""
+        sql, args = "SELECT * FROM outbox", tuple[Any, ...]()
+        if crash_id is not None:
+            sql, args = sql + " WHERE crash_id = ?", (crash_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [OutboxEntry(**dict(r)) for r in rows]
+
+    def outbox_result(self, entry_id: int, *, state: str, attempts: int, next_ns: int,
+                      error: str | None) -> None:
+        """Record one delivery attempt (``state``: pending, delivered or gave-up)."""
+        self._exec("UPDATE outbox SET state = ?, attempts = ?, next_ns = ?, last_error = ?, "
+                   "delivered_ns = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_ns END WHERE id = ?",
+                   (state, attempts, next_ns, error, state, time.time_ns(), entry_id))
+
+    def last_outbox_crash(self) -> int:
+        """The newest crash id that has a notification queued (0: none)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(crash_id), 0) FROM outbox").fetchone()[0])
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows of a read-only query (for aggregate views such as :mod:`vmcrash.store.stats`).
+
+        :raises StorageError: the query failed.
+        """
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise ValueError("read() runs queries only")
+        try:
+            with self._lock:
+                return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        except sqlite3.Error as exc:
+            raise StorageError(f"catalogue read failed: {exc}", path=str(self.path)) from exc

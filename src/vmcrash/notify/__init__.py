@@ -1,0 +1,1 @@
+"""Notifications of handled crashes (webhooks); reads the catalogue, never imports capture/."""
