@@ -32,6 +32,7 @@ from typing import Any
 import libvirt
 
 from vmcrash.capture import files
+from vmcrash.capture.adopt import Adopter, is_adoption
 from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
 from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
 from vmcrash.config import Config
@@ -80,6 +81,8 @@ class Watcher:
         self.hv: Hypervisor | None = None
         self.stop_requested = threading.Event()
         self.handler = CrashHandler(cfg, self._current_hv, self.catalog, stop=self.stop_requested)
+        #: routes each panic to its owner: the handler, or adoption of libvirt's own handling (issue 16)
+        self.adopter = Adopter(cfg, self._current_hv, self.catalog, self.handler)
         self.active: set[str] = set()
         self.paused_since: dict[str, int] = {}
         self.clock_busy: set[str] = set()
@@ -279,6 +282,15 @@ class Watcher:
                     self._spawn(self._clock_task(ev.domain, ev.uuid, "resume", paused_s))
         elif ev.event in ("stopped", "started"):
             self.paused_since.pop(ev.uuid, None)
+            if ev.event == "started":
+                self._spawn(self._takeover(ev.uuid))
+
+    async def _takeover(self, uuid: str) -> None:
+        """Policy crash_owner = "vmcrash": make the live on_crash preserve (see Adopter.takeover)."""
+        try:
+            await self._in_thread(self.adopter.takeover, uuid)
+        except VmcrashError as exc:
+            log.warning("taking over crash handling of %s failed: %s", uuid, exc)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -306,7 +318,7 @@ class Watcher:
         try:
             for _attempt in range(10):
                 try:
-                    crash_id = await self._in_thread(self.handler.handle, report)
+                    crash_id = await self._in_thread(self.adopter.handle, report)
                     self.schedule_compaction(crash_id)
                     return
                 except LibvirtUnavailable as exc:
@@ -321,6 +333,9 @@ class Watcher:
                     if row is None or row.state not in ("detected", "dumping", "dumped", "recovering",
                                                         "recovered"):
                         return
+                    if is_adoption(row):  # libvirt's crash: the adopter resumes whatever the state
+                        report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
+                        continue
                     try:
                         info = await self._in_thread(self._info_of, report.uuid)
                     except LibvirtUnavailable:
@@ -456,7 +471,10 @@ class Watcher:
                 continue
             covered.add(row.uuid)
             info = by_uuid.get(row.uuid)
-            if info is not None and info.panicked and self._watched(info.name):
+            if is_adoption(row) and info is not None and self._watched(info.name):
+                self.catalog.log(row.id, "reconcile", "interrupted adoption found; resuming it")
+                self.submit(PanicReport(info.name, info.uuid, row.panic_ns, row.source, row.id))
+            elif info is not None and info.panicked and self._watched(info.name):
                 await self._in_thread(self._wait_no_job, row.uuid)
                 self._cleanup_temp(row)
                 self.catalog.log(row.id, "reconcile", "interrupted handling found; guest still panicked")
@@ -479,6 +497,9 @@ class Watcher:
                 continue  # this very panic was handled (e.g. preserved) already
             log.warning("%s: found %s by a panic at start-up; handling it", info.name, info.state)
             self.submit(PanicReport(info.name, info.uuid, time.time_ns(), "reconcile"))
+        for info in infos:
+            if info.state == "running" and self._watched(info.name):
+                await self._takeover(info.uuid)
         log.info("reconciled: %d domains, %d being handled", len(infos), len(self.active))
 
     def _info_of(self, uuid: str) -> DomainInfo:
