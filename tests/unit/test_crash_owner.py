@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -134,7 +134,7 @@ def test_parse_name_seen_on_libvirt_9() -> None:
     f = parse_auto_dump_name(b"55-vmcrash-lab-14996-1--2026-12-02-04:33:54", "vmcrash-lab-14996-1-a9d0",
                              utc_offset_s=0)
     assert f is not None and f.dom_id == 55
-    assert f.started_s == datetime(2026, 12, 2, 4, 33, 54, tzinfo=timezone.utc).timestamp()
+    assert f.started_s == datetime(2026, 12, 2, 4, 33, 54, tzinfo=UTC).timestamp()
     # local time: libvirtd at UTC+1 wrote 05:33:54 for the same instant
     g = parse_auto_dump_name(b"55-vmcrash-lab-14996-1--2026-12-02-05:33:54", "vmcrash-lab-14996-1-a9d0",
                              utc_offset_s=3600)
@@ -155,7 +155,7 @@ def test_other_files_are_not_ours(fn: bytes) -> None:
 
 def test_pick_the_dump_of_this_panic() -> None:
     name = "web1"
-    panic = datetime(2026, 12, 2, 4, 33, 54, tzinfo=timezone.utc).timestamp()
+    panic = datetime(2026, 12, 2, 4, 33, 54, tzinfo=UTC).timestamp()
     names = [b"7-web1-2026-12-02-03:00:00",      # an older panic of the same QEMU
              b"7-web1-2026-12-02-04:33:54",      # this one
              b"7-web1-2026-12-02-04:40:00",      # a later one (not yet: beyond now)
