@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -203,3 +204,82 @@ def test_is_adoption_reads_the_owner_mark() -> None:
     Row.capture = {"mode": "stream"}
     assert not is_adoption(Row())  # type: ignore[arg-type]
     assert not is_adoption(None)
+
+
+# -- waiting for libvirt (fakes for the pure waiting logic; the real thing is in tests/lab/test_adopt.py) --
+
+class FakeDom:
+    """Plays back (state, job type) pairs, one per poll; the last one repeats."""
+
+    def __init__(self, script: list[tuple[int, int]]) -> None:
+        self.script = script
+        self.i = 0
+
+    def name(self) -> str:
+        return "fake"
+
+    def state(self) -> list[int]:
+        s = self.script[min(self.i, len(self.script) - 1)][0]
+        return [s, 0]
+
+    def jobInfo(self) -> list[int]:  # noqa: N802 - libvirt's name
+        j = self.script[min(self.i, len(self.script) - 1)][1]
+        self.i += 1
+        return [j] + [0] * 11
+
+
+def test_wait_libvirt_sees_dump_job_then_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import libvirt
+
+    from vmcrash.capture import adopt
+
+    monkeypatch.setattr(adopt, "POLL_S", 0.001)
+    crashed, running = libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_RUNNING
+    dom = FakeDom([(crashed, 2)] * 5 + [(crashed, 3), (crashed, 0), (crashed, 0), (running, 0)])
+    out = adopt.wait_libvirt(dom, OnCrash.COREDUMP_RESTART, timeout_s=5)  # type: ignore[arg-type]
+    assert out.state is adopt.LibvirtState.RUNNING and out.saw_job
+    assert out.job_ended_ns is not None and out.running_again_ns is not None
+    assert out.running_again_ns >= out.job_ended_ns
+
+
+def test_wait_libvirt_notices_a_lost_action_and_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import libvirt
+
+    from vmcrash.capture import adopt
+
+    monkeypatch.setattr(adopt, "POLL_S", 0.001)
+    monkeypatch.setattr(adopt, "ABANDON_GRACE_S", 0.05)
+    lost = adopt.wait_libvirt(FakeDom([(libvirt.VIR_DOMAIN_CRASHED, 0)]), OnCrash.COREDUMP_RESTART,  # type: ignore[arg-type]
+                              timeout_s=5)
+    assert lost.state is adopt.LibvirtState.ABANDONED and not lost.saw_job
+    busy = adopt.wait_libvirt(FakeDom([(libvirt.VIR_DOMAIN_CRASHED, 2)]), OnCrash.COREDUMP_RESTART,  # type: ignore[arg-type]
+                              timeout_s=0.05)
+    assert busy.state is adopt.LibvirtState.TIMEOUT
+    off = adopt.wait_libvirt(FakeDom([(libvirt.VIR_DOMAIN_SHUTOFF, 0)]), OnCrash.COREDUMP_DESTROY,  # type: ignore[arg-type]
+                             timeout_s=5)
+    assert off.state is adopt.LibvirtState.SHUTOFF
+
+
+def test_wait_complete_on_a_growing_and_a_truncated_file(tmp_path: Path) -> None:
+    import threading
+
+    from vmcrash.capture.adopt import wait_complete
+    from vmcrash.errors import StorageError
+
+    head = _elf([(4096, 1 << 20)])
+    path = tmp_path / "7-web1-2026-12-02-04:33:54"
+    path.write_bytes(head)
+
+    def grow() -> None:
+        time.sleep(0.3)
+        with open(path, "r+b") as f:
+            f.truncate(4096 + (1 << 20))
+
+    t = threading.Thread(target=grow)
+    t.start()
+    assert wait_complete(path, stall_s=5) == ("elf", 4096 + (1 << 20))
+    t.join()
+    short = tmp_path / "short"
+    short.write_bytes(head + bytes(100))
+    with pytest.raises(StorageError, match="incomplete"):
+        wait_complete(short, stall_s=0.3)
