@@ -340,6 +340,9 @@ class Adopter:
             self.catalog.log(crash_id, "dump-skipped", reason)
         running_again_ns = outcome.running_again_ns
         action, result_state = f"libvirt {own.on_crash.value}", outcome.state.value
+        if row.running_again_ns and row.recovery_action and outcome.state is LibvirtState.RUNNING:
+            # resumed after the guest ran again (e.g. the clock step was interrupted): keep what was seen
+            running_again_ns, action = row.running_again_ns, row.recovery_action
         if outcome.state is LibvirtState.ABANDONED and dom is not None:
             # libvirtd restarted mid-handling and forgot its action: do it, once.
             lost = "reset" if own.on_crash.restarts else "destroy"
@@ -477,6 +480,10 @@ class Adopter:
         clk = self.cfg.clock
         result = clock_after_freeze(dom, target_ms=clk.target_ms, agent_wait_s=clk.agent_wait_s,
                                     sync=clk.sync_after_recovery)
+        if not result.get("ok") and not self.hv_provider().alive():
+            # the connection went away under the agent: resume (and correct the clock) after reconnecting
+            raise LibvirtUnavailable(f"lost during the clock correction: {result.get('error')}",
+                                     uri=self.cfg.libvirt_uri)
         self.catalog.update(crash_id, clock=result)
         self.catalog.record_clock_sync(domain=row.domain, uuid=row.uuid, reason="after-crash",
                                        ok=bool(result.get("ok")), before_ms=result.get("before_ms"),
