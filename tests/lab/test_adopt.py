@@ -56,16 +56,23 @@ def sha256(path: Path) -> str:
 
 
 def guest_offset_ms(g: LabGuest) -> float:
-    """The guest clock minus the host clock, read by the test through the agent (best of 5)."""
-    agent = g.agent()
-    best: tuple[float, float] | None = None
-    for _ in range(5):
-        t0 = time.time_ns()
-        guest = agent.get_time_ns()
-        t1 = time.time_ns()
-        rtt, off = (t1 - t0) / 1e6, (guest - (t0 + t1) / 2) / 1e6
-        if best is None or rtt < best[0]:
-            best = (rtt, off)
+    """The guest clock minus the host clock, read by the test through the agent (best of 5).
+
+    A connection of its own: other sessions on a shared lab host may restart libvirtd.
+    """
+    from vmcrash.host.agent import Agent
+    from vmcrash.host.connection import Hypervisor
+
+    with Hypervisor() as own:
+        agent = Agent(own.lookup(g.name), timeout_s=5)
+        best: tuple[float, float] | None = None
+        for _ in range(5):
+            t0 = time.time_ns()
+            guest = agent.get_time_ns()
+            t1 = time.time_ns()
+            rtt, off = (t1 - t0) / 1e6, (guest - (t0 + t1) / 2) / 1e6
+            if best is None or rtt < best[0]:
+                best = (rtt, off)
     assert best is not None
     return best[1]
 
