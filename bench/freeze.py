@@ -96,7 +96,9 @@ def run_builtin(hv: Hypervisor, spec: GuestSpec, events: Any) -> dict[str, Any]:
                 break
             time.sleep(0.01)
         running_ns = wait_running(g.dom)
-        new = [p for p in LIBVIRT_DUMP_DIR.iterdir() if p not in before]
+        # only this guest's file (<id>-<name cut to 20>-<time>): others may be adopting theirs meanwhile
+        new = [p for p in LIBVIRT_DUMP_DIR.iterdir() if p not in before
+               and p.name.split("-", 1)[-1].startswith(g.name[:20] + "-")]
         size = sum(p.stat().st_size for p in new)
         disk = sum(allocated(p) for p in new)
         for p in new:

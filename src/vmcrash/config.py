@@ -37,12 +37,16 @@ Example::
     [web]                                           # vmcrash web: the read-only dashboard
     listen = "127.0.0.1:9465"
     token_file = ""                                 # dump downloads need this file's token
+    [libvirt_dumps]                                 # domains that keep libvirt's coredump-* action
+    place = "leave"                                 # or "move" into dump_dir
+    dump_path = ""                                  # "" = qemu.conf's auto_dump_path
 
     [domains."*"]                                   # policy tables keyed by name or glob
     watch = true
     dump = true
     format = "elf"                                  # elf | kdump-zlib | kdump-lzo | kdump-snappy
     recovery = "restart"                            # restart | reset | preserve | destroy
+    crash_owner = "auto"                            # auto (follow <on_crash>) | vmcrash (take over)
 
     [domains."db-*"]
     recovery = "reset"
@@ -80,6 +84,7 @@ __all__ = [
     "ClockPolicy",
     "Staging",
     "Web",
+    "LibvirtDumps",
     "load_config",
     "parse_config",
 ]
@@ -92,6 +97,7 @@ LAB_PREFIX = "vmcrash-lab-"
 DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
 RECOVERY_ACTIONS = ("restart", "reset", "preserve", "destroy")
 DUMP_MODES = ("stream", "direct")
+CRASH_OWNERS = ("auto", "vmcrash")
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,25 @@ class DomainPolicy:
     dump: bool = True
     format: str = "elf"
     recovery: str = "restart"
+    #: "auto": libvirt owns a crash when the domain's live <on_crash> is not preserve (vmcrash adopts
+    #: its dump or records the panic); "vmcrash": the daemon switches the live action to preserve
+    #: (issue 16, :mod:`vmcrash.host.crash_owner`)
+    crash_owner: str = "auto"
+
+
+@dataclass(frozen=True)
+class LibvirtDumps:
+    """Dumps libvirt writes itself (``on_crash=coredump-*``) and vmcrash adopts (issue 16).
+
+    ``place``: ``leave`` the file where libvirt wrote it, or ``move`` it into ``dump_dir``.
+    ``dump_path``: libvirt's ``auto_dump_path``; empty = read it from ``qemu_conf``.
+    ``job_wait_s``: how long to wait for libvirt's dump job; 0 = 60 s plus 30 s per GiB of RAM.
+    """
+
+    place: str = "leave"
+    dump_path: str = ""
+    qemu_conf: str = "/etc/libvirt/qemu.conf"
+    job_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +243,7 @@ class Config:
     clock: ClockPolicy = field(default_factory=ClockPolicy)
     staging: Staging = field(default_factory=Staging)
     web: Web = field(default_factory=Web)
+    libvirt_dumps: LibvirtDumps = field(default_factory=LibvirtDumps)
     #: (pattern, raw table) in file order; see :meth:`policy_for`.
     domains: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
@@ -276,7 +302,7 @@ class Config:
 
 _TOP_KEYS = {"libvirt_uri", "dump_dir", "catalog", "max_parallel_dumps", "min_free_mb", "shutdown_dump",
              "metrics_listen", "run_dir", "catalog_spool", "host", "notify",
-             "retention", "crash_loop", "clock", "staging", "domains", "web"}
+             "retention", "crash_loop", "clock", "staging", "domains", "web", "libvirt_dumps"}
 
 
 def _check_type(value: Any, expected: type | tuple[type, ...], path: str | None, key: str) -> Any:
@@ -320,6 +346,9 @@ def _policy_items(pattern: str, table: Any, path: str | None) -> tuple[tuple[str
     if "recovery" in table and policy.recovery not in RECOVERY_ACTIONS:
         raise ConfigError(f"unknown recovery action {policy.recovery!r} (one of "
                           f"{', '.join(RECOVERY_ACTIONS)})", path=path, key=f"{key}.recovery")
+    if "crash_owner" in table and policy.crash_owner not in CRASH_OWNERS:
+        raise ConfigError(f"unknown crash owner {policy.crash_owner!r} (one of {', '.join(CRASH_OWNERS)})",
+                          path=path, key=f"{key}.crash_owner")
     return tuple(table.items())
 
 
@@ -437,6 +466,14 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         if web.token_file and not Path(web.token_file).is_absolute():
             raise ConfigError("must be an absolute path", path=p, key="web.token_file")
         values["web"] = web
+    if "libvirt_dumps" in doc:
+        ld = _section(LibvirtDumps, doc["libvirt_dumps"], p, "libvirt_dumps")
+        if ld.place not in ("leave", "move"):
+            raise ConfigError("must be 'leave' or 'move'", path=p, key="libvirt_dumps.place")
+        for k in ("dump_path", "qemu_conf"):
+            if getattr(ld, k) and not getattr(ld, k).startswith("/"):
+                raise ConfigError("must be an absolute path", path=p, key=f"libvirt_dumps.{k}")
+        values["libvirt_dumps"] = ld
     if "domains" in doc:
         tables = doc["domains"]
         if not isinstance(tables, dict):

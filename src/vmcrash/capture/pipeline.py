@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -434,6 +434,8 @@ class CrashHandler:
             self.catalog.update(crash_id, compact_state="failed", compact={"error": "dump file is gone"})
             return None
         plan = plan_compaction(src, row.dump_format or "elf", keep_elf=self.cfg.staging.keep_elf)
+        if (row.capture or {}).get("compact_dst"):  # an adopted dump left in libvirt's directory
+            plan = replace(plan, dst=Path(row.capture["compact_dst"]))  # type: ignore[index]
         self.catalog.update(crash_id, compact_state="running")
         self.catalog.log(crash_id, "compaction", f"{plan.kind} {src.name} -> {plan.dst.name}")
         result = run_compaction(plan, codec=self.cfg.staging.compact_codec,
@@ -473,6 +475,10 @@ class CrashHandler:
 
     def _delete_dump(self, crash_id: int, why: str) -> None:
         prune.delete_dump(self.catalog, crash_id, why)
+
+    def apply_retention(self) -> None:
+        """Delete dumps beyond the retention limits (also used for adopted dumps)."""
+        self._apply_retention()
 
     def _apply_retention(self) -> None:
         prune.apply_retention(self.catalog, self.cfg.retention, time.time_ns())

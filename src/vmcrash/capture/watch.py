@@ -35,6 +35,7 @@ from typing import Any
 import libvirt
 
 from vmcrash.capture import files
+from vmcrash.capture.adopt import Adopter, is_adoption
 from vmcrash.capture.daemon_lock import CrashLocks
 from vmcrash.capture.freezewatch import FreezeResyncs
 from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
@@ -88,6 +89,8 @@ class Watcher:
         self.hv: Hypervisor | None = None
         self.stop_requested = threading.Event()
         self.handler = CrashHandler(cfg, self._current_hv, self.catalog, stop=self.stop_requested)
+        #: routes each panic to its owner: the handler, or adoption of libvirt's own handling (issue 16)
+        self.adopter = Adopter(cfg, self._current_hv, self.catalog, self.handler)
         self.active: set[str] = set()
         self.clock_busy: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -285,6 +288,15 @@ class Watcher:
         if ev.is_panic:
             self.submit(PanicReport(ev.domain, ev.uuid, ev.received_ns, "event"))
         self.freezes.on_event(ev)  # resumes, restores, snapshot reverts, migrations, wake-ups
+        if ev.event == "started":
+            self._spawn(self._takeover(ev.uuid))
+
+    async def _takeover(self, uuid: str) -> None:
+        """Policy crash_owner = "vmcrash": make the live on_crash preserve (see Adopter.takeover)."""
+        try:
+            await self._in_thread(self.adopter.takeover, uuid)
+        except VmcrashError as exc:
+            log.warning("taking over crash handling of %s failed: %s", uuid, exc)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -324,7 +336,7 @@ class Watcher:
                     return
             for _attempt in range(10):
                 try:
-                    crash_id = await self._in_thread(self.handler.handle, report)
+                    crash_id = await self._in_thread(self.adopter.handle, report)
                     self.schedule_compaction(crash_id)
                     return
                 except LibvirtUnavailable as exc:
@@ -339,6 +351,9 @@ class Watcher:
                     if row is None or row.state not in ("detected", "dumping", "dumped", "recovering",
                                                         "recovered"):
                         return
+                    if is_adoption(row):  # libvirt's crash: the adopter resumes whatever the state
+                        report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
+                        continue
                     try:
                         info = await self._in_thread(self._info_of, report.uuid)
                     except LibvirtUnavailable:
@@ -486,7 +501,10 @@ class Watcher:
                 continue
             covered.add(row.uuid)
             info = by_uuid.get(row.uuid)
-            if info is not None and info.panicked and self._watched(info.name):
+            if is_adoption(row) and info is not None and self._watched(info.name):
+                self.catalog.log(row.id, "reconcile", "interrupted adoption found; resuming it")
+                self.submit(PanicReport(info.name, info.uuid, row.panic_ns, row.source, row.id))
+            elif info is not None and info.panicked and self._watched(info.name):
                 await self._in_thread(self._wait_no_job, row.uuid)
                 self._cleanup_temp(row)
                 self.catalog.log(row.id, "reconcile", "interrupted handling found; guest still panicked")
@@ -510,6 +528,9 @@ class Watcher:
                 continue  # this very panic was handled (e.g. preserved) already
             log.warning("%s: found %s by a panic at start-up; handling it", info.name, info.state)
             self.submit(PanicReport(info.name, info.uuid, time.time_ns(), "reconcile"))
+        for info in infos:
+            if info.state == "running" and self._watched(info.name):
+                await self._takeover(info.uuid)
         log.info("reconciled: %d domains, %d being handled", len(infos), len(self.active))
 
     def _info_of(self, uuid: str) -> DomainInfo:

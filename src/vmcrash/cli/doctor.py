@@ -24,6 +24,7 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
     from vmcrash.capture import retention
     from vmcrash.capture.daemon_lock import HypervisorLock, resolve_hypervisor_key
     from vmcrash.host.connection import Hypervisor, call
+    from vmcrash.host.crash_owner import decide, freeze_explanation
     from vmcrash.host.domxml import apply_fixes, memory_bytes, readiness
 
     cfg = config_of(ctx)
@@ -71,6 +72,10 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
                 checks = readiness(call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE, domain=name))
                 entry["checks"] = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + \
                     entry["checks"][-1:]
+        # who owns a crash now: the live action (what libvirt applies to the running QEMU)
+        own = decide(call(dom.XMLDesc, 0, domain=name), takeover=cfg.policy_for(name).crash_owner == "vmcrash")
+        entry["crash_owner"] = {"owner": own.owner.value, "on_crash": own.on_crash.value, "memory_bytes": mem,
+                                "plan": own.plan(), "freeze": freeze_explanation(own, mem)}
         entry["ok"] = all(c["ok"] for c in entry["checks"])
         all_ok = all_ok and entry["ok"]
         report.append(entry)
@@ -85,6 +90,9 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
             click.echo(f"{entry['domain']}: {'ready' if entry['ok'] else 'NOT READY'}")
             for c in entry["checks"]:
                 click.echo(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']:<14} {c['detail']}")
+            co = entry["crash_owner"]
+            click.echo(f"  crash owner    {co['owner']}: {co['plan']}")
+            click.echo(f"  {'':<14} {co['freeze']}")
             if "fix" in entry:
                 f = entry["fix"]
                 if f["applied"]:

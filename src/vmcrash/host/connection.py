@@ -176,6 +176,13 @@ class Hypervisor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def alive(self) -> bool:
+        """True while the connection answers (libvirt's keepalive verdict)."""
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
     def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
         """Find a domain by UUID (when it looks like one) or name. :raises DomainNotFound:"""
         if _UUID_RE.match(name_or_uuid):

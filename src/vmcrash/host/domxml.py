@@ -82,11 +82,12 @@ def readiness(xml: str) -> list[Check]:
         "destroy": "libvirt destroys the guest on panic (memory lost before vmcrash can dump it)",
         "restart": "libvirt restarts the guest on panic (memory lost)",
         "rename-restart": "libvirt restarts the guest on panic (memory lost)",
-        "coredump-destroy": "libvirt writes its own slow raw dump, then destroys",
-        "coredump-restart": "libvirt freezes the guest for its own raw dump, then resets it",
+        "coredump-destroy": "libvirt writes its own slow raw dump (vmcrash adopts it), then destroys",
+        "coredump-restart": "libvirt freezes the guest for its own raw dump (vmcrash adopts it), then resets it",
     }.get(on_crash, f"on_crash={on_crash}")
     checks.append(Check("on-crash", ok, "on_crash=preserve: vmcrash handles panics" if ok else
-                        f"on_crash={on_crash}: {hint}; vmcrash needs preserve"))
+                        f"on_crash={on_crash}: {hint}; --fix sets preserve so that vmcrash captures "
+                        f"panics itself"))
     return checks
 
 
