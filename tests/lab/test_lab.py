@@ -116,7 +116,8 @@ def test_selftest_json_reports_each_step_with_durations() -> None:
 
 
 def test_kvm_probe_verdict_is_remembered(hv, lab_image) -> None:
-    from vmcrash.lab.kvm import _CACHE, best_accel
+    from vmcrash.lab.guest import best_accel
+    from vmcrash.lab.kvm import _CACHE
 
     accel = best_accel(hv, lab_image)
     assert accel in ("kvm", "qemu")

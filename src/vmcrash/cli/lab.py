@@ -40,8 +40,8 @@ def probe(as_json: bool) -> None:
     from vmcrash.host import aio
     from vmcrash.host.connection import Hypervisor
     from vmcrash.lab.daemons import LibvirtDaemons
+    from vmcrash.lab.guest import best_accel
     from vmcrash.lab.image import build_image
-    from vmcrash.lab.kvm import best_accel
 
     with LibvirtDaemons():
         aio.event_loop()

@@ -23,6 +23,7 @@ import libvirt
 from vmcrash.errors import AgentUnavailable, EnvironmentProblem, VmcrashError
 from vmcrash.host.agent import Agent
 from vmcrash.host.connection import Hypervisor, call, state_name
+from vmcrash.lab import kvm
 from vmcrash.lab.image import LAB_DIR, LabImage, build_image
 
 __all__ = [
@@ -196,6 +197,26 @@ def sweep_stale(hv: Hypervisor) -> list[str]:
     return removed
 
 
+def probe_kvm(hv: Hypervisor, image: LabImage, timeout_s: float = kvm.PROBE_TIMEOUT_S) -> bool:
+    """Boot a minimal guest under KVM; True when its init runs within ``timeout_s`` seconds."""
+    spec = GuestSpec(memory_mib=256, agent=False, accel="kvm")
+    guest = LabGuest(spec, hv=hv, image=image, name=unique_name())
+    try:
+        guest.start()
+        guest.wait_serial("vmcrash-lab: init started", timeout_s)
+        return True
+    except Exception as exc:  # any failure means "KVM is not usable here"
+        log.info("KVM probe failed: %s", str(exc)[:200])
+        return False
+    finally:
+        guest.cleanup()
+
+
+def best_accel(hv: Hypervisor, image: LabImage) -> str:
+    """``"kvm"`` when a KVM guest really boots here, else ``"qemu"`` (TCG); see :mod:`vmcrash.lab.kvm`."""
+    return kvm.best_accel(hv, image, probe_kvm)
+
+
 @dataclass
 class LabGuest:
     """One throwaway lab domain. Use as a context manager: it is always destroyed and undefined.
@@ -224,8 +245,6 @@ class LabGuest:
 
     def define(self) -> libvirt.virDomain:
         """Define (persistently) the domain; returns it. Does not start it."""
-        from vmcrash.lab.kvm import best_accel
-
         assert self.hv is not None and self.image is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)

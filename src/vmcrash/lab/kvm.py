@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vmcrash.host.connection import Hypervisor
 from vmcrash.lab.image import LAB_DIR, LabImage
 
-__all__ = ["best_accel", "probe_kvm", "PROBE_TIMEOUT_S"]
+__all__ = ["best_accel", "PROBE_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +32,9 @@ def _key(image: LabImage) -> str:
     return f"{image.content_hash}:{st.st_size if st else 0}:{int(st.st_mtime) if st else 0}:{os.uname().release}"
 
 
-def probe_kvm(hv: Hypervisor, image: LabImage, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Boot a minimal guest under KVM; True when its init runs within ``timeout_s`` seconds."""
-    from vmcrash.lab.guest import GuestSpec, LabGuest, unique_name
-
-    if not os.path.exists("/dev/kvm"):
-        return False
-    spec = GuestSpec(memory_mib=256, agent=False, accel="kvm")
-    guest = LabGuest(spec, hv=hv, image=image, name=unique_name())
-    try:
-        guest.start()
-        guest.wait_serial("vmcrash-lab: init started", timeout_s)
-        return True
-    except Exception as exc:  # any failure means "KVM is not usable here"
-        log.info("KVM probe failed: %s", str(exc)[:200])
-        return False
-    finally:
-        guest.cleanup()
-
-
-def best_accel(hv: Hypervisor, image: LabImage) -> str:
-    """``"kvm"`` when a KVM guest really boots here, else ``"qemu"`` (TCG). Remembered."""
+def best_accel(hv: Hypervisor, image: LabImage, probe: Callable[[Hypervisor, LabImage], bool]) -> str:
+    """``"kvm"`` when ``probe`` (a boot under KVM, see :func:`vmcrash.lab.guest.probe_kvm`) succeeds,
+    else ``"qemu"`` (TCG). Remembered per (lab image, QEMU binary, host kernel)."""
     forced = os.environ.get("VMCRASH_LAB_ACCEL")
     if forced in ("kvm", "qemu"):
         return forced
@@ -63,7 +46,7 @@ def best_accel(hv: Hypervisor, image: LabImage) -> str:
     except (OSError, ValueError):
         pass
     t0 = time.monotonic()
-    accel = "kvm" if probe_kvm(hv, image) else "qemu"
+    accel = "kvm" if os.path.exists("/dev/kvm") and probe(hv, image) else "qemu"
     log.warning("acceleration probe: %s (%.1f s)", accel, time.monotonic() - t0)
     _CACHE.parent.mkdir(parents=True, exist_ok=True)
     _CACHE.write_text(json.dumps({"key": key, "accel": accel, "probed_at": time.time()}))
