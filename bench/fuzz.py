@@ -467,10 +467,43 @@ def vmci_edit(rng: random.Random, vmci: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def build_printk_seeds(rng: random.Random, count: int = 12) -> list[tuple[bytes, tuple[Field, ...]]]:
+def build_legacy_log(mem: MemReader, texts: list[bytes], *, buf_len: int = 4096, caller: bool = False,
+                     phys_base: int = 0x1000000) -> bytes:
+    """Lay a Linux 3.5..5.9 ``log_buf`` of ``struct printk_log`` records; return its VMCOREINFO text."""
+    hdr = 20 if caller else 16
+    sym_v = KMAP + 0x200000
+    buf_v = sym_v + 0x1000
+    data = bytearray(buf_len)
+    idx = 0
+    for i, text in enumerate(texts):
+        n = (hdr + len(text) + 7) & ~7
+        if idx + n > buf_len:
+            break
+        struct.pack_into("<QHHHBB", data, idx, i * 1000, n, len(text), 0, 0, (6 << 5) | 2)
+        if caller:
+            struct.pack_into("<I", data, idx + 16, i)
+        data[idx + hdr:idx + hdr + len(text)] = text
+        idx += n
+    mem.write_fast(sym_v - KMAP + phys_base, struct.pack("<QIII", buf_v, buf_len, 0, idx))
+    mem.write_fast(buf_v - KMAP + phys_base, bytes(data))
+    return (f"OSRELEASE=4.19.0\nPAGESIZE=4096\nNUMBER(phys_base)={phys_base}\nSYMBOL(log_buf)={sym_v:x}\n"
+            f"SYMBOL(log_buf_len)={sym_v + 8:x}\nSYMBOL(log_first_idx)={sym_v + 12:x}\n"
+            f"SYMBOL(log_next_idx)={sym_v + 16:x}\nSIZE(printk_log)={hdr}\nOFFSET(printk_log.ts_nsec)=0\n"
+            "OFFSET(printk_log.len)=8\nOFFSET(printk_log.text_len)=10\n").encode()
+
+
+def build_printk_seeds(rng: random.Random, count: int = 16) -> list[tuple[bytes, tuple[Field, ...]]]:
     out = []
-    for _ in range(count):
+    for k in range(count):
         mem = MemReader()
+        if k % 4 == 3:  # the pre-5.10 log_buf
+            texts = [b"legacy record %d" % i * (i % 3 + 1) for i in range(rng.randint(0, 60))]
+            vmci = build_legacy_log(mem, texts, buf_len=rng.choice((512, 4096, 8192)), caller=rng.random() < 0.5)
+            blob = pack_memory(vmci, mem.pages)
+            start = 8 + len(vmci)
+            out.append((blob, tuple(Field(start + 4 + k * (PAGE + 4) + o, rng.choice((2, 4, 8)))
+                                    for k in range(len(mem.pages)) for o in range(0, 512, 8))))
+            continue
         nrec = rng.randint(0, 90)
         recs = [(i, i * 1000, i % 8, i, b"record %d " % i * (i % 4 + 1)) for i in range(nrec)]
         vmci = build_prb(mem, recs, count_bits=rng.randint(1, 6), size_bits=rng.randint(6, 12),
@@ -962,7 +995,9 @@ def crash_key(exc: BaseException) -> str:
         if "/vmcrash/" in fr.filename or fr.filename.endswith("fuzz.py"):
             where = f"{fr.filename.split('/src/')[-1]}:{fr.lineno}"
             break
-    return f"{type(exc).__name__}@{where}"
+    kind = type(exc).__qualname__ if type(exc).__module__ == "builtins" else \
+        f"{type(exc).__module__.lstrip('_')}.{type(exc).__qualname__}"
+    return f"{kind}@{where}"
 
 
 def save_case(out: Path, kind: str, target: str, index: int, case: Case, meta: dict[str, Any]) -> Path:
@@ -1022,6 +1057,7 @@ def worker_main(conn: Connection, slot: Any, seed: int, out: str, limits: dict[s
     outp = Path(out)
     _warm_imports()
     names = sorted(WEIGHTS)
+    saved: set[str] = set()
     try:
         while True:
             msg = conn.recv()
@@ -1070,6 +1106,8 @@ def worker_main(conn: Connection, slot: Any, seed: int, out: str, limits: dict[s
                     st.crashes[key] = st.crashes.get(key, 0) + 1
                     if key not in st.first:
                         st.first[key] = index
+                    if key not in saved:
+                        saved.add(key)
                         save_case(outp, "crashes", target, index, case, {"key": key, "detail": detail[-4000:]})
                     if isinstance(err, MemoryError) or key.startswith("memory:"):
                         conn.send(("done", target, st, True))  # memory is spoiled: restart this worker

@@ -7,11 +7,15 @@ the same calls as the campaign's dump targets and checks the specific outcome.
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
-from vmcrash.errors import VmcrashError
-from vmcrash.vmcore import analyze, open_dump
+import pytest
+from vmcore_builders import MemReader
+
+from vmcrash.errors import GuestMemoryError, VmcrashError
+from vmcrash.vmcore import KernelMemory, analyze, for_each_record, open_dump, parse_vmcoreinfo
 from vmcrash.vmcore._triage import NOT_RECOVERED
 
 INPUTS = Path(__file__).parent / "fuzz-regressions"
@@ -47,3 +51,25 @@ def test_elf_segment_with_a_huge_zero_tail_is_not_scanned(tmp_path: Path) -> Non
     assert triage.memory_bytes == 1 << 40  # the tail is still memory (zeros), only not scanned
     assert NOT_RECOVERED in triage.problems
     _exercise(path)
+
+
+def _unpack_memory(data: bytes) -> tuple[bytes, dict[int, bytes]]:
+    """The campaign's ``printk`` input: 4 bytes (``PRB1``, or zeroed by the minimizer), u32 n, n bytes of VMCOREINFO, then (u32 pfn, page)*."""
+    (n,) = struct.unpack_from("<I", data, 4)
+    vmci, pos, pages = data[8:8 + n], 8 + n, {}
+    while pos + 4 < len(data):
+        (pfn,) = struct.unpack_from("<I", data, pos)
+        pages[pfn] = data[pos + 4:pos + 4 + 4096].ljust(4096, b"\0")
+        pos += 4 + 4096
+    return vmci, pages
+
+
+@pytest.mark.parametrize("name", ["ts", "len", "text-len"])
+def test_legacy_log_buf_with_a_negative_field_offset(name: str) -> None:
+    """A pre-5.10 ``log_buf`` whose VMCOREINFO gives ``OFFSET(printk_log.<field>)`` < 0 made the
+    walker unpack at a negative buffer offset (``struct.error``); now the layout is refused."""
+    vmci, pages = _unpack_memory((INPUTS / f"printk-legacy-negative-{name}-offset.bin").read_bytes())
+    vi = parse_vmcoreinfo(vmci)
+    assert min(vi.offsets.values()) < 0
+    with pytest.raises(GuestMemoryError, match="implausible SIZE"):
+        list(for_each_record(KernelMemory(MemReader(pages), vi), vi, problems=[]))
