@@ -675,7 +675,11 @@ def gen_unit_tree(rng: random.Random) -> bytes:
             entries.append((f"{d}/{name}.{rng.choice(('wants', 'requires', 'upholds'))}/{rng.choice(UNIT_NAMES)}",
                             b"@" + f"{d}/{rng.choice(UNIT_NAMES)}".encode()))
         elif r == 8:
-            entries.append((f"{d}/{name}", b""))
+            entries.append(rng.choice(((f"{d}/{name}", b""),  # empty file: a mask
+                                       (d, b"@" + rng.choice(dirs).encode()),  # a search dir that is a link
+                                       (f"{d}/{name}.d", b"@" + rng.choice(dirs).encode()),
+                                       (f"{d}/{name}", b"@" + f"{d}/{name}.d/../{name}".encode()),
+                                       (f"{d}/{name}.wants", b"@.."))))
         else:
             entries.append((f"{rng.choice(dirs)}/{rng.choice(('service.d', 'x@.service.d', 'a-.service.d'))}/o.conf",
                             gen_unit_text(rng)))
@@ -1379,7 +1383,9 @@ def main() -> int:
         ctx = Context(args.seed, Path(tempfile.mkdtemp(prefix="vmcrash-fuzz-")))
         try:
             if args.replay:
-                run_case(ctx, args.target, load_case(args.replay), 1)
+                meta_path = args.replay.with_suffix(".json")
+                index = json.loads(meta_path.read_text()).get("index", 1) if meta_path.exists() else 1
+                run_case(ctx, args.target, load_case(args.replay), index)
                 print("no crash")
             else:
                 small = minimize(ctx, args.target, load_case(args.minimize))

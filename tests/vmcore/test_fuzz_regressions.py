@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from vmcore_builders import MemReader
+from vmcore_builders import PAGE, MemReader, build_elf, note, prstatus
 
-from vmcrash.errors import GuestMemoryError, VmcrashError
-from vmcrash.vmcore import KernelMemory, analyze, for_each_record, open_dump, parse_vmcoreinfo
+from vmcrash.errors import DumpFormatError, GuestMemoryError, VmcrashError
+from vmcrash.vmcore import KernelMemory, analyze, convert_to_kdump, for_each_record, open_dump, parse_vmcoreinfo
 from vmcrash.vmcore._triage import NOT_RECOVERED
 
 INPUTS = Path(__file__).parent / "fuzz-regressions"
@@ -53,8 +53,36 @@ def test_elf_segment_with_a_huge_zero_tail_is_not_scanned(tmp_path: Path) -> Non
     _exercise(path)
 
 
+def test_converting_an_elf_zero_tail_does_not_walk_it(tmp_path: Path) -> None:
+    """A 64 GiB zero tail behind one stored page: convert_to_kdump read and compared 2^24 zero pages
+    one by one (about a minute; found through the campaign's slowest input, a 4 GiB tail taking
+    1.7 s). Now pages the file does not store are excluded without being read; the result still
+    has them all, and the stored page."""
+    src = tmp_path / "tail.elf"
+    src.write_bytes(build_elf([(0, b"\x5a" * PAGE)], note(b"CORE", 1, prstatus({})), memsz_extra=64 << 30))
+    t0 = time.process_time()
+    res = convert_to_kdump(src, tmp_path / "out.kdump", codec="zlib")
+    assert time.process_time() - t0 < 5.0
+    pages = (PAGE + (64 << 30)) // PAGE
+    assert (res.pages_present, res.pages_written, res.pages_excluded) == (pages, 1, pages - 1)
+    with open_dump(tmp_path / "out.kdump") as dump:
+        assert list(dump.reader.present_ranges()) == [(0, pages)]
+        assert dump.reader.read_page(0) == b"\x5a" * PAGE
+        assert dump.reader.read_page(pages - 1) == bytes(PAGE)
+
+
+def test_converting_a_16_tib_claim_is_refused(tmp_path: Path) -> None:
+    """Found by the campaign (elf #5376, a hang): a PT_LOAD's p_memsz inflated to 16 TiB. Beyond
+    MAX_CONVERT_PFNS the bitmap alone would take more than 512 MiB of memory: refused."""
+    with pytest.raises(DumpFormatError, match="converting more than"):
+        convert_to_kdump(INPUTS / "elf-zero-tail-16tib.bin", tmp_path / "out.kdump", codec="zlib")
+    assert not (tmp_path / "out.kdump").exists()
+    _exercise(INPUTS / "elf-zero-tail-16tib.bin")
+
+
 def _unpack_memory(data: bytes) -> tuple[bytes, dict[int, bytes]]:
-    """The campaign's ``printk`` input: 4 bytes (``PRB1``, or zeroed by the minimizer), u32 n, n bytes of VMCOREINFO, then (u32 pfn, page)*."""
+    """The campaign's ``printk`` input: 4 bytes (``PRB1``, or zeroed by the minimizer), u32 n,
+    n bytes of VMCOREINFO, then (u32 pfn, 4096-byte page) pairs."""
     (n,) = struct.unpack_from("<I", data, 4)
     vmci, pos, pages = data[8:8 + n], 8 + n, {}
     while pos + 4 < len(data):
