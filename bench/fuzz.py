@@ -1263,9 +1263,24 @@ def campaign(args: argparse.Namespace) -> dict[str, Stats]:
                       {"seconds": st.slowest_s})
     with open(out / "runs.jsonl", "a") as f:
         f.write(json.dumps({"seed": args.seed, "wall_s": wall, "jobs": args.jobs, "when": time.time(),
+                            "version": _version(),
                             "targets": {t: st.__dict__ for t, st in totals.items()}}) + "\n")
     print(f"run: {sum(s.execs for s in totals.values())} executions in {wall:.0f} s wall, {args.jobs} workers")
     return totals
+
+
+def _version() -> str:
+    """The commit the campaign ran (``+dirty`` with uncommitted changes), for the record."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def load_runs(path: Path, seed: int | None = None) -> dict[str, Stats]:
