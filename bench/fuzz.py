@@ -12,6 +12,7 @@ Not run in CI. Targets (each input is reproducible from ``--seed``, the target a
 ``printk``     built 6.1 printk rings with corrupted pages and VMCOREINFO -> ``for_each_record``
 ``kallsyms``   built kallsyms tables, mutated -> ``decode_kallsyms``, ``lookup``, ``addresses_of``
 ``vmcoreinfo`` mutated VMCOREINFO text -> ``parse_vmcoreinfo`` and the code that reads it first
+``oops``       kernel log lines (guest-written text) around a crash report -> ``find_crash``, ``parse_frame``
 ``agent``      guest-agent reply text -> ``host/agent.py`` decoders, ``Agent`` methods over a replay
                transport, ``clock/_transport.py`` validators
 ``unitfile``   generated/mutated unit files -> ``decode_unit_bytes``, ``parse_unit_text``
@@ -83,7 +84,7 @@ from vmcrash.errors import AgentRefused, VmcrashError  # noqa: E402
 CORPUS = ROOT / "tests" / "vmcore" / "corpus"
 DUMP_TARGETS = ("elf", "kdump", "flattened")
 #: share of the budget per target (cheap pure parsers get more executions than whole dumps)
-WEIGHTS = {"elf": 2, "kdump": 2, "flattened": 2, "printk": 10, "kallsyms": 14, "vmcoreinfo": 16,
+WEIGHTS = {"elf": 2, "kdump": 2, "flattened": 2, "printk": 10, "kallsyms": 14, "vmcoreinfo": 16, "oops": 8,
            "agent": 24, "unitfile": 27, "units": 3}
 BLOCK = {"elf": 200, "kdump": 200, "flattened": 200, "printk": 500, "units": 500}
 DEFAULT_BLOCK = 4000
@@ -558,6 +559,28 @@ def build_kallsyms_seeds(rng: random.Random, count: int = 12) -> list[tuple[byte
     return out
 
 
+# -- seeds: kernel log text (the guest writes it) ----------------------------------------------------
+
+OOPS_LINES = (*(line.decode() for line in LOG_LINES), "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+              "WARNING: CPU: 1 PID: 0 at kernel/x.c:1 f+0x1/0x2", "watchdog: BUG: soft lockup - CPU#0 stuck",
+              " ? some_func+0x10/0x20 [mod_x]", " [<ffffffff81000000>] f+0x0/0x1", "RSP: 0018:ffff EFLAGS: 0246",
+              "Code: 00 00 <0f> 0b", " <IRQ>", " </IRQ>", "Hardware name: QEMU Standard PC", "---[ end Kernel panic",
+              "CPU: 3 PID: 4294967295 Comm: x", "INFO: task x:1 blocked for more than 120 seconds.")
+
+
+def gen_oops(rng: random.Random) -> bytes:
+    """A kernel log (one text per line) around a crash report, with hostile variants of its lines."""
+    lines = [rng.choice(OOPS_LINES) for _ in range(rng.randint(0, 30))]
+    for _ in range(rng.randint(0, 3)):
+        big = rng.choice(("9" * rng.choice((10, 400, 5000)), "f" * rng.choice((16, 5000)), "-1", "٣"))
+        lines.insert(rng.randint(0, len(lines)), rng.choice((
+            f"CPU: {big} PID: 1 Comm: sh", f"CPU: 0 PID: {big} Comm: sh", f" func+0x{big}/0x{big}",
+            f"RIP: 0010:func+0x{big}/0x10", " " * 10000 + "x+0x1/0x2", "Kernel panic - not syncing: " + big,
+            "Call Trace:", "BUG: " + big)))
+    text = "\n".join(lines).encode("utf-8", "surrogatepass")
+    return mutate(rng, text, max_ops=5) if rng.random() < 0.4 else text
+
+
 # -- seeds: agent replies -------------------------------------------------------------------------------
 
 def _json_value(rng: random.Random, depth: int = 0) -> Any:
@@ -769,6 +792,8 @@ def generate(ctx: Context, target: str, index: int) -> Case:
         text = rng.choice(ctx.pool(target))
         text = vmci_edit(rng, text) if rng.random() < 0.6 else text
         return Case(mutate(rng, text, max_ops=rng.choice((1, 3, 10))) if rng.random() < 0.6 else text)
+    if target == "oops":
+        return Case(gen_oops(rng))
     if target == "agent":
         return Case(gen_agent(rng))
     if target == "unitfile":
@@ -860,6 +885,19 @@ def run_kallsyms(case: Case) -> None:
     for i in range(min(len(ks), 5)):
         ks.symbol(i)
     ks.addresses_of(["panic_cpu", "modules", "__per_cpu_offset", "nr_cpu_ids", ""])
+
+
+def run_oops(case: Case) -> None:
+    from vmcrash.vmcore._oops import find_crash, parse_frame
+
+    lines = case.data.decode("utf-8", "replace").split("\n")
+    report = find_crash(lines)
+    for f in report.call_trace:
+        f.to_dict()
+    for line in lines[:50]:
+        frame = parse_frame(line)
+        if frame is not None:
+            str(frame)
 
 
 def run_vmcoreinfo(case: Case) -> None:
@@ -978,6 +1016,8 @@ def run_case(ctx: Context, target: str, case: Case, index: int) -> None:
         run_kallsyms(case)
     elif target == "vmcoreinfo":
         run_vmcoreinfo(case)
+    elif target == "oops":
+        run_oops(case)
     elif target == "agent":
         run_agent(case)
     elif target == "unitfile":
@@ -1340,7 +1380,7 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
         raise SystemExit("the input does not crash")
     deadline = time.monotonic() + budget_s
     data = case.data
-    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo")
+    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops")
 
     def same(d: bytes) -> bool:
         return replay_key(ctx, target, Case(d, case.extend, case.origin)) == key

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from vmcore_builders import PAGE, MemReader, build_elf, note, prstatus
+from vmcore_builders import PAGE, MemReader, build_elf, build_prb, note, prstatus
 
 from vmcrash.errors import DumpFormatError, GuestMemoryError, VmcrashError
 from vmcrash.vmcore import KernelMemory, analyze, convert_to_kdump, for_each_record, open_dump, parse_vmcoreinfo
+from vmcrash.vmcore._oops import find_crash
 from vmcrash.vmcore._triage import NOT_RECOVERED
 
 INPUTS = Path(__file__).parent / "fuzz-regressions"
@@ -101,3 +102,28 @@ def test_legacy_log_buf_with_a_negative_field_offset(name: str) -> None:
     assert min(vi.offsets.values()) < 0
     with pytest.raises(GuestMemoryError, match="implausible SIZE"):
         list(for_each_record(KernelMemory(MemReader(pages), vi), vi, problems=[]))
+
+
+def test_a_cpu_line_of_4301_digits_in_the_kernel_log() -> None:
+    """Found by the campaign (oops #4012, minimized): ``CPU: <4301 digits> PID: 1 Comm: s`` after a
+    trigger line made find_crash call int() on it, which raises ValueError past 4300 digits. The
+    guest writes its own log, so any guest could make ``vmcrash analyze`` print a traceback."""
+    lines = (INPUTS / "oops-cpu-4301-digits.txt").read_text().split("\n")
+    assert lines[0] == "WARNING: " and len(lines[1]) > 4300
+    report = find_crash(lines)
+    assert report.report_start == 0 and report.cpu is None
+
+
+def test_the_same_line_through_a_whole_dump(tmp_path: Path) -> None:
+    """The same log line in the printk ring of a dump: analyze() finishes with the panic found."""
+    text = (INPUTS / "oops-cpu-4301-digits.txt").read_bytes().split(b"\n")[1]
+    mem = MemReader()
+    recs = [(0, 1000, 4, 0, b"WARNING: CPU: 0 PID: 1 at x"), (1, 2000, 4, 0, text),
+            (2, 3000, 0, 0, b"Kernel panic - not syncing: Fatal exception")]
+    vmci = build_prb(mem, recs, count_bits=3, size_bits=14)
+    segments = [(pfn * PAGE, bytes(mem.pages[pfn])) for pfn in sorted(mem.pages)]
+    path = tmp_path / "d.elf"
+    path.write_bytes(build_elf(segments, note(b"CORE", 1, prstatus({"rip": 1})) + note(b"VMCOREINFO", 0, vmci)))
+    triage = analyze(path)
+    assert triage.panic_line == "Kernel panic - not syncing: Fatal exception"
+    assert triage.log_records == 3 and triage.crashing_cpu == 0  # one vCPU note
