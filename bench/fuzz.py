@@ -1,6 +1,7 @@
 """Fuzz campaign (issue 11 item 8): generated and mutated hostile input through vmcrash's parsers.
 
-Not run in CI. Targets (each input is reproducible from ``--seed``, the target and its index):
+Not run in CI. Targets (each input is reproducible from ``--seed``, the target and its index, for one
+version of this script: ``runs.jsonl`` records the commit of each run):
 
 ============  =====================================================================================
 ``elf``        memory-only ELF dumps: the corpus heads (sparse-extended) and small complete dumps
@@ -9,7 +10,8 @@ Not run in CI. Targets (each input is reproducible from ``--seed``, the target a
                recovery scan), ``has_vmcoreinfo``, ``Triage.to_dict``; sometimes ``convert_to_kdump``
 ``kdump``      the same for seekable kdump-compressed files
 ``flattened``  the same for flattened makedumpfile streams; sometimes ``rearrange_flattened``
-``printk``     built 6.1 printk rings with corrupted pages and VMCOREINFO -> ``for_each_record``
+``printk``     built 6.1 printk rings and pre-5.10 ``log_buf`` logs with corrupted pages and VMCOREINFO
+               -> ``for_each_record``
 ``kallsyms``   built kallsyms tables, mutated -> ``decode_kallsyms``, ``lookup``, ``addresses_of``
 ``vmcoreinfo`` mutated VMCOREINFO text -> ``parse_vmcoreinfo`` and the code that reads it first
 ``oops``       kernel log lines (guest-written text) around a crash report -> ``find_crash``, ``parse_frame``
@@ -33,12 +35,16 @@ How to run (the machine is shared: always ``nice -n 19``)::
     nice -n 19 .venv/bin/python bench/fuzz.py --budget 20000 --targets agent,units
     .venv/bin/python bench/fuzz.py --report                              # totals of all chunks
     .venv/bin/python bench/fuzz.py --replay OUT/crashes/<file>.bin --target elf   # traceback
+    .venv/bin/python bench/fuzz.py --replay OUT/slowest/<file>.bin --target elf   # profile it
     .venv/bin/python bench/fuzz.py --minimize OUT/crashes/<file>.bin --target units
 
 ``--budget`` is the number of executions of this run, split over the targets by their weights;
 ``--jobs`` worker processes (default 2), ``--out`` (default ``/tmp/vmcrash-fuzz``), ``--seed`` (1).
-Dump files are written to ``/dev/shm`` (tmpfs). Exit status 0 when it ran (crashes are reported,
-not an error status).
+Dump files are written to ``/dev/shm`` (tmpfs). ``--minimize`` shrinks a crashing input while its
+crash key stays the same (cuts the tail; deletes chunks of text inputs, zeroes chunks of binary ones)
+and writes ``<file>.min.bin``: that is what goes to ``tests/vmcore/fuzz-regressions/`` with a test in
+``tests/vmcore/test_fuzz_regressions.py``. Exit status 0 when it ran (crashes are reported, not an
+error status).
 """
 
 from __future__ import annotations
