@@ -19,6 +19,8 @@ version of this script: ``runs.jsonl`` records the commit of each run):
                transport, ``clock/_transport.py`` validators
 ``unitfile``   generated/mutated unit files -> ``decode_unit_bytes``, ``parse_unit_text``
 ``units``      small generated unit trees (links, masks, drop-ins, .wants) -> ``UnitLoader``, ``BootGraph``
+``timecfg``    time-daemon configuration trees (chrony.conf + include/confdir, ntp.conf, timesyncd.conf)
+               -> ``guest/timecfg.py`` readers and what the audit computes from them
 ============  =====================================================================================
 
 A *crash* is an exception that is not a :class:`vmcrash.errors.VmcrashError` (deduplicated by type
@@ -91,7 +93,7 @@ CORPUS = ROOT / "tests" / "vmcore" / "corpus"
 DUMP_TARGETS = ("elf", "kdump", "flattened")
 #: share of the budget per target (cheap pure parsers get more executions than whole dumps)
 WEIGHTS = {"elf": 2, "kdump": 2, "flattened": 2, "printk": 10, "kallsyms": 14, "vmcoreinfo": 16, "oops": 8,
-           "agent": 24, "unitfile": 27, "units": 3}
+           "agent": 24, "unitfile": 27, "units": 3, "timecfg": 6}
 BLOCK = {"elf": 200, "kdump": 200, "flattened": 200, "printk": 500, "units": 500}
 DEFAULT_BLOCK = 4000
 SAMPLE_TRACEMALLOC = 50  # one input in this many runs under tracemalloc
@@ -718,6 +720,37 @@ def gen_unit_tree(rng: random.Random) -> bytes:
     return blob
 
 
+CHRONY_WORDS = ("makestep 1 3", "makestep 1 -1", "makestep", "makestep x y", "makestep 1e999 -1",
+                "makestep nan 1", "maxslewrate 500", "maxslewrate 0", "maxslewrate -1", "maxslewrate inf",
+                "maxslewrate nan", "maxslewrate 1e-320", "include /etc/chrony/conf.d/*.conf",
+                "confdir /etc/chrony/conf.d /run/chrony-dhcp", "confdir", "include", "pool 2.debian.pool.ntp.org",
+                "! comment", "% comment", "driftfile /var/lib/chrony/chrony.drift", "makestep 0.1 " + "9" * 5000,
+                "include /etc/chrony/chrony.conf", "confdir /etc/chrony")
+NTP_WORDS = ("tinker panic 0", "tinker step 0", "tinker panic nan step inf", "tinker step", "tinker panic x",
+             "server 1.2.3.4 iburst", "# tinker panic 0", "tinker step -1 panic 1e999")
+
+
+def gen_timecfg(rng: random.Random) -> bytes:
+    """A tree of time-daemon configuration (chrony.conf, its conf.d, ntp.conf, timesyncd.conf, defaults)."""
+    def lines(words: tuple[str, ...]) -> bytes:
+        return "\n".join(rng.choice(words) for _ in range(rng.randint(0, 12))).encode()
+
+    entries = [("/etc/chrony/chrony.conf", lines(CHRONY_WORDS)),
+               ("/etc/default/chrony", rng.choice((b"", b'DAEMON_OPTS="-F 1"', b"DAEMON_OPTS='-f /etc/x.conf",
+                                                   b"DAEMON_OPTS=-f /etc/chrony.conf", b'DAEMON_OPTS="-f"'))),
+               ("/etc/ntp.conf", lines(NTP_WORDS)),
+               ("/etc/default/ntp", rng.choice((b"", b'NTPD_OPTS="-g -x"', b"NTPD_OPTS='-g", b"NTPD_OPTS=-xg"))),
+               ("/etc/systemd/timesyncd.conf", rng.choice((b"[Time]\nNTP=a b\n", b"NTP=", b"FallbackNTP= x")))]
+    for i in range(rng.randint(0, 3)):
+        entries.append((f"/etc/chrony/conf.d/{i}.conf", lines(CHRONY_WORDS)))
+    if rng.random() < 0.2:
+        entries.append(("/etc/chrony.conf", b"@/etc/chrony/chrony.conf"))
+    if rng.random() < 0.2:
+        entries.append(("/etc/chrony/conf.d/loop.conf", b"@/etc/chrony/conf.d/loop.conf"))
+    blob = b"\x1e".join(p.encode() + b"\x1f" + c for p, c in entries)
+    return mutate(rng, blob, max_ops=4) if rng.random() < 0.3 else blob
+
+
 def unpack_unit_tree(blob: bytes) -> dict[str, Any]:
     from vmcrash.guest.sources import Link
 
@@ -806,6 +839,8 @@ def generate(ctx: Context, target: str, index: int) -> Case:
         return Case(gen_unit_text(rng))
     if target == "units":
         return Case(gen_unit_tree(rng))
+    if target == "timecfg":
+        return Case(gen_timecfg(rng))
     raise ValueError(f"unknown target {target}")
 
 
@@ -1013,6 +1048,28 @@ def run_units(case: Case) -> None:
         pass
 
 
+def run_timecfg(case: Case) -> None:
+    from vmcrash.guest import timecfg as tc
+    from vmcrash.guest.sources import MemorySource
+
+    src = MemorySource(unpack_unit_tree(case.data))
+    try:
+        opts = src.read_bytes("/etc/default/chrony", 4096).decode("utf-8", "replace").partition("=")[2]
+    except VmcrashError:
+        opts = ""
+    try:
+        path = tc.chrony_conf_path(src, opts.strip("\"'"))
+        if path is not None:
+            cfg = tc.read_chrony(src, path)
+            # what the audit reports of it
+            _ = cfg.slew_seconds(), cfg.steps_offset_after_start(), f"{cfg.maxslewrate_ppm:g}"
+        ntp = tc.read_ntpd(src, ("/etc/ntp.conf",), "-g")
+        _ = ntp.steps(), ntp.exits()
+        tc.read_timesyncd(src)
+    except VmcrashError:
+        pass
+
+
 def run_case(ctx: Context, target: str, case: Case, index: int) -> None:
     if target in DUMP_TARGETS:
         run_dump(ctx, case, target, index)
@@ -1030,6 +1087,8 @@ def run_case(ctx: Context, target: str, case: Case, index: int) -> None:
         run_unitfile(case)
     elif target == "units":
         run_units(case)
+    elif target == "timecfg":
+        run_timecfg(case)
     else:
         raise ValueError(target)
 
@@ -1386,7 +1445,7 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
         raise SystemExit("the input does not crash")
     deadline = time.monotonic() + budget_s
     data = case.data
-    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops")
+    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops", "timecfg")
 
     def same(d: bytes) -> bool:
         return replay_key(ctx, target, Case(d, case.extend, case.origin)) == key
