@@ -1286,6 +1286,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Stats]:
         child.close()
         return Worker(proc, parent, slot)
 
+    version = _version()  # at the start: the code this run executes
     workers = [spawn() for _ in range(args.jobs)]
     t_start = time.monotonic()
     last_print = 0.0
@@ -1368,7 +1369,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Stats]:
                       {"seconds": st.slowest_s})
     with open(out / "runs.jsonl", "a") as f:
         f.write(json.dumps({"seed": args.seed, "wall_s": wall, "jobs": args.jobs, "when": time.time(),
-                            "version": _version(),
+                            "version": version,
                             "targets": {t: st.__dict__ for t, st in totals.items()}}) + "\n")
     print(f"run: {sum(s.execs for s in totals.values())} executions in {wall:.0f} s wall, {args.jobs} workers")
     return totals
