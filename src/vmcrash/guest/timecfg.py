@@ -48,8 +48,12 @@ _MAX_BYTES = 1 << 20
 
 
 def slew_seconds(offset_s: float, rate_ppm: float) -> float:
-    """Seconds needed to slew away ``offset_s`` at ``rate_ppm`` (at best; the rate is a maximum)."""
-    return abs(offset_s) / (rate_ppm * 1e-6)
+    """Seconds needed to slew away ``offset_s`` at ``rate_ppm`` (at best; the rate is a maximum).
+
+    A rate that is not positive (0, negative, NaN, or so small it underflows) never slews: infinite.
+    """
+    per_s = rate_ppm * 1e-6
+    return abs(offset_s) / per_s if per_s > 0 else float("inf")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,10 @@ class DumpReader(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook: readers without resources need nothing
         """Release the file."""
 
+    def stored_ranges(self) -> Iterator[tuple[int, int]]:
+        """Runs of present pages whose bytes the file stores (the others read as zeros); default all."""
+        return self.present_ranges()
+
     def page_excluded(self, pfn: int) -> bool:
         """Whether a present page was left out of the dump (e.g. a zero page); default no."""
         return False

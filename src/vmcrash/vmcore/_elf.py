@@ -189,6 +189,22 @@ class ElfReader(DumpReader):
         if cur is not None:
             yield cur
 
+    def stored_ranges(self) -> Iterator[tuple[int, int]]:
+        """Pages with file bytes: a segment's tail past ``p_filesz`` is zeros and is left out."""
+        cur: tuple[int, int] | None = None
+        for seg in self.layout.loads:
+            if not seg.file_size:
+                continue
+            start, end = seg.paddr // _PAGE, -(-(seg.paddr + seg.file_size) // _PAGE)
+            if cur is not None and start <= cur[1]:
+                cur = (cur[0], max(cur[1], end))
+                continue
+            if cur is not None:
+                yield cur
+            cur = (start, end)
+        if cur is not None:
+            yield cur
+
     def read_pages(self, pfn: int, count: int) -> list[bytes]:
         base = pfn * _PAGE
         seg = self._segment(base)

@@ -31,7 +31,8 @@ _REGS = re.compile(
     r"^\s*(RIP: |Code: |RSP: |RAX: |RDX: |RBP: |R10: |R13: |FS: |CS: |CR2: |DR0: |DR3: |DR6: |PKRU: "
     r"|ORIG_RAX|EFLAGS)"
 )
-_CPU_LINE = re.compile(r"^CPU: (\d+) PID: (-?\d+) Comm: ")
+# at most 9 ASCII digits: int() refuses strings of more than 4300 digits (ValueError)
+_CPU_LINE = re.compile(r"^CPU: ([0-9]{1,9}) PID: (-?[0-9]+) Comm: ")
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,8 @@ def _legacy_records(mem: KernelMemory, vi: VmcoreInfo, problems: list[str]) -> I
     # CONFIG_PRINTK_CALLER, Linux >= 5.1) follows them when the header is large enough.
     off_fac = off_text_len + 4
     off_caller = off_text_len + 6 if hdr_size >= off_text_len + 10 else None
-    if not 0 < hdr_size <= 64 or max(off_ts + 8, off_len + 2, off_fac + 2) > hdr_size:
+    if (not 0 < hdr_size <= 64 or min(off_ts, off_len, off_text_len) < 0
+            or max(off_ts + 8, off_len + 2, off_fac + 2) > hdr_size):
         raise GuestMemoryError(f"implausible SIZE({struct_name}) = {hdr_size}")
     buf = mem.u64(vi.symbol("log_buf"))
     buf_len = mem.u32(vi.symbol("log_buf_len"))

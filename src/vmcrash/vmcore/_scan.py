@@ -107,9 +107,11 @@ def recover_vmcoreinfo(reader: DumpReader, *, max_pages: int = MAX_RECOVERY_PAGE
     """Find the guest kernel's own VMCOREINFO page; ``(parsed, physical address)`` or ``None``.
 
     A candidate must parse into OSRELEASE, PAGESIZE and at least 10 symbols including a
-    kernel log (``prb`` or ``log_buf``). Pages that cannot be read are skipped.
+    kernel log (``prb`` or ``log_buf``). Pages that cannot be read are skipped, and so are pages
+    the file does not store (an ELF segment's zero tail past ``p_filesz``, which a hostile header
+    can make terabytes long).
     """
-    ranges = list(reader.present_ranges())
+    ranges = list(reader.stored_ranges())
     seen = 0
     for start, end in reversed(ranges):
         for pfn in range(end - 1, start - 1, -1):

@@ -19,6 +19,7 @@ Only the final atomic rename makes ``<dst>`` exist, so a half-written file never
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -58,6 +59,8 @@ AUTO_CODEC_ORDER = ("lzo", "snappy", "zstd", "zlib")
 DEFAULT_CHECKPOINT_BYTES = 256 << 20
 _CKPT_VERSION = 1
 _BATCH_PAGES = 256
+#: Largest guest memory converted, in pages (16 TiB of 4 KiB pages: a 512 MiB bitmap in memory).
+MAX_CONVERT_PFNS = 1 << 32
 _FLUSH_BYTES = 8 << 20
 _COPY_CHUNK = 8 << 20
 Progress = Callable[[int, int], None]
@@ -247,6 +250,15 @@ class _Layout:
         return -(-end // self.block_size) * self.block_size
 
 
+def _unstored_run(stored: list[tuple[int, int]], pfn: int, end: int) -> int:
+    """How many pages from ``pfn`` (below ``end``) lie outside every stored range (0 if ``pfn`` is stored)."""
+    i = bisect.bisect_right(stored, (pfn, 1 << 62)) - 1
+    if i >= 0 and stored[i][0] <= pfn < stored[i][1]:
+        return 0
+    nxt = stored[i + 1][0] if i + 1 < len(stored) else end
+    return max(0, min(nxt, end) - pfn)
+
+
 def _plan(reader: DumpReader, ranges: list[tuple[int, int]], notes_blob: bytes, vmci: bytes) -> _Layout:
     bs = reader.page_size_bytes
     max_mapnr = ranges[-1][1] if ranges else 0
@@ -364,6 +376,10 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
             vmci = reader.vmcoreinfo_raw() or b""
             notes_blob = serialize_notes(notes)
             lay = _plan(reader, ranges, notes_blob, vmci)
+            if lay.max_mapnr > MAX_CONVERT_PFNS:
+                raise DumpFormatError(f"the dump claims {lay.max_mapnr} pages of memory; converting more than "
+                                      f"{MAX_CONVERT_PFNS} is refused", path=reader.path)
+            stored_runs = list(reader.stored_ranges())
             ps = lay.block_size
             zero = bytes(ps)
             params = {"codec": codec_name, "exclude_zero": exclude_zero, "exclude_free": exclude_free,
@@ -423,6 +439,15 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
                 pfn = max(start, state["next_pfn"])
                 while pfn < end:
                     n = min(batch, end - pfn)
+                    if exclude_zero:
+                        gap = _unstored_run(stored_runs, pfn, end)
+                        if gap:  # zeros the file does not store (an ELF zero tail): excluded unread
+                            n = gap
+                            state["excluded"] += n
+                            pfn += n
+                            state["next_pfn"] = pfn
+                            state["done_bytes"] += n * ps
+                            continue
                     try:
                         pages: list[bytes | None] = list(reader.read_pages(pfn, n))
                     except GuestMemoryError:
