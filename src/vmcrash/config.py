@@ -35,6 +35,7 @@ Example::
     dump = true
     format = "elf"                                  # elf | kdump-zlib | kdump-lzo | kdump-snappy
     recovery = "restart"                            # restart | reset | preserve | destroy
+    capture = "auto"                                # auto | hold | stream | direct (see README)
 
     [domains."db-*"]
     recovery = "reset"
@@ -76,6 +77,8 @@ LAB_PREFIX = "vmcrash-lab-"
 DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
 RECOVERY_ACTIONS = ("restart", "reset", "preserve", "destroy")
 DUMP_MODES = ("stream", "direct")
+#: Per-domain capture modes (``auto`` picks; see :mod:`vmcrash.capture.hold`).
+CAPTURE_MODES = ("auto", "hold", "stream", "direct")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class DomainPolicy:
     dump: bool = True
     format: str = "elf"
     recovery: str = "restart"
+    #: auto | hold | stream | direct; auto = hold when RAM is in a shared memfd/file and recovery
+    #: is restart (memory guard permitting), else ``staging.mode`` (issue 10)
+    capture: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,15 @@ class Staging:
     #: leave the guest's free pages (buddy allocator) out of the compact file, like makedumpfile -d 16
     compact_exclude_free: bool = True
     keep_elf: bool = True
+    #: capture ``hold``: keep this much MemAvailable with the recovered guest's whole RAM counted
+    hold_headroom_mb: int = 1024
+    #: at most this many crashed images held at once (more: stream)
+    max_held_images: int = 2
+    #: on SIGTERM, writing held images may take this long; then what is left is given up (recorded)
+    hold_shutdown_s: float = 60.0
+    #: write-behind bandwidth cap for held images (MiB/s of data read; 0 = unlimited): the guest is
+    #: already running again, so the dump need not compete with it for disk and CPU
+    hold_write_mib_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,12 @@ def _policy_items(pattern: str, table: Any, path: str | None) -> tuple[tuple[str
     if "recovery" in table and policy.recovery not in RECOVERY_ACTIONS:
         raise ConfigError(f"unknown recovery action {policy.recovery!r} (one of "
                           f"{', '.join(RECOVERY_ACTIONS)})", path=path, key=f"{key}.recovery")
+    if "capture" in table and policy.capture not in CAPTURE_MODES:
+        raise ConfigError(f"unknown capture mode {policy.capture!r} (one of {', '.join(CAPTURE_MODES)})",
+                          path=path, key=f"{key}.capture")
+    if policy.capture == "hold" and policy.recovery in ("reset", "preserve"):
+        raise ConfigError(f"capture 'hold' cannot work with recovery {policy.recovery!r}: it keeps the "
+                          "same QEMU process and its memory (use restart)", path=path, key=f"{key}.capture")
     return tuple(table.items())
 
 

@@ -107,3 +107,125 @@ def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path) -> None:  # type
     lines = dmesg_lines(doc)
     assert lines and len([ln for ln in lines if ln in console]) >= 0.95 * len(lines)
     assert any("Kernel panic - not syncing" in ln for ln in lines)
+
+
+def memfd_of(pid: int) -> int:
+    """Open the memfd that holds a running guest's RAM (the test's own view of it)."""
+    import os
+
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{n}").startswith("/memfd:"):
+            return os.open(f"/proc/{pid}/fd/{n}", os.O_RDONLY)
+    raise AssertionError(f"QEMU {pid} has no memfd")
+
+
+def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
+    """Default policy (auto, restart) on a memfd guest: hold → fresh QEMU → triage → dump written behind."""
+    import os
+
+    g = lab_guest(memory_mib=768, fill_mb=64, memory_backing="memfd")
+    anon = lab_guest(memory_mib=384)  # anonymous RAM: auto streams it, and says why
+    d = daemon(watch=[g.name, anon.name])
+    d.start()
+    g.start()
+    anon.start()
+    g.wait_ready(240)
+    anon.wait_ready(240)
+    old_pid = qemu_pid(g.name)
+    mine = memfd_of(old_pid)  # keeps the image too: its allocated blocks are the ground truth
+    try:
+        blocks_before = os.fstat(mine).st_blocks
+        g.crash()
+        anon.crash()
+        row = d.wait_row(g.name, done, 240)[0]
+        assert row.state == "done", (row.state, row.error, d.log_text()[-3000:])
+        assert row.capture["mode"] == "hold" and row.capture["choice"]["requested"] == "auto"
+        assert "memfd-shared" in row.capture["choice"]["reason"]
+        # recovered by a fresh QEMU, long before the dump was complete
+        assert virsh("domstate", g.name) == "running" and qemu_pid(g.name) != old_pid
+        assert row.running_again_ns < row.dump_ended_ns
+        # the dump was written without faulting in the guest's untouched memory
+        after_bytes = os.fstat(mine).st_blocks * 512
+        assert after_bytes <= blocks_before * 512 + (16 << 20)
+        assert after_bytes < 0.5 * (768 << 20)  # reading through QEMU's mapping would allocate all of it
+        assert row.capture["extra"]["data_read_bytes"] <= after_bytes + (1 << 20)
+    finally:
+        os.close(mine)
+    path = Path(row.dump_path)
+    notes = readelf("-n", path)
+    assert notes.count("NT_PRSTATUS") == 1 and "VMCOREINFO" in notes
+    assert path.stat().st_blocks * 512 < 0.5 * path.stat().st_size  # sparse
+    assert row.triage["panic_line"] and row.triage["panic_line"] in g.serial_text()
+    log_kinds = [e["kind"] for e in d.catalog().events(row.id)]
+    # triage from the held image was recorded before the dump was written
+    assert log_kinds.index("triage") < log_kinds.index("dumped")
+    side = json.loads(Path(row.sidecar_path).read_text())
+    assert side["capture"]["mode"] == "hold"
+    arow = d.wait_row(anon.name, done, 240)[0]
+    assert arow.state == "done" and arow.capture["mode"] == "stream"
+    assert "anonymous" in arow.capture["extra"]["choice"]["reason"]
+    assert d.stop() == 0
+
+
+def test_hold_memory_guard_and_reset_fall_back_to_stream(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
+    """A headroom the image cannot fit under → stream, recorded; auto never pairs hold with reset."""
+    g = lab_guest(memory_mib=384, memory_backing="memfd")
+    r = lab_guest(memory_mib=384, memory_backing="memfd")
+    d = daemon(f'[domains."{g.name}"]\nwatch = true\n[domains."{r.name}"]\nwatch = true\nrecovery = "reset"\n',
+               staging="hold_headroom_mb = 100000000\n")
+    d.start()
+    g.start()
+    r.start()
+    g.wait_ready(240)
+    r.wait_ready(240)
+    g.crash()
+    r.crash()
+    row = d.wait_row(g.name, done, 240)[0]
+    assert row.state == "done" and row.capture["mode"] == "stream"
+    reason = row.capture["extra"]["choice"]["reason"]
+    assert "host memory guard" in reason and "headroom" in reason
+    rrow = d.wait_row(r.name, done, 240)[0]
+    assert rrow.state == "done" and rrow.capture["mode"] == "stream" and rrow.recovery_action == "reset"
+    assert "recovery 'reset'" in rrow.capture["extra"]["choice"]["reason"]
+    assert virsh("domstate", g.name) == "running" and virsh("domstate", r.name) == "running"
+    # a config that pairs them explicitly is refused
+    bad = d.dir / "bad.toml"
+    bad.write_text(f'[domains."{r.name}"]\ncapture = "hold"\nrecovery = "reset"\n')
+    res = d.cli("--config", str(bad), "doctor", r.name)
+    assert res.returncode == 2 and "cannot work with recovery 'reset'" in res.stderr
+    assert d.stop() == 0
+
+
+def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM: bounded, what was given up is recorded. SIGKILL: next start says the image was lost."""
+    from vmcrash.lab.guest import READY_MARK
+
+    g = lab_guest(memory_mib=512, fill_mb=96, memory_backing="memfd")
+    # a slow write-behind (4 MiB/s) keeps the image held long enough to stop the daemon meanwhile
+    d = daemon(watch=[g.name], staging="hold_write_mib_s = 4\nhold_shutdown_s = 1\n")
+    d.start()
+    g.boot(240)
+    for signo in (signal.SIGTERM, signal.SIGKILL):
+        ready_at = g.serial_bytes().rfind(READY_MARK.encode())
+        g.crash()
+        row = d.wait_row(g.name, lambda r: r.state == "held" and r.dump_temp_path is not None
+                         and r.triage is not None, 120)[0]
+        assert virsh("domstate", g.name) == "running"  # the held image did not keep it down
+        t0 = time.monotonic()
+        d.stop(signo, timeout_s=60)
+        took = time.monotonic() - t0
+        if signo == signal.SIGTERM:
+            assert took < 20, took  # hold_shutdown_s = 1, plus the daemon's own stop
+        d.start()
+        row = d.wait_row(g.name, lambda r, i=row.id: r.id == i and done(r), 60)[0]
+        assert row.state == "failed" and row.dump_path is None
+        if signo == signal.SIGTERM:
+            assert "gave up writing the held image: daemon stopping" in row.error
+        else:
+            assert "held image lost before it was written" in row.error
+        assert row.triage["panic_line"] and row.triage["panic_line"] in g.serial_text()  # triage kept
+        assert list(d.dump_dir.glob("*.elf")) == [] and list(d.dump_dir.glob(".*.partial")) == []
+        assert virsh("domstate", g.name) == "running"
+        g.wait_serial(READY_MARK, 240, after=ready_at + 1)
+        g.wait_ready(120)
+    assert d.stop() == 0

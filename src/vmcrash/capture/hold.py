@@ -589,11 +589,12 @@ def hold_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, 
 
 
 def write_held(image: HeldImage, target: Path, *, give_up: Callable[[], str | None] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> DumpStats:
+               progress: Callable[[int, int], None] | None = None, max_bytes_s: float = 0.0) -> DumpStats:
     """Write ``image`` as QEMU's ELF dump to ``target`` (created 0600, must not exist).
 
     Only data extents of the held files are read; all-zero pages are left as holes.
-    ``give_up`` is polled between chunks: a returned reason stops the write.
+    ``give_up`` is polled between chunks: a returned reason stops the write. ``max_bytes_s``
+    (0: no limit) caps the rate at which held data is read and written.
 
     :raises StorageError: the file cannot be written, or the write was given up (the caller
         removes the partial file).
@@ -618,7 +619,7 @@ def write_held(image: HeldImage, target: Path, *, give_up: Callable[[], str | No
                             raise StorageError(f"gave up writing the held image: {why}; "
                                                f"{read_bytes} bytes of data read, {written} written",
                                                path=str(target))
-                        n = min(CHUNK_BYTES, paddr + size - pos)
+                        n = min(CHUNK_BYTES if max_bytes_s <= 0 else 1 << 20, paddr + size - pos)
                         chunk = image.read_phys(pos, n)
                         read_bytes += n
                         out_off = ld.offset + pos - ld.paddr
@@ -629,6 +630,10 @@ def write_held(image: HeldImage, target: Path, *, give_up: Callable[[], str | No
                                 _pwrite_all(fd, memoryview(chunk)[s:e], out_off + s)
                                 written += e - s
                         pos += n
+                        if max_bytes_s > 0:
+                            ahead = read_bytes / max_bytes_s - (time.monotonic() - t0)
+                            if ahead > 0:
+                                time.sleep(min(ahead, 1.0))
                         if progress is not None:
                             progress(read_bytes, total)
             for off, blob in image.header.trailers:
@@ -668,6 +673,10 @@ class HoldRegistry:
     def count(self) -> int:
         with self._lock:
             return len(self._held)
+
+    def holds(self, crash_id: int) -> bool:
+        with self._lock:
+            return crash_id in self._held
 
     def add(self, crash_id: int, image: HeldImage) -> None:
         with self._lock:

@@ -103,7 +103,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 #: States of a crash whose handling has not finished.
-UNFINISHED_STATES = ("detected", "dumping", "dumped", "recovering", "recovered")
+UNFINISHED_STATES = ("detected", "dumping", "dumped", "recovering", "recovered", "held")
 
 _JSON_COLUMNS = ("policy_json", "clock_json", "triage_json", "capture_json", "compact_json")
 
