@@ -229,3 +229,24 @@ def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> No
         g.wait_serial(READY_MARK, 240, after=ready_at + 1)
         g.wait_ready(120)
     assert d.stop() == 0
+
+
+def test_doctor_shows_backing_and_moves_a_domain_to_memfd(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    g = lab_guest(memory_mib=256)
+    d = daemon(watch=[g.name])
+    out = d.cli("doctor", g.name, check=False).stdout
+    assert "RAM anonymous: capture stream" in out
+    res = d.cli("doctor", "--fix", "--memfd", g.name, check=False)
+    assert "fixed: guest RAM moved to a shared memfd" in res.stdout, res.stdout + res.stderr
+    assert "KSM does not merge shared memory" in res.stdout and "shmem_enabled" in res.stdout
+    xml = virsh("dumpxml", "--inactive", g.name)
+    assert "<source type='memfd'/>" in xml and "<access mode='shared'/>" in xml
+    doc = json.loads(d.cli("doctor", "--json", g.name).stdout)
+    assert doc[0]["memory"] == {"backing": "memfd-shared", "capture": "hold", "requested": "auto",
+                                "reason": doc[0]["memory"]["reason"]}
+    g.start()  # the next start runs with its RAM in a memfd (QEMU's own fd table says so)
+    pid = qemu_pid(g.name)
+    links = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+    assert any(link.startswith("/memfd:memory-backend-memfd") for link in links)

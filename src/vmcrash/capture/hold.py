@@ -723,3 +723,66 @@ def triage_held(image: HeldImage) -> tuple[dict[str, Any] | None, str | None]:
         return None, str(exc)
     except OSError as exc:
         return None, f"cannot read the held image: {exc.strerror}"
+
+
+# -- doctor ---------------------------------------------------------------------------------
+
+#: What moving a domain's RAM into a shared memfd costs; doctor prints it with the fix.
+MEMFD_TRADEOFFS = (
+    "KSM does not merge shared memory (a host relying on KSM page sharing loses it for this guest)",
+    "transparent huge pages for shmem follow /sys/kernel/mm/transparent_hugepage/shmem_enabled "
+    "(now: {thp}), not the anonymous THP setting",
+    "guest RAM counts as Shmem on the host; the host memory guard keeps staging.hold_headroom_mb free "
+    "while an image is held",
+)
+
+
+def capture_plan(xml: str, requested: str, recovery: str, fallback: str) -> tuple[str, str, str]:
+    """(memory backing, the capture mode a panic will get, why) for doctor. Pure (the memory guard,
+    which depends on the moment, is named but not evaluated)."""
+    backing = backing_of_xml(xml)
+    choice = choose_mode(requested=requested, recovery=recovery, backing=backing, fallback=fallback,
+                         guard=(True, "if the host memory guard allows at the time"))
+    return backing, choice.mode.value, choice.reason
+
+
+def with_memfd_backing(xml: str) -> tuple[str, str | None]:
+    """The domain XML with ``<memoryBacking><source type='memfd'/><access mode='shared'/>``. Pure.
+
+    Returns ``(xml, None)`` unchanged when the RAM is already shared, or when the domain uses
+    hugepages or a file source (kept as they are: only ``access mode='shared'`` would be needed,
+    which doctor names instead of rewriting).
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    if backing_of_xml(xml) != "anonymous":
+        return xml, None
+    mb = root.find("memoryBacking")
+    if mb is None:
+        mb = ET.Element("memoryBacking")
+        # libvirt's schema wants memoryBacking after memory/currentMemory; insert after them
+        idx = max([i + 1 for i, el in enumerate(root) if el.tag in ("memory", "currentMemory", "maxMemory")],
+                  default=len(root))
+        root.insert(idx, mb)
+    if mb.find("hugepages") is not None or (mb.find("source") is not None
+                                            and mb.find("source").get("type") == "file"):  # type: ignore[union-attr]
+        return xml, None
+    for tag in ("source", "access"):
+        old = mb.find(tag)
+        if old is not None:
+            mb.remove(old)
+    ET.SubElement(mb, "source", {"type": "memfd"})
+    ET.SubElement(mb, "access", {"mode": "shared"})
+    return ET.tostring(root, encoding="unicode"), "guest RAM moved to a shared memfd (capture mode hold)"
+
+
+def shmem_thp_setting(path: str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled") -> str:
+    """The bracketed value of ``shmem_enabled`` (e.g. ``never``), or ``unknown``."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else text.strip() or "unknown"
