@@ -252,10 +252,12 @@ def bench_modes(hv: Hypervisor, events: Any, sizes_gib: list[int], tmp: Path, fi
                 print(f"== {label}", flush=True)
                 res: dict[str, Any] = {"gib": gib, "fill": fill, "backing": backing,
                                        "builtin": run_builtin(hv, spec, events)}
+                print(f"   builtin {res['builtin']}", flush=True)
                 with LabGuest(spec, hv=hv) as g:
                     g.boot(900)
-                    res["auto"] = run_vmcrash_mode(hv, g, events, tmp, capture="auto")
-                    res["stream"] = run_vmcrash_mode(hv, g, events, tmp, capture="stream")
+                    for capture in ("auto", "stream"):
+                        res[capture] = run_vmcrash_mode(hv, g, events, tmp, capture=capture)
+                        print(f"   {capture} {res[capture]}", flush=True)
                 print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream")),
                       flush=True)
                 out.append(res)
