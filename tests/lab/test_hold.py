@@ -161,6 +161,8 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
     assert log_kinds.index("triage") < log_kinds.index("dumped")
     side = json.loads(Path(row.sidecar_path).read_text())
     assert side["capture"]["mode"] == "hold"
+    shown = d.cli("show", str(row.id), check=True).stdout
+    assert "hold (auto): RAM in memfd-shared memory" in shown
     arow = d.wait_row(anon.name, done, 240)[0]
     assert arow.state == "done" and arow.capture["mode"] == "stream"
     assert "anonymous" in arow.capture["extra"]["choice"]["reason"]
