@@ -239,29 +239,57 @@ def run_vmcrash_mode(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *,
     return result
 
 
+def _ours_cleanup(hv: Hypervisor) -> None:
+    """Destroy and undefine this process's lab domains (left behind when libvirtd went away)."""
+    from vmcrash.lab.guest import destroy_and_undefine
+
+    for dom in hv.domains():
+        if dom.name().startswith(f"vmcrash-lab-{os.getpid()}-"):
+            try:
+                destroy_and_undefine(dom)
+            except Exception as exc:  # best effort: report and go on
+                print(f"   cleanup of {dom.name()}: {exc}", flush=True)
+
+
 def bench_modes(hv: Hypervisor, events: Any, sizes_gib: list[int], tmp: Path, fills: list[str],
                 backings: list[str]) -> list[dict[str, Any]]:
-    """Built-in vs vmcrash auto vs vmcrash stream, one run each, per (size, fill, backing)."""
+    """Built-in vs vmcrash auto vs vmcrash stream, one run each, per (size, fill, backing).
+
+    The host is shared: when libvirtd is restarted under the benchmark (its connection dies), the
+    combination is run again on a new connection (at most 3 tries).
+    """
+    from vmcrash.errors import VmcrashError
+
     out = []
     for gib in sizes_gib:
         for fill in fills:
             for backing in backings:
-                spec = GuestSpec(memory_mib=gib * 1024, fill_mb=gib * 512 if fill == "half" else 0,
-                                 memory_backing=backing)  # type: ignore[arg-type]
-                label = f"{gib} GiB {fill} {backing}"
-                print(f"== {label}", flush=True)
-                res: dict[str, Any] = {"gib": gib, "fill": fill, "backing": backing,
-                                       "builtin": run_builtin(hv, spec, events)}
-                print(f"   builtin {res['builtin']}", flush=True)
-                with LabGuest(spec, hv=hv) as g:
-                    g.boot(900)
-                    for capture in ("auto", "stream"):
-                        res[capture] = run_vmcrash_mode(hv, g, events, tmp, capture=capture)
-                        print(f"   {capture} {res[capture]}", flush=True)
-                print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream")),
-                      flush=True)
-                out.append(res)
+                for attempt in range(3):
+                    try:
+                        out.append(_bench_one(hv, events, gib, fill, backing, tmp))
+                        break
+                    except (VmcrashError, libvirt.libvirtError) as exc:
+                        print(f"   attempt {attempt + 1} lost: {exc}; reconnecting", flush=True)
+                        time.sleep(5)
+                        hv.reconnect()
+                        _ours_cleanup(hv)
+                        sub, events = Subscription.to_queue(hv)
     return out
+
+
+def _bench_one(hv: Hypervisor, events: Any, gib: int, fill: str, backing: str, tmp: Path) -> dict[str, Any]:
+    spec = GuestSpec(memory_mib=gib * 1024, fill_mb=gib * 512 if fill == "half" else 0,
+                     memory_backing=backing)  # type: ignore[arg-type]
+    print(f"== {gib} GiB {fill} {backing}", flush=True)
+    res: dict[str, Any] = {"gib": gib, "fill": fill, "backing": backing, "builtin": run_builtin(hv, spec, events)}
+    print(f"   builtin {res['builtin']}", flush=True)
+    with LabGuest(spec, hv=hv) as g:
+        g.boot(900)
+        for capture in ("auto", "stream"):
+            res[capture] = run_vmcrash_mode(hv, g, events, tmp, capture=capture)
+            print(f"   {capture} {res[capture]}", flush=True)
+    print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream")), flush=True)
+    return res
 
 
 def report_modes(rows: list[dict[str, Any]]) -> None:
