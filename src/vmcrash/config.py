@@ -78,7 +78,7 @@ DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
 RECOVERY_ACTIONS = ("restart", "reset", "preserve", "destroy")
 DUMP_MODES = ("stream", "direct")
 #: Per-domain capture modes (``auto`` picks; see :mod:`vmcrash.capture.hold`).
-CAPTURE_MODES = ("auto", "hold", "stream", "direct")
+CAPTURE_MODES = ("auto", "hold", "copy", "stream", "direct")
 
 
 @dataclass(frozen=True)

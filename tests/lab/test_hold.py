@@ -51,18 +51,24 @@ def analyze_cli(path: Path) -> dict:
     return json.loads(res.stdout)
 
 
-def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """One crash: libvirt's plain dump before recovery == the dump written from the held image after it."""
-    from vmcrash.capture.hold import grab_dump_header, hold_image, triage_held, write_held
+@pytest.mark.parametrize("backing", ["memfd", "anonymous"])
+def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path, backing) -> None:  # type: ignore[no-untyped-def]
+    """One crash: libvirt's plain dump before recovery == the dump written from the held (memfd,
+    mode hold) or copied (anonymous, mode copy) image after it."""
+    from vmcrash.capture.hold import copy_image, grab_dump_header, hold_image, triage_held, write_held
     from vmcrash.capture.recovery import recover
 
-    g = lab_guest(memory_mib=512, vcpus=2, fill_mb=64, memory_backing="memfd")
+    g = lab_guest(memory_mib=512, vcpus=2, fill_mb=64, memory_backing=backing)
     g.boot(240)
     old_pid = qemu_pid(g.name)
     g.crash()
     g.wait_state("crashed", 60)
     header = grab_dump_header(g.dom, tmp_path)
-    image = hold_image(g.dom, g.name, old_pid, header)
+    if backing == "memfd":
+        image = hold_image(g.dom, g.name, old_pid, header)
+    else:
+        image = copy_image(g.dom, g.name, old_pid, header, limit_bytes=600 << 20)
+        assert image.held_bytes() < 400 << 20  # only pages the guest touched
     assert virsh("domstate", "--reason", g.name) == "crashed (panicked)"  # the header grab left it so
     plain = tmp_path / "plain.elf"  # the reference, by libvirt/QEMU, taken before recovery
     subprocess.run(["virsh", "-c", "qemu:///system", "dump", "--memory-only", "--format", "elf", g.name,

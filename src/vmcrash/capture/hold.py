@@ -26,6 +26,7 @@ memory. :func:`choose_mode` never pairs them.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import os
@@ -60,6 +61,8 @@ __all__ = [
     "grab_dump_header",
     "hold_image",
     "write_held",
+    "copy_image",
+    "present_runs",
     "lost_image_note",
     "MAX_PRIVATE_BYTES",
 ]
@@ -67,7 +70,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The values of a domain policy's ``capture`` key.
-CAPTURE_MODES = ("auto", "hold", "stream", "direct")
+CAPTURE_MODES = ("auto", "hold", "copy", "stream", "direct")
 #: Guest memory that is not in a shared file (ROMs) is copied while paused, up to this much.
 MAX_PRIVATE_BYTES = 64 << 20
 #: The dump header (ELF header, program headers, notes) may be at most this long.
@@ -87,6 +90,7 @@ class Mode(enum.Enum):
     HOLD = "hold"
     STREAM = "stream"
     DIRECT = "direct"
+    COPY = "copy"
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,13 @@ def choose_mode(*, requested: str, recovery: str, backing: str, fallback: str,
     fb = Mode(fallback)
     if requested in ("stream", "direct"):
         return ModeChoice(Mode(requested), "set by policy", requested)
+    if requested == "copy":
+        if recovery not in ("restart", "destroy", "reset"):
+            return ModeChoice(fb, f"recovery {recovery!r} keeps the guest as it is: nothing to copy; {fallback}",
+                              requested)
+        if guard is None or not guard[0]:
+            return ModeChoice(fb, f"{guard[1] if guard else 'memory guard not checked'}: {fallback}", requested)
+        return ModeChoice(Mode.COPY, f"present pages copied while stopped (set by policy); {guard[1]}", requested)
     if recovery not in ("restart", "destroy"):
         return ModeChoice(fb, f"recovery {recovery!r} keeps the same QEMU process (its memory is reused): "
                               f"hold needs restart or destroy; {fallback}", requested)
@@ -386,6 +397,7 @@ class HeldImage:
     held_ns: int = 0
     hold_seconds: float = 0.0
     files: list[str] = field(default_factory=list)
+    _starts: list[int] = field(default_factory=list, repr=False)
 
     def held_bytes(self) -> int:
         """Host memory the held files occupy (allocated blocks) plus copied ranges."""
@@ -398,10 +410,18 @@ class HeldImage:
         return total
 
     def _find(self, paddr: int) -> HeldRange | None:
-        for r in self.ranges:
-            if r.paddr <= paddr < r.paddr + r.size_bytes:
-                return r
+        if len(self._starts) != len(self.ranges):
+            self.ranges.sort(key=lambda x: x.paddr)
+            self._starts = [x.paddr for x in self.ranges]
+        i = bisect.bisect_right(self._starts, paddr) - 1
+        if i >= 0 and paddr < self.ranges[i].paddr + self.ranges[i].size_bytes:
+            return self.ranges[i]
         return None
+
+    def _next_start(self, paddr: int, default: int) -> int:
+        self._find(paddr)
+        i = bisect.bisect_right(self._starts, paddr)
+        return self._starts[i] if i < len(self._starts) else default
 
     def read_phys(self, paddr: int, size: int) -> bytes:
         """``size`` bytes of guest memory at ``paddr``; zeros where no range covers it.
@@ -412,7 +432,7 @@ class HeldImage:
         while size > 0:
             r = self._find(paddr)
             if r is None:
-                nxt = min([x.paddr for x in self.ranges if x.paddr > paddr], default=paddr + size)
+                nxt = self._next_start(paddr, paddr + size)
                 n = min(size, nxt - paddr)
                 out += bytes(n)
             else:
@@ -585,6 +605,71 @@ def hold_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, 
     return image
 
 
+PAGEMAP_PRESENT = 1 << 63
+PAGEMAP_SWAPPED = 1 << 62
+
+
+def present_runs(pagemap: bytes, hva: int) -> list[tuple[int, int]]:
+    """Runs ``(host address, bytes)`` of present or swapped pages in a pagemap slice that starts
+    at page-aligned ``hva``. Pure."""
+    runs: list[tuple[int, int]] = []
+    for i, (entry,) in enumerate(struct.iter_unpack("<Q", pagemap)):
+        if entry & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED):
+            addr = hva + i * PAGE_BYTES
+            if runs and runs[-1][0] + runs[-1][1] == addr:
+                runs[-1] = (runs[-1][0], runs[-1][1] + PAGE_BYTES)
+            else:
+                runs.append((addr, PAGE_BYTES))
+    return runs
+
+
+def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, *,
+               limit_bytes: int) -> HeldImage:
+    """Capture mode ``copy``: the pages present in the stopped QEMU process, copied into memory.
+
+    Guest-physical → host address from QEMU's memory map; ``/proc/<pid>/pagemap`` says which
+    pages were ever touched (others read as zeros and are not copied); ``/proc/<pid>/mem`` gives
+    their bytes. Shared-file ranges are read the same way (pages present in QEMU's mapping).
+
+    :raises EnvironmentProblem: more than ``limit_bytes`` present, or ``/proc`` unreadable.
+    """
+    t0 = time.monotonic()
+    ranges = qemu_memory.read_ram_ranges(dom, pid)
+    image = HeldImage(name, header, [])
+    try:
+        pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EnvironmentProblem(f"{name}: cannot open /proc/{pid}: {exc.strerror}") from exc
+    total = 0
+    try:
+        for r in ranges:
+            step = 1 << 30
+            for base in range(r.hva, r.hva + r.size_bytes, step):
+                n = min(step, r.hva + r.size_bytes - base)
+                table = os.pread(pm, n // PAGE_BYTES * 8, base // PAGE_BYTES * 8)
+                for addr, size in present_runs(table, base):
+                    total += size
+                    if total > limit_bytes:
+                        raise EnvironmentProblem(f"{name}: more than {limit_bytes >> 20} MiB present; not copying")
+                    data = os.pread(mem, size, addr)
+                    if len(data) != size:
+                        raise EnvironmentProblem(f"{name}: short read of QEMU memory at {addr:#x}")
+                    image.ranges.append(HeldRange(r.paddr + addr - r.hva, size, data=data))
+    except OSError as exc:
+        image.close()
+        raise EnvironmentProblem(f"{name}: cannot read QEMU memory: {exc.strerror}") from exc
+    except BaseException:
+        image.close()
+        raise
+    finally:
+        os.close(pm)
+        os.close(mem)
+    image.held_ns = time.time_ns()
+    image.hold_seconds = time.monotonic() - t0
+    return image
+
+
 # -- writing behind ------------------------------------------------------------------------
 
 
@@ -702,7 +787,7 @@ def lost_image_note(row: Any) -> str | None:
     ``row`` is a catalogue row (``capture``, ``dump_path``). None when it does not apply.
     """
     capture = getattr(row, "capture", None) or {}
-    if capture.get("mode") != "hold" or getattr(row, "dump_path", None):
+    if capture.get("mode") not in ("hold", "copy") or getattr(row, "dump_path", None):
         return None
     if not capture.get("held"):
         return None

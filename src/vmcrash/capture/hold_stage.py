@@ -33,6 +33,7 @@ from vmcrash.capture.hold import (
     ModeChoice,
     backing_of_xml,
     choose_mode,
+    copy_image,
     grab_dump_header,
     guard_decision,
     hold_image,
@@ -69,6 +70,11 @@ class HoldStage:
         fallback = self.cfg.staging.mode
         backing = "anonymous"
         guard: tuple[bool, str] | None = None
+        if requested == "copy":
+            st = self.cfg.staging
+            guard = guard_decision(mem_available_bytes=mem_available_bytes(), new_guest_bytes=info.memory_bytes,
+                                   headroom_bytes=st.hold_headroom_mb << 20, held_now=self.registry.count(),
+                                   max_held=st.max_held_images)
         if requested in ("auto", "hold"):
             try:
                 backing = backing_of_xml(dom.XMLDesc(0))
@@ -94,11 +100,14 @@ class HoldStage:
         try:
             pid = qemu_memory.qemu_pid(info.name)
             header = grab_dump_header(dom, work_dir)
-            image = hold_image(dom, info.name, pid, header)
+            if choice.mode is Mode.COPY:
+                image = copy_image(dom, info.name, pid, header, limit_bytes=info.memory_bytes + (64 << 20))
+            else:
+                image = hold_image(dom, info.name, pid, header)
         except LibvirtUnavailable:
             raise
         except VmcrashError as exc:
-            fb = ModeChoice(Mode(self.cfg.staging.mode), f"hold failed ({exc}); {self.cfg.staging.mode}",
+            fb = ModeChoice(Mode(self.cfg.staging.mode), f"{choice.mode.value} failed ({exc}); {self.cfg.staging.mode}",
                             choice.requested)
             self.catalog.log(crash_id, "capture-mode", f"{fb.mode.value}: {fb.reason}")
             dlog.warning("hold failed, falling back: %s", exc)
@@ -106,7 +115,7 @@ class HoldStage:
         self.registry.add(crash_id, image)
         held = image.held_bytes()
         self.catalog.update(crash_id, state="held", capture={
-            "mode": "hold", "held": True, "choice": choice.to_dict(), "held_bytes": held,
+            "mode": choice.mode.value, "held": True, "choice": choice.to_dict(), "held_bytes": held,
             "hold_seconds": round(time.monotonic() - t0, 4), "files": image.files})
         self.catalog.log(crash_id, "held", f"image held: {held >> 20} MiB in {len(image.fds)} file(s), "
                                            f"{(time.monotonic() - t0) * 1e3:.0f} ms")
@@ -155,7 +164,7 @@ class HoldStage:
         """Write the dump from the held image into ``names.partial``; always releases the image."""
         planned = {"final": str(names.final), "partial": str(names.partial), "sidecar": str(names.sidecar),
                    "target": str(names.partial)}
-        base = {"mode": "hold", "held": True, "choice": choice.to_dict(), "held_bytes": image.held_bytes(),
+        base = {"mode": choice.mode.value, "held": True, "choice": choice.to_dict(), "held_bytes": image.held_bytes(),
                 "hold_seconds": round(image.hold_seconds, 4), "planned": planned}
         self.catalog.update(crash_id, state="held", dump_temp_path=str(names.partial), dump_format="elf",
                             dump_started_ns=time.time_ns(), capture=base)
@@ -171,6 +180,7 @@ class HoldStage:
             return None, msg
         finally:
             self.registry.release(crash_id)
+        stats.mode = choice.mode.value
         stats.extra.update({"choice": choice.to_dict(), "held_bytes": base["held_bytes"],
                             "hold_seconds": base["hold_seconds"]})
         self.catalog.update(crash_id, state="dumped", dump_ended_ns=stats.ended_ns,

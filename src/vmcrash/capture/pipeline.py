@@ -196,7 +196,7 @@ class CrashHandler:
             triage_job = None
             if skip_reason is None:
                 choice = self.hold.choose(crash_id, dom, info, policy, action)
-                if choice.mode.value == "hold":
+                if choice.mode.value in ("hold", "copy"):
                     held, choice = self.hold.hold(crash_id, dom, info, choice, self.cfg.dump_dir, dlog)
                     if held is not None:
                         staged = None
