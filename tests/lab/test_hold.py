@@ -131,18 +131,23 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
 
     g = lab_guest(memory_mib=768, fill_mb=64, memory_backing="memfd")
     anon = lab_guest(memory_mib=384)  # anonymous RAM: auto streams it, and says why
-    d = daemon(watch=[g.name, anon.name])
+    cp = lab_guest(memory_mib=384)  # anonymous RAM, capture = "copy" by policy
+    d = daemon(watch=[g.name, anon.name], extra=f'[domains."{cp.name}"]\nwatch = true\ncapture = "copy"\n')
     d.start()
     g.start()
     anon.start()
+    cp.start()
     g.wait_ready(240)
     anon.wait_ready(240)
+    cp.wait_ready(240)
+    cp_pid = qemu_pid(cp.name)
     old_pid = qemu_pid(g.name)
     mine = memfd_of(old_pid)  # keeps the image too: its allocated blocks are the ground truth
     try:
         blocks_before = os.fstat(mine).st_blocks
         g.crash()
         anon.crash()
+        cp.crash()
         row = d.wait_row(g.name, done, 240)[0]
         assert row.state == "done", (row.state, row.error, d.log_text()[-3000:])
         assert row.capture["mode"] == "hold" and row.capture["choice"]["requested"] == "auto"
@@ -172,6 +177,11 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
     arow = d.wait_row(anon.name, done, 240)[0]
     assert arow.state == "done" and arow.capture["mode"] == "stream"
     assert "anonymous" in arow.capture["extra"]["choice"]["reason"]
+    crow = d.wait_row(cp.name, done, 240)[0]
+    assert crow.state == "done" and crow.capture["mode"] == "copy", (crow.state, crow.error, crow.capture)
+    assert crow.running_again_ns < crow.dump_ended_ns and qemu_pid(cp.name) != cp_pid
+    assert crow.triage["panic_line"] and crow.triage["panic_line"] in cp.serial_text()
+    assert "NT_PRSTATUS" in readelf("-n", Path(crow.dump_path))
     assert d.stop() == 0
 
 
