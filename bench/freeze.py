@@ -19,7 +19,8 @@ Prints a table and ratios against the built-in; ``--json FILE`` saves the number
 ``--modes`` (issue 10) instead runs the capture modes with the default recovery (``restart``) on
 guests of ``--sizes`` GiB (default 1,2,4), idle and half filled with random data, memfd-backed
 and anonymous: the built-in ``coredump-restart`` against ``vmcrash watch`` with ``capture = auto``
-(= ``hold`` on memfd guests, ``stream`` on anonymous ones) and with ``capture = stream``. It prints
+(= ``hold`` on memfd guests, ``stream`` on anonymous ones) and with ``capture = stream``
+(and ``capture = copy`` on anonymous guests). It prints
 the freeze (panic → running), the bytes held, the time until the dump file is complete, and ratios.
 """
 
@@ -285,10 +286,11 @@ def _bench_one(hv: Hypervisor, events: Any, gib: int, fill: str, backing: str, t
     print(f"   builtin {res['builtin']}", flush=True)
     with LabGuest(spec, hv=hv) as g:
         g.boot(900)
-        for capture in ("auto", "stream"):
+        for capture in ("auto", "stream") + (("copy",) if backing == "anonymous" else ()):
             res[capture] = run_vmcrash_mode(hv, g, events, tmp, capture=capture)
             print(f"   {capture} {res[capture]}", flush=True)
-    print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream")), flush=True)
+    print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream", "copy")
+                           if k in res), flush=True)
     return res
 
 
@@ -297,7 +299,7 @@ def report_modes(rows: list[dict[str, Any]]) -> None:
           f"{'complete s':>10} {'on disk MiB':>11}")
     for r in rows:
         base = r["builtin"]["freeze_s"]
-        for k in ("builtin", "auto", "stream"):
+        for k in [k for k in ("builtin", "auto", "stream", "copy") if k in r]:
             x = r[k]
             comp = x.get("complete_s")
             print(f"{r['gib']} GiB {r['fill']} {r['backing']:<10} {k:<8} {x.get('mode') or 'elf':<7} "
