@@ -35,7 +35,7 @@ Example::
     dump = true
     format = "elf"                                  # elf | kdump-zlib | kdump-lzo | kdump-snappy
     recovery = "restart"                            # restart | reset | preserve | destroy
-    capture = "auto"                                # auto | hold | stream | direct (see README)
+    capture = "auto"                                # auto | hold | copy | stream | direct (see README)
 
     [domains."db-*"]
     recovery = "reset"
@@ -89,7 +89,7 @@ class DomainPolicy:
     dump: bool = True
     format: str = "elf"
     recovery: str = "restart"
-    #: auto | hold | stream | direct; auto = hold when RAM is in a shared memfd/file and recovery
+    #: auto | hold | copy | stream | direct; auto = hold when RAM is in a shared memfd/file and recovery
     #: is restart (memory guard permitting), else ``staging.mode`` (issue 10)
     capture: str = "auto"
 

@@ -193,3 +193,22 @@ def test_lost_image_note() -> None:
     Row.capture = {"mode": "stream"}
     Row.dump_path = None
     assert lost_image_note(Row()) is None
+
+
+def test_present_runs_and_copy_choice() -> None:
+    import struct
+
+    from vmcrash.capture.hold import PAGEMAP_PRESENT, PAGEMAP_SWAPPED, present_runs
+
+    table = struct.pack("<4Q", PAGEMAP_PRESENT | 5, 0, PAGEMAP_SWAPPED, PAGEMAP_PRESENT)
+    assert present_runs(table, 0x10000) == [(0x10000, 4096), (0x12000, 8192)]
+    c = choose_mode(requested="copy", recovery="reset", backing="anonymous", fallback="stream", guard=(True, "ok"))
+    assert c.mode is Mode.COPY
+    c = choose_mode(requested="copy", recovery="preserve", backing="anonymous", fallback="stream",
+                    guard=(True, "ok"))
+    assert c.mode is Mode.STREAM
+    c = choose_mode(requested="copy", recovery="restart", backing="anonymous", fallback="stream",
+                    guard=(False, "host memory guard: no"))
+    assert c.mode is Mode.STREAM and "host memory guard" in c.reason
+    assert choose_mode(requested="auto", recovery="restart", backing="anonymous", fallback="stream",
+                       guard=(True, "ok")).mode is Mode.STREAM  # auto never copies (opt-in)
