@@ -15,6 +15,13 @@ tmpfs); "final" is after vmcrash's background compaction to seekable kdump.
 
 Usage: ``python bench/freeze.py [--quick]`` (``--quick``: only the idle guest, 1 GiB).
 Prints a table and ratios against the built-in; ``--json FILE`` saves the numbers.
+
+``--modes`` (issue 10) instead runs the capture modes with the default recovery (``restart``) on
+guests of ``--sizes`` GiB (default 1,2,4), idle and half filled with random data, memfd-backed
+and anonymous: the built-in ``coredump-restart`` against ``vmcrash watch`` with ``capture = auto``
+(= ``hold`` on memfd guests, ``stream`` on anonymous ones) and with ``capture = stream``
+(and ``capture = copy`` on anonymous guests). It prints
+the freeze (panic → running), the bytes held, the time until the dump file is complete, and ratios.
 """
 
 from __future__ import annotations
@@ -179,6 +186,134 @@ def run_vmcrash(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *, stag
     return result
 
 
+def run_vmcrash_mode(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *, capture: str,
+                     recovery: str = "restart") -> dict[str, Any]:
+    """One panic handled by ``vmcrash watch`` with ``capture``/``recovery``; freeze measured here."""
+    work = tmp / f"vmcrash-{capture}-{time.monotonic_ns()}"
+    work.mkdir()
+    shm = Path("/dev/shm") / f"vmcrash-bench-{os.getpid()}"
+    shm.mkdir(exist_ok=True)
+    cfg = work / "vmcrash.toml"
+    cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mb = 64\n'
+                   f'[clock]\nsweep_interval_s = 0\nsync_after_recovery = false\n'
+                   f'[staging]\ntmpfs_dir = "{shm}"\ncompact = false\n'
+                   f'[domains."*"]\nwatch = false\n[domains."{guest.name}"]\nwatch = true\n'
+                   f'recovery = "{recovery}"\ncapture = "{capture}"\n')
+    log = open(work / "watch.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "vmcrash.cli.main", "--config", str(cfg), "-v", "watch"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while b"reconciled:" not in (work / "watch.log").read_bytes():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("daemon did not start")
+            time.sleep(0.1)
+        marks = guest.serial_text().count("vmcrash-lab: ready")
+        panic_ns = crash_and_time(guest, events)
+        time.sleep(0.02)
+        running_ns = wait_running(guest.dom)
+        cat = Catalog(work / "catalog.sqlite")
+        deadline = time.monotonic() + 900
+        while True:
+            rows = cat.crashes()
+            if rows and rows[0].state in ("done", "failed"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not handled: {[r.state for r in rows]}")
+            time.sleep(0.1)
+        row = rows[0]
+        cap = row.capture or {}
+        extra = cap.get("extra") or {}
+        result = {"freeze_s": (running_ns - panic_ns) / 1e9, "size_bytes": cap.get("stream_bytes"),
+                  "mode": cap.get("mode"), "reason": (extra.get("choice") or cap.get("choice") or {}).get("reason"),
+                  "held_bytes": cap.get("held_bytes") or 0, "hold_s": cap.get("hold_seconds"),
+                  "complete_s": (row.dump_ended_ns - panic_ns) / 1e9 if row.dump_ended_ns else None,
+                  "dump_s": cap.get("seconds"), "written_bytes": cap.get("written_bytes"),
+                  "on_disk_bytes": allocated(Path(row.dump_path or "/nonexistent")), "state": row.state,
+                  "error": row.error}
+        result["final_bytes"] = result["on_disk_bytes"]
+        cat.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    ready_again(guest, marks)
+    return result
+
+
+def _ours_cleanup(hv: Hypervisor) -> None:
+    """Destroy and undefine this process's lab domains (left behind when libvirtd went away)."""
+    from vmcrash.lab.guest import destroy_and_undefine
+
+    for dom in hv.domains():
+        if dom.name().startswith(f"vmcrash-lab-{os.getpid()}-"):
+            try:
+                destroy_and_undefine(dom)
+            except Exception as exc:  # best effort: report and go on
+                print(f"   cleanup of {dom.name()}: {exc}", flush=True)
+
+
+def bench_modes(hv: Hypervisor, events: Any, sizes_gib: list[int], tmp: Path, fills: list[str],
+                backings: list[str]) -> list[dict[str, Any]]:
+    """Built-in vs vmcrash auto vs vmcrash stream, one run each, per (size, fill, backing).
+
+    The host is shared: when libvirtd is restarted under the benchmark (its connection dies), the
+    combination is run again on a new connection (at most 3 tries).
+    """
+    from vmcrash.errors import VmcrashError
+
+    out = []
+    for gib in sizes_gib:
+        for fill in fills:
+            for backing in backings:
+                for attempt in range(3):
+                    try:
+                        out.append(_bench_one(hv, events, gib, fill, backing, tmp))
+                        break
+                    except (VmcrashError, libvirt.libvirtError) as exc:
+                        print(f"   attempt {attempt + 1} lost: {exc}; reconnecting", flush=True)
+                        time.sleep(5)
+                        hv.reconnect()
+                        _ours_cleanup(hv)
+                        sub, events = Subscription.to_queue(hv)
+    return out
+
+
+def _bench_one(hv: Hypervisor, events: Any, gib: int, fill: str, backing: str, tmp: Path) -> dict[str, Any]:
+    spec = GuestSpec(memory_mib=gib * 1024, fill_mb=gib * 512 if fill == "half" else 0,
+                     memory_backing=backing)  # type: ignore[arg-type]
+    print(f"== {gib} GiB {fill} {backing}", flush=True)
+    res: dict[str, Any] = {"gib": gib, "fill": fill, "backing": backing, "builtin": run_builtin(hv, spec, events)}
+    print(f"   builtin {res['builtin']}", flush=True)
+    with LabGuest(spec, hv=hv) as g:
+        g.boot(900)
+        for capture in ("auto", "stream") + (("copy",) if backing == "anonymous" else ()):
+            res[capture] = run_vmcrash_mode(hv, g, events, tmp, capture=capture)
+            print(f"   {capture} {res[capture]}", flush=True)
+    print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream", "copy")
+                           if k in res), flush=True)
+    return res
+
+
+def report_modes(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'guest':<24} {'method':<8} {'mode':<7} {'freeze s':>8} {'x builtin':>9} {'held MiB':>9} "
+          f"{'complete s':>10} {'on disk MiB':>11}")
+    for r in rows:
+        base = r["builtin"]["freeze_s"]
+        for k in [k for k in ("builtin", "auto", "stream", "copy") if k in r]:
+            x = r[k]
+            comp = x.get("complete_s")
+            print(f"{r['gib']} GiB {r['fill']} {r['backing']:<10} {k:<8} {x.get('mode') or 'elf':<7} "
+                  f"{x['freeze_s']:>8.2f} {x['freeze_s'] / base:>9.2f} {(x.get('held_bytes') or 0) / MiB:>9.0f} "
+                  f"{comp if comp is not None else float('nan'):>10.2f} {x['on_disk_bytes'] / MiB:>11.0f}")
+    holds = sorted((r["gib"], r["auto"]["freeze_s"]) for r in rows if r["auto"].get("mode") == "hold"
+                   and r["fill"] == "half")
+    if len(holds) >= 2:
+        print(f"\nhold freeze, largest/smallest guest: {holds[-1][1] / holds[0][1]:.2f}x "
+              f"({holds[-1][0]} GiB vs {holds[0][0]} GiB, half random)")
+
+
 def median_run(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """The sample with the median freeze (all samples kept under ``samples``)."""
     ordered = sorted(samples, key=lambda r: r["freeze_s"])
@@ -221,7 +356,25 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="idle 1 GiB guest only")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
+    ap.add_argument("--modes", action="store_true", help="issue 10: capture modes, restart, sizes x fill x backing")
+    ap.add_argument("--sizes", default="1,2,4", help="with --modes: guest sizes in GiB")
+    ap.add_argument("--fills", default="idle,half", help="with --modes: idle and/or half")
+    ap.add_argument("--backings", default="memfd,anonymous", help="with --modes: memfd and/or anonymous")
     args = ap.parse_args()
+    if args.modes:
+        with LibvirtDaemons():
+            aio.event_loop()
+            hv = Hypervisor()
+            sub, events = Subscription.to_queue(hv)
+            with tempfile.TemporaryDirectory(prefix="vmcrash-bench-", dir="/var/tmp") as tmp:
+                rows = bench_modes(hv, events, [int(x) for x in args.sizes.split(",")], Path(tmp),
+                                   args.fills.split(","), args.backings.split(","))
+            sub.close()
+            hv.close()
+        report_modes(rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
     profiles = {"idle 1 GiB": GuestSpec(memory_mib=1024)} if args.quick else {
         "2 GiB, 1 GiB random": GuestSpec(memory_mib=2048, fill_mb=1024),
         "idle 2 GiB": GuestSpec(memory_mib=2048),

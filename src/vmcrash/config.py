@@ -47,6 +47,7 @@ Example::
     format = "elf"                                  # elf | kdump-zlib | kdump-lzo | kdump-snappy
     recovery = "restart"                            # restart | reset | preserve | destroy
     crash_owner = "auto"                            # auto (follow <on_crash>) | vmcrash (take over)
+    capture = "auto"                                # auto | hold | copy | stream | direct (see README)
 
     [domains."db-*"]
     recovery = "reset"
@@ -98,6 +99,8 @@ DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
 RECOVERY_ACTIONS = ("restart", "reset", "preserve", "destroy")
 DUMP_MODES = ("stream", "direct")
 CRASH_OWNERS = ("auto", "vmcrash")
+#: Per-domain capture modes (``auto`` picks; see :mod:`vmcrash.capture.hold`).
+CAPTURE_MODES = ("auto", "hold", "copy", "stream", "direct")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class DomainPolicy:
     #: its dump or records the panic); "vmcrash": the daemon switches the live action to preserve
     #: (issue 16, :mod:`vmcrash.host.crash_owner`)
     crash_owner: str = "auto"
+    #: auto | hold | copy | stream | direct; auto = hold when RAM is in a shared memfd/file and recovery
+    #: is restart (memory guard permitting), else ``staging.mode`` (issue 10)
+    capture: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,15 @@ class Staging:
     #: leave the guest's free pages (buddy allocator) out of the compact file, like makedumpfile -d 16
     compact_exclude_free: bool = True
     keep_elf: bool = True
+    #: capture ``hold``: keep this much MemAvailable with the recovered guest's whole RAM counted
+    hold_headroom_mb: int = 1024
+    #: at most this many crashed images held at once (more: stream)
+    max_held_images: int = 2
+    #: on SIGTERM, writing held images may take this long; then what is left is given up (recorded)
+    hold_shutdown_s: float = 60.0
+    #: write-behind bandwidth cap for held images (MiB/s of data read; 0 = unlimited): the guest is
+    #: already running again, so the dump need not compete with it for disk and CPU
+    hold_write_mib_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -349,6 +364,12 @@ def _policy_items(pattern: str, table: Any, path: str | None) -> tuple[tuple[str
     if "crash_owner" in table and policy.crash_owner not in CRASH_OWNERS:
         raise ConfigError(f"unknown crash owner {policy.crash_owner!r} (one of {', '.join(CRASH_OWNERS)})",
                           path=path, key=f"{key}.crash_owner")
+    if "capture" in table and policy.capture not in CAPTURE_MODES:
+        raise ConfigError(f"unknown capture mode {policy.capture!r} (one of {', '.join(CAPTURE_MODES)})",
+                          path=path, key=f"{key}.capture")
+    if policy.capture == "hold" and policy.recovery in ("reset", "preserve"):
+        raise ConfigError(f"capture 'hold' cannot work with recovery {policy.recovery!r}: it keeps the "
+                          "same QEMU process and its memory (use restart)", path=path, key=f"{key}.capture")
     return tuple(table.items())
 
 

@@ -25,6 +25,7 @@ import libvirt
 
 from vmcrash.capture import files, prune, retention
 from vmcrash.capture.dumping import DumpProgress, DumpStats, take_dump
+from vmcrash.capture.hold_stage import HoldStage
 from vmcrash.capture.recovery import RecoveryResult, recover
 from vmcrash.capture.staging import decide_staging, dirty_allowance_bytes, mem_available_bytes, move_sparse
 from vmcrash.config import Config, DomainPolicy
@@ -139,6 +140,7 @@ class CrashHandler:
         self.max_active_dumps = 0
         self._count_lock = threading.Lock()
         files.ensure_dump_dir(cfg.dump_dir)
+        self.hold = HoldStage(cfg, catalog, self.stop)
 
     # -- the whole handling ----------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class CrashHandler:
                                               policy=asdict(policy))
         dlog.warning("panic detected (%s); crash #%d", report.source, crash_id)
         recovered: RecoveryResult | None = None
+        held = None  # a HeldImage while capture mode hold keeps the crashed RAM
         try:
             if not info.panicked and report.source != "manual":
                 self.catalog.update(crash_id, state="done",
@@ -177,14 +180,32 @@ class CrashHandler:
             dump_error: str | None = None
             if skip_reason is None:
                 names, staged, skip_reason = self._prepare_target(crash_id, info, policy)
+            choice = None
+            triage_job = None
+            if skip_reason is None:
+                choice = self.hold.choose(crash_id, dom, info, policy, action)
+                if choice.mode.value in ("hold", "copy"):
+                    held, choice = self.hold.hold(crash_id, dom, info, choice, self.cfg.dump_dir, dlog)
+                    if held is not None:
+                        staged = None
+                        triage_job = self.hold.start_triage(held)
             if skip_reason is not None:
                 self.catalog.update(crash_id, skip_reason=skip_reason)
                 self.catalog.log(crash_id, "dump-skipped", skip_reason)
                 dlog.warning("dump skipped: %s", skip_reason)
             else:
-                assert names is not None
-                stats, dump_error = self._dump(crash_id, dom, info, policy, names, staged, dlog)
-            recovered, dom = self._recover(crash_id, hv, dom, action, report, dlog)
+                assert names is not None and choice is not None
+                if held is None:
+                    stats, dump_error = self._dump(crash_id, dom, info, policy, names, staged, dlog,
+                                                   mode=choice.mode.value, choice=choice.to_dict())
+            recovered, dom = self._recover_holding(crash_id, hv, dom, action, report, dlog, held)
+            if held is not None and not self.hold.registry.holds(crash_id):
+                held = None  # released so the guest could start; its dump is given up
+                dump_error = "held image released so the guest could start again; no dump"
+            if held is not None and names is not None and choice is not None and triage_job is not None:
+                self.hold.record_triage(crash_id, *triage_job)
+                stats, dump_error = self.hold.write_behind(crash_id, held, choice, names, dlog)
+                held = None
             clock_thread = self._start_clock(crash_id, dom, info, recovered)
             if stats is not None and names is not None:
                 self._finalize(crash_id, info, report, policy, names, staged, stats, recovered, dlog)
@@ -208,10 +229,15 @@ class CrashHandler:
             dlog.error("handling failed: %s", msg, exc_info=internal)
             self.catalog.update(crash_id, state="failed", error=msg)
             self.catalog.log(crash_id, "failed", msg)
+            if held is not None:
+                self.hold.release(crash_id, f"held image released after a failure: {msg}")
+                held = None
             if recovered is None:
                 self._recover_anyway(crash_id, hv, dom, policy, report, dlog)
             return crash_id
         finally:
+            if held is not None:
+                self.hold.release(crash_id, "held image released")
             if self.on_finished:
                 self.on_finished(crash_id)
 
@@ -270,13 +296,14 @@ class CrashHandler:
         return names, staged, None
 
     def _dump(self, crash_id: int, dom: libvirt.virDomain, info: Any, policy: DomainPolicy,
-              names: files.DumpName, staged: Path | None, dlog: logging.Logger
+              names: files.DumpName, staged: Path | None, dlog: logging.Logger, *,
+              mode: str | None = None, choice: dict[str, Any] | None = None,
               ) -> tuple[DumpStats | None, str | None]:
         target = staged or names.partial
         planned = {"final": str(names.final), "partial": str(names.partial), "sidecar": str(names.sidecar),
                    "target": str(target)}
-        self.catalog.update(crash_id, state="detected", capture={"planned": planned})
-        mode = self.cfg.staging.mode
+        self.catalog.update(crash_id, state="detected", capture={"planned": planned, "choice": choice})
+        mode = mode or self.cfg.staging.mode
         last_log = [0.0]
 
         def progress(p: DumpProgress) -> None:
@@ -312,6 +339,8 @@ class CrashHandler:
             self.dump_slots.release()
         if staged is not None:
             stats.staged_in = str(staged.parent)
+        if choice is not None:
+            stats.extra["choice"] = choice
         self.catalog.update(crash_id, state="dumped", dump_ended_ns=stats.ended_ns,
                             capture={**stats.to_dict(), "planned": planned})
         self.catalog.log(crash_id, "dumped", f"{stats.stream_bytes} bytes in {stats.seconds:.2f} s "
@@ -331,6 +360,26 @@ class CrashHandler:
         dlog.warning("recovered: %s -> %s%s", action, result.state,
                      f" after {freeze_s:.2f} s frozen" if freeze_s is not None else "")
         return result, dom
+
+    def _recover_holding(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, action: str,
+                         report: PanicReport, dlog: logging.Logger, held: Any
+                         ) -> tuple[RecoveryResult, libvirt.virDomain]:
+        """Recover; a held image never keeps the guest from starting: if the start fails while an
+        image is held, the image is released and the recovery tried once more."""
+        if held is None:
+            return self._recover(crash_id, hv, dom, action, report, dlog)
+        try:
+            result, dom = self._recover(crash_id, hv, dom, action, report, dlog)
+            if result.running or action != "restart":
+                return result, dom
+            why = f"guest not running after restart ({result.state})"
+        except LibvirtUnavailable:
+            raise
+        except VmcrashError as exc:
+            why = f"restart failed: {exc}"
+        self.hold.release(crash_id, f"{why}; held image released so the guest can start, retrying")
+        dlog.error("%s; released the held image and retrying", why)
+        return self._recover(crash_id, hv, dom, action, report, dlog)
 
     def _recover_anyway(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, policy: DomainPolicy,
                         report: PanicReport, dlog: logging.Logger) -> None:

@@ -38,6 +38,7 @@ from vmcrash.capture import files
 from vmcrash.capture.adopt import Adopter, is_adoption
 from vmcrash.capture.daemon_lock import CrashLocks
 from vmcrash.capture.freezewatch import FreezeResyncs
+from vmcrash.capture.hold import lost_image_note
 from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
 from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
 from vmcrash.config import Config
@@ -568,6 +569,12 @@ class Watcher:
         planned = (row.capture or {}).get("planned") or {}
         temp = Path(row.dump_temp_path) if row.dump_temp_path else None
         state_now = info.state if info else "gone"
+        lost = lost_image_note(row)  # capture mode hold: the image died with the daemon
+        if lost is not None:
+            self._cleanup_temp(row)
+            self.catalog.update(row.id, state="failed", dump_temp_path=None, error=lost)
+            self.catalog.log(row.id, "reconcile", f"{lost}; guest {state_now}")
+            return
         if row.state in ("dumped", "recovered") and temp is not None and temp.exists() and planned.get("final"):
             final = Path(planned["final"])
             partial = Path(planned["partial"])

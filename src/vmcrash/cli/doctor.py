@@ -15,14 +15,17 @@ __all__ = ["doctor"]
 @click.command("doctor")
 @click.argument("domains", nargs=-1)
 @click.option("--fix", is_flag=True, help="Apply the XML changes (they take effect at the next boot).")
+@click.option("--memfd", is_flag=True,
+              help="With --fix: move guest RAM to a shared memfd (capture mode hold); prints the trade-offs.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool) -> int:
+def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool, memfd: bool = False) -> int:
     """Check DOMAINS (default: all watched) for panic device, vmcoreinfo, agent, on_crash and dump space."""
     import libvirt
 
     from vmcrash.capture import retention
     from vmcrash.capture.daemon_lock import HypervisorLock, resolve_hypervisor_key
+    from vmcrash.capture.hold import MEMFD_TRADEOFFS, capture_plan, shmem_thp_setting, with_memfd_backing
     from vmcrash.host.connection import Hypervisor, call
     from vmcrash.host.crash_owner import decide, freeze_explanation
     from vmcrash.host.domxml import apply_fixes, memory_bytes, readiness
@@ -76,6 +79,24 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
         own = decide(call(dom.XMLDesc, 0, domain=name), takeover=cfg.policy_for(name).crash_owner == "vmcrash")
         entry["crash_owner"] = {"owner": own.owner.value, "on_crash": own.on_crash.value, "memory_bytes": mem,
                                 "plan": own.plan(), "freeze": freeze_explanation(own, mem)}
+        pol = cfg.policy_for(name)
+        backing, mode, why = capture_plan(call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE, domain=name),
+                                          pol.capture, pol.recovery, cfg.staging.mode)
+        entry["memory"] = {"backing": backing, "capture": mode, "requested": pol.capture, "reason": why}
+        entry["checks"].append({"name": "capture", "ok": True,
+                                "detail": f"RAM {backing}: capture {mode} ({why})"})
+        if fix and memfd:
+            cur = call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE, domain=name)
+            new_xml, change = with_memfd_backing(cur)
+            if change is None:
+                entry["memfd"] = {"applied": False, "reason": f"RAM is {backing} already or uses a file/"
+                                                              "hugepage source (add access mode='shared' there)"}
+            elif not call(dom.isPersistent, domain=name):
+                entry["memfd"] = {"applied": False, "reason": "transient domain: cannot redefine"}
+            else:
+                call(hv.conn.defineXML, new_xml, domain=name)
+                entry["memfd"] = {"applied": True, "change": change + " — at the next start of the domain",
+                                  "tradeoffs": [t.format(thp=shmem_thp_setting()) for t in MEMFD_TRADEOFFS]}
         entry["ok"] = all(c["ok"] for c in entry["checks"])
         all_ok = all_ok and entry["ok"]
         report.append(entry)
@@ -93,6 +114,14 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
             co = entry["crash_owner"]
             click.echo(f"  crash owner    {co['owner']}: {co['plan']}")
             click.echo(f"  {'':<14} {co['freeze']}")
+            if "memfd" in entry:
+                m = entry["memfd"]
+                if m["applied"]:
+                    click.echo(f"  fixed: {m['change']}")
+                    for t in m["tradeoffs"]:
+                        click.echo(f"  trade-off: {t}")
+                else:
+                    click.echo(f"  memfd not applied: {m['reason']}")
             if "fix" in entry:
                 f = entry["fix"]
                 if f["applied"]:

@@ -54,8 +54,12 @@ def show(ctx: click.Context, crash_id: int, as_json: bool) -> None:
            + (f", #{row.origin_id} there" if row.origin_id is not None else ""),
            f"  {'panic':<12} {fmt_ns(row.panic_ns)} UTC, seen via {row.source}",
            f"  {'state':<12} {row.state}" + (f" — {row.error}" if row.error else "")]
+    cap = row.capture or {}
+    choice = (cap.get("extra") or {}).get("choice") or cap.get("choice")
+    if isinstance(choice, dict):
+        held = f", {fmt_bytes(cap.get('held_bytes'))} held" if cap.get("held_bytes") else ""
+        out.append(f"  {'capture':<12} {choice.get('mode')} ({choice.get('requested')}): {choice.get('reason')}{held}")
     if row.dump_path:
-        cap = row.capture or {}
         out.append(f"  {'dump':<12} {row.dump_path}")
         out.append(f"  {'':<12} {row.dump_format}, {fmt_bytes(row.dump_size)}"
                    + (f", {fmt_bytes(cap.get('written_bytes'))} written" if cap.get("written_bytes") else "")

@@ -68,6 +68,8 @@ class GuestSpec:
     :ivar hwclock: keep ``/sbin/hwclock`` in the guest (``guest-set-time`` needs it).
     :ivar on_crash: libvirt's ``<on_crash>`` action; ``preserve`` leaves the guest to vmcrash.
     :ivar accel: ``"kvm"``, ``"qemu"`` (TCG) or ``None`` for the probed best.
+    :ivar memory_backing: ``"anonymous"`` (QEMU's private RAM, the default) or ``"memfd"`` (RAM in
+        one shared memfd the QEMU process holds; what capture mode ``hold`` needs).
     """
 
     memory_mib: int = 512
@@ -84,6 +86,7 @@ class GuestSpec:
     accel: str | None = None
     hostname: str | None = None
     extra_cmdline: str = ""
+    memory_backing: Literal["anonymous", "memfd"] = "anonymous"
 
     def cmdline(self) -> str:
         """The guest kernel command line."""
@@ -114,6 +117,10 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
     dom = ET.Element("domain", {"type": accel})
     _sub(dom, "name", name)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    if spec.memory_backing == "memfd":
+        backing = _sub(dom, "memoryBacking")
+        _sub(backing, "source", type="memfd")
+        _sub(backing, "access", mode="shared")
     _sub(dom, "vcpu", str(spec.vcpus))
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")

@@ -147,7 +147,7 @@ _SPOOL_TRIGGERS = tuple(
     for table in REPLICATED_TABLES for op in ("INSERT", "UPDATE", "DELETE"))
 
 #: States of a crash whose handling has not finished.
-UNFINISHED_STATES = ("detected", "dumping", "dumped", "recovering", "recovered")
+UNFINISHED_STATES = ("detected", "dumping", "dumped", "recovering", "recovered", "held")
 
 _JSON_COLUMNS = ("policy_json", "clock_json", "triage_json", "capture_json", "compact_json")
 
