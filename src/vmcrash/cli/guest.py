@@ -34,16 +34,24 @@ def audit(ctx: click.Context, root: str, as_json: bool, units: tuple[str, ...], 
 
 @guest.command("fix")
 @click.option("--root", default="/", show_default=True, help="Fix the system installed under this directory.")
-@click.option("--unit", "units", multiple=True, metavar="UNIT", help="Order this service after time-sync.target.")
-@click.option("--all-enabled", is_flag=True, help="Every boot service that can start before time-sync.target.")
+@click.option("--unit", "units", multiple=True, metavar="UNIT",
+              help="Order this service after time-sync.target (repeatable; ssh only this way).")
+@click.option("--all-enabled", is_flag=True,
+              help="Every application service of the boot that can start before time-sync.target "
+                   "(never console, login, network, time or ssh services).")
+@click.option("--wait-timeout", "wait_timeout_s", type=int, default=None, metavar="SECONDS",
+              help="How long the boot waits for the clock at most (default 90).")
+@click.option("--strict", is_flag=True, help="The chosen services also require a synchronized clock "
+                                              "(they stay down without one).")
 @click.option("--dry-run", is_flag=True, help="Print the diff, write nothing.")
 @click.option("--undo", is_flag=True, help="Remove exactly what earlier fixes wrote.")
 @click.pass_context
-def fix(ctx: click.Context, root: str, units: tuple[str, ...], all_enabled: bool, dry_run: bool, undo: bool) -> None:
-    """Order services after time-sync.target and make something hold it until the clock is right.
+def fix(ctx: click.Context, root: str, units: tuple[str, ...], all_enabled: bool, wait_timeout_s: int | None,
+        strict: bool, dry_run: bool, undo: bool) -> None:
+    """Order services after time-sync.target and make something hold it, for a bounded time, until the clock is right.
 
-    Exit codes: 0 done, 2 refused or bad input, 3 a write failed.
+    Exit codes: 0 done and the audit of the result passes, 1 it still has findings, 2 refused or
+    bad input, 3 a write failed.
     """
-    if units and all_enabled:
-        raise click.UsageError("--unit and --all-enabled exclude each other")
-    ctx.exit(run_fix(root, units, all_enabled=all_enabled, dry_run=dry_run, undo=undo))
+    ctx.exit(run_fix(root, units, all_enabled=all_enabled, dry_run=dry_run, undo=undo,
+                     wait_timeout_s=wait_timeout_s, strict=strict))

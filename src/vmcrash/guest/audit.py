@@ -13,6 +13,7 @@ The result is a frozen :class:`AuditReport`; :meth:`AuditReport.render_text` and
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import shlex
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from vmcrash.errors import UnitFileError, UsageError
+from vmcrash.guest.bounds import WaitBound, default_timeout_start_s, wait_bound
 from vmcrash.guest.graph import BootGraph, Edge, service_type
+from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import RootSource, UnitSource, resolve
 from vmcrash.guest.timecfg import (
     REFERENCE_OFFSET_S,
@@ -47,6 +50,7 @@ __all__ = [
     "audit",
     "audit_graph",
     "clock_role",
+    "find_clock_units",
     "load_graph",
 ]
 
@@ -103,6 +107,8 @@ class ClockUnit:
     before_time_sync: bool
     pulled_in_by: tuple[Edge, ...] | None
     note: str = ""
+    #: for ``waits``/``steps`` units: how long it holds the boot without a time source
+    bound: WaitBound | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,10 @@ class AuditReport:
     failed: tuple[tuple[str, str], ...]
     cycles: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...]
+    #: services of the application phase left alone on purpose (login, ssh, network, time...)
+    infrastructure: tuple[Role, ...] = ()
+    #: longest a unit holding time-sync.target can wait without a time source (inf: forever; None: nothing holds)
+    max_wait_s: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -168,6 +178,9 @@ class AuditReport:
                 return None
             return [{"unit": e.src, "kind": e.kind, "other": e.dst, "origin": e.origin} for e in chain]
 
+        def seconds(value: float | None) -> float | None:
+            return None if value is None or not math.isfinite(value) else value
+
         return {
             "root": self.root,
             "default_target": self.default_target,
@@ -176,11 +189,17 @@ class AuditReport:
                 "in_transaction": self.time_sync_in_transaction,
                 "pulled_in_by": edges(self.time_sync_pulled_in_by),
                 "held_by": list(self.time_sync_held_by),
+                "max_wait_s": seconds(self.max_wait_s),
+                "waits_forever": self.max_wait_s is not None and not math.isfinite(self.max_wait_s),
             },
             "clock_units": [
                 {"unit": c.unit, "role": c.role, "holds": c.holds, "load_state": c.load_state,
                  "in_transaction": c.in_transaction, "before_time_sync": c.before_time_sync,
-                 "pulled_in_by": edges(c.pulled_in_by), "note": c.note}
+                 "pulled_in_by": edges(c.pulled_in_by), "note": c.note,
+                 "bound_s": seconds(c.bound.bound_s) if c.bound else None,
+                 "start_timeout_s": seconds(c.bound.timeout_s) if c.bound else None,
+                 "bounded": c.bound.finite if c.bound else None,
+                 "bound_why": c.bound.why if c.bound else None}
                 for c in self.clock_units
             ],
             "services": [
@@ -190,6 +209,8 @@ class AuditReport:
                 for s in self.services
             ],
             "skipped_prerequisites": list(self.skipped),
+            "infrastructure": [{"unit": r.unit, "role": r.kind.value, "reason": r.reason}
+                               for r in self.infrastructure],
             "daemons": [{"daemon": d.daemon, "unit": d.unit, "in_transaction": d.in_transaction,
                          "summary": list(d.summary), **d.data} for d in self.daemons],
             "findings": [{"code": f.code, "unit": f.unit, "message": f.message} for f in self.findings],
@@ -219,6 +240,12 @@ class AuditReport:
                 "not pulled in" if c.load_state == "loaded" else c.load_state)
             order = f"Before={TIME_SYNC}" if c.before_time_sync else f"not ordered before {TIME_SYNC}"
             out.append(f"  {c.unit:<34} {c.role:<7} {state}, {order}{'; ' + c.note if c.note else ''}")
+            if c.bound is not None and c.role in ("waits", "steps"):
+                out.append(f"  {'':<34} {'':<7} {c.bound.text()} ({c.bound.why})")
+        if self.max_wait_s is not None:
+            out.append("  without a time source the services after it start "
+                       + (f"after at most {self.max_wait_s:g} s (ordering, not requirement)"
+                          if math.isfinite(self.max_wait_s) else "never: the boot waits forever"))
         for d in self.daemons:
             out.append("")
             out.append(f"time daemon: {d.daemon} ({d.unit}{'' if d.in_transaction else ', not in transaction'})")
@@ -242,6 +269,10 @@ class AuditReport:
                 if verbose:
                     out.extend(f"          {e}" for e in s.waits_for)
                     out.append(f"          pulled in by: {_pull_text(s.pulled_in_by)}")
+        if self.infrastructure:
+            out.append(f"infrastructure never delayed for the clock: {len(self.infrastructure)}")
+            for r in self.infrastructure:
+                out.append(f"  --    {r.unit:<36} {r.kind.value}: {r.reason}")
         if self.failed:
             out.append("")
             out.append("units pulled in that cannot start:")
@@ -323,7 +354,8 @@ def _before_time_sync(graph: BootGraph, unit: Unit) -> bool:
         d.kind == "after" and loader.resolve_name(d.name) == unit.id for d in loader.load(TIME_SYNC).deps)
 
 
-def _clock_units(graph: BootGraph) -> list[ClockUnit]:
+def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0) -> list[ClockUnit]:
+    """Every unit that keeps, steps or waits for the clock (installed or pulled in), with its bound."""
     names: list[str] = []
     if TIME_SYNC in graph.units:
         names.extend(sorted(graph.edges(TIME_SYNC, "after")))
@@ -346,8 +378,9 @@ def _clock_units(graph: BootGraph) -> list[ClockUnit]:
         holds = holds and in_t and before and TIME_SYNC in graph.transaction
         note = hold_note or why
         pulled = graph.pull_chain(uid)
+        bound = wait_bound(unit, manager_default_s) if role in ("waits", "steps") else None
         out.append(ClockUnit(uid, role, holds, unit.load_state, in_t, before,
-                             tuple(pulled) if pulled is not None else None, note))
+                             tuple(pulled) if pulled is not None else None, note, bound))
     return out
 
 
@@ -584,10 +617,20 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
     notes: list[str] = []
     t = graph.transaction
     ts_in = TIME_SYNC in t
-    clock = _clock_units(graph)
+    clock = find_clock_units(graph, default_timeout_start_s(source))
     held_by = tuple(c.unit for c in clock if c.holds)
     prereq, early = audit_prerequisites(graph)
     clock_ids = {c.unit for c in clock}
+    roles = classify(graph, held_by, clock_ids)
+    holders = [c for c in clock if c.holds and c.bound is not None]
+    max_wait = max((c.bound.bound_s for c in holders if c.bound), default=None) if holders else None
+    for c in holders:
+        assert c.bound is not None
+        if not c.bound.finite:
+            findings.append(Finding("wait-unbounded", f"boot waits forever without a time source: {c.unit} "
+                                    f"holds {TIME_SYNC} with no bound ({c.bound.why}); every service "
+                                    f"ordered after it never starts (fix: vmcrash guest fix --wait-timeout)",
+                                    c.unit))
 
     if not ts_in:
         findings.append(Finding("time-sync-not-pulled-in",
@@ -614,9 +657,28 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
             chosen.append(unit.id)
     else:
         chosen = sorted(u for u in t if graph.units[u].type == "service" and u not in prereq
-                        and u not in early and u not in clock_ids)
+                        and u not in early and u not in clock_ids and not roles[u].kind.infrastructure)
     skipped = tuple(sorted(u for u in t if graph.units[u].type == "service" and (u in prereq or u in early)
                            and u not in chosen))
+    infra = tuple(roles[u] for u in sorted(t) if u in roles and roles[u].kind.infrastructure
+                  and u not in chosen and u not in early and u not in prereq)
+    bound_text = ("forever" if max_wait is None or not math.isfinite(max_wait) else f"up to {max_wait:g} s")
+    for uid in sorted(t):
+        role = roles.get(uid)
+        if role is None or role.kind not in (RoleKind.LOGIN, RoleKind.SSH, RoleKind.TIME, RoleKind.NETWORK,
+                                             RoleKind.NEEDED):
+            continue
+        chain = graph.order_chain(uid, TIME_SYNC) if ts_in else None
+        if not chain:
+            continue
+        proof = " after ".join([chain[0].src] + [e.dst for e in chain])
+        if role.kind is RoleKind.SSH:
+            notes.append(f"{uid} is ordered after {TIME_SYNC} ({proof}): without a time source ssh logins "
+                         f"wait {bound_text}")
+            continue
+        findings.append(Finding("infrastructure-after-time-sync",
+                                f"{uid} ({role.kind.value}: {role.reason}) is ordered after {TIME_SYNC} "
+                                f"({proof}): without a time source it waits {bound_text}", uid))
     for uid in chosen:
         verdicts.append(_verdict(graph, uid, prereq))
     for v in verdicts:
@@ -628,8 +690,8 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
     daemon_reports, dfind, dprob = _daemon_reports(graph, source)
     findings.extend(dfind)
     cycles = tuple(tuple(c) for c in graph.cycles())
-    for c in cycles:
-        findings.append(Finding("ordering-cycle", "ordering cycle: " + " -> ".join(c)))
+    for cyc in cycles:
+        findings.append(Finding("ordering-cycle", "ordering cycle: " + " -> ".join(cyc)))
     problems = list(graph.loader.problems) + dprob
     if isinstance(source, RootSource) and str(source.root) != "/":
         notes.append("offline image: generator output (fstab mounts, serial-getty for console=, SysV "
@@ -653,6 +715,8 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
         failed=tuple(sorted(graph.failed.items())),
         cycles=cycles,
         notes=tuple(notes),
+        infrastructure=infra,
+        max_wait_s=max_wait,
     )
 
 
