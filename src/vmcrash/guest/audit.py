@@ -32,6 +32,7 @@ from vmcrash.guest.timecfg import (
     ChronyConfig,
     NtpdConfig,
     chrony_conf_path,
+    ntpdate_servers,
     read_chrony,
     read_ntpd,
     read_timesyncd,
@@ -57,10 +58,12 @@ __all__ = [
 TIME_SYNC = "time-sync.target"
 
 #: Units that hold time-sync.target until the clock is synchronised, per time daemon.
+#: Preferred first: the distribution's own unit (RHEL/CentOS 7's ntp: ntpdate.service, which steps the
+#: clock once before ntpd starts; ntp.org's ntp-wait where it is packaged as a unit).
 KNOWN_WAIT_UNITS = {
     "chrony": ("chrony-wait.service",),
     "ntpsec": ("ntpsec-wait.service",),
-    "ntp": ("ntp-wait.service",),
+    "ntp": ("ntpdate.service", "ntp-wait.service"),
     "timesyncd": ("systemd-time-wait-sync.service",),
 }
 #: Any daemon that clears the kernel's STA_UNSYNC flag can be waited for with this one.
@@ -73,11 +76,58 @@ _CLOCK_UNIT_NAMES = ("chrony-wait.service", "systemd-time-wait-sync.service", "n
 #: time daemon units -> (daemon kind)
 _DAEMON_UNITS = {
     "chrony.service": "chrony",
+    "chronyd.service": "chrony",  # RHEL, CentOS, Fedora, SUSE (Debian: an alias of chrony.service)
     "ntpsec.service": "ntpsec",
     "ntp.service": "ntp",
+    "ntpd.service": "ntp",  # RHEL/CentOS 7, SUSE (ntp 4.2.x)
     "systemd-timesyncd.service": "timesyncd",
     "openntpd.service": "openntpd",
 }
+#: Daemon binaries (ExecStart=) -> kind; ``ntpd`` is ntpsec's too (told apart by unit name / package paths).
+_DAEMON_BINARIES = {"chronyd": "chrony", "ntpd": "ntp", "systemd-timesyncd": "timesyncd", "openntpd": "openntpd"}
+
+
+def daemon_kind(unit: Unit) -> str | None:
+    """The kind of time daemon ``unit`` runs (``chrony``, ``ntp``, ``ntpsec``, ``timesyncd``...), from
+    its ExecStart= (then its name); None when it is not a time daemon (one-shot steppers included)."""
+    role, _ = clock_role(unit)
+    if role != "daemon":
+        return None
+    for line in _exec_lines(unit):
+        try:
+            words = shlex.split(line.lstrip("-@:+!"))
+        except ValueError:
+            words = line.split()
+        if not words:
+            continue
+        binary = words[0].rsplit("/", 1)[-1]
+        kind = _DAEMON_BINARIES.get(binary)
+        if kind == "ntp" and ("ntpsec" in unit.id or "ntpsec" in line):
+            return "ntpsec"
+        if kind is not None:
+            return kind
+    for name in unit.names:
+        if name in _DAEMON_UNITS:
+            return _DAEMON_UNITS[name]
+    return None
+
+
+def time_daemons(graph: BootGraph) -> list[tuple[str, str]]:
+    """(unit id, kind) of every time daemon installed, recognised by ExecStart= as well as by name;
+    those in the boot transaction first."""
+    found: dict[str, str] = {}
+    candidates = [graph.loader.resolve_name(n) for n in _DAEMON_UNITS if graph.loader.has_fragment(n)]
+    candidates += sorted(u for u in graph.transaction if graph.units[u].type == "service")
+    for uid in candidates:
+        if uid in found:
+            continue
+        unit = graph.units.get(uid) or graph.loader.load(uid)
+        if not unit.loaded:
+            continue
+        kind = daemon_kind(unit)
+        if kind is not None:
+            found[uid] = kind
+    return sorted(found.items(), key=lambda item: (item[0] not in graph.transaction, item[0]))
 
 
 @dataclass(frozen=True)
@@ -364,6 +414,9 @@ def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0) -> list[
             uid = graph.loader.resolve_name(n)
             if uid not in names:
                 names.append(uid)
+    for uid in sorted(graph.transaction):  # a clock unit by its command, whatever its name (ntpd.service)
+        if graph.units[uid].type == "service" and uid not in names and clock_role(graph.units[uid])[0] != "unknown":
+            names.append(uid)
     out: list[ClockUnit] = []
     for uid in names:
         unit = graph.units.get(uid) or graph.loader.load(uid)
@@ -415,7 +468,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _chrony_report(source: UnitSource, unit: str, in_t: bool) -> tuple[DaemonReport, list[Finding], list[Problem]]:
-    opts = _env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
+    opts = (_env_value(source, "/etc/default/chrony", "DAEMON_OPTS")  # Debian, Ubuntu
+            or _env_value(source, "/etc/sysconfig/chronyd", "OPTIONS"))  # RHEL, Fedora, SUSE
     path = chrony_conf_path(source, opts)
     findings: list[Finding] = []
     if path is None:
@@ -457,21 +511,33 @@ def _chrony_report(source: UnitSource, unit: str, in_t: bool) -> tuple[DaemonRep
     return DaemonReport("chrony", unit, in_t, tuple(lines), data), findings, list(cfg.problems)
 
 
-def _ntpd_report(source: UnitSource, kind: str, unit: str,
-                 in_t: bool) -> tuple[DaemonReport, list[Finding], list[Problem]]:
+def _ntpd_report(source: UnitSource, kind: str, unit: str, in_t: bool,
+                 ntpdate: tuple[str, bool] | None = None) -> tuple[DaemonReport, list[Finding], list[Problem]]:
     if kind == "ntpsec":
         opts = _env_value(source, "/etc/default/ntpsec", "NTPD_OPTS")
         confs = ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf")
     else:
-        opts = _env_value(source, "/etc/default/ntp", "NTPD_OPTS")
+        opts = (_env_value(source, "/etc/default/ntp", "NTPD_OPTS")  # Debian
+                or _env_value(source, "/etc/sysconfig/ntpd", "OPTIONS"))  # RHEL/CentOS 7, SUSE
         confs = ("/etc/ntp.conf", "/etc/ntpsec/ntp.conf")
     cfg: NtpdConfig = read_ntpd(source, confs, opts)
     lines = [f"configuration: {cfg.path or 'none found'}; options: {' '.join(cfg.options) or '(none)'}",
              f"panic threshold {cfg.panic_s:g} s ("
-             + ("-g given: the first offset may exceed it" if cfg.allow_first_big
+             + ("-g given: the first offset at start may exceed it, once" if cfg.allow_first_big
                 else "no -g: ntpd exits on a larger offset at start") + ")",
-             f"step threshold {cfg.step_s:g} s{' (-x: slew only up to 600 s)' if cfg.slew_only else ''}"]
+             f"step threshold {cfg.step_s:g} s{' (-x: slew only up to 600 s)' if cfg.slew_only else ''}, "
+             f"stepout {cfg.stepout_s:g} s (an offset over the step threshold is stepped only once it has "
+             f"persisted that long)"]
+    lines.extend(ntpd_offset_story(cfg))
     findings: list[Finding] = []
+    if kind == "ntp" and ntpdate is not None:
+        servers, origin = ntpdate_servers(source)
+        state = "enabled" if ntpdate[1] else "installed, not started at boot"
+        lines.append(f"ntpdate.service ({state}) steps the clock once at boot, any offset, before ntpd starts; "
+                     + (f"servers: {', '.join(servers[:4])} ({origin})" if servers else "it has no server"))
+        if ntpdate[1] and not servers:
+            findings.append(Finding("ntpdate-no-servers", "ntpdate.service has no server to step from "
+                                    "(/etc/ntp/step-tickers and /etc/ntp.conf name none)", "ntpdate.service"))
     if not cfg.steps():
         slew = _minutes(slew_seconds(REFERENCE_OFFSET_S, 500.0))
         lines.append(f"a {REFERENCE_OFFSET_S:.0f} s offset is slewed at <= 500 ppm: at least {slew}")
@@ -482,23 +548,48 @@ def _ntpd_report(source: UnitSource, kind: str, unit: str,
         findings.append(Finding("ntpd-exits", f"{kind}: no -g, so ntpd exits on an offset over "
                                 f"{cfg.panic_s:g} s at start", unit))
     data = {"config": cfg.path, "options": list(cfg.options), "panic_s": cfg.panic_s, "step_s": cfg.step_s,
-            "g": cfg.allow_first_big, "x": cfg.slew_only}
+            "stepout_s": cfg.stepout_s, "g": cfg.allow_first_big, "x": cfg.slew_only}
     return DaemonReport(kind, unit, in_t, tuple(lines), data), findings, list(cfg.problems)
+
+
+def ntpd_offset_story(cfg: NtpdConfig, offsets_s: tuple[float, ...] = (REFERENCE_OFFSET_S, 1080.0)) -> list[str]:
+    """What ntpd does with a clock ``offsets_s`` behind, at boot and on a running guest after a freeze.
+
+    At boot (-g) the first offset of any size is accepted: stepped once ntpd has its first samples,
+    while services started meanwhile see the wrong clock. On a running guest (a freeze), an
+    offset over the panic threshold makes ntpd exit, leaving the clock as it is (-g counts only
+    once); under it but over the step threshold it is stepped after ``stepout``; -x slews it.
+    1080 s is the 18 minutes of the original CentOS 7 case.
+    """
+    out = []
+    for off in offsets_s:
+        if cfg.panic_s > 0 and off > cfg.panic_s:
+            at_boot = ("stepped once ntpd has its first samples (-g)" if cfg.allow_first_big
+                       else "ntpd exits at start (no -g) and the clock stays wrong")
+            out.append(f"a clock {off:.0f} s behind: at boot {at_boot}; after a freeze of a running guest "
+                       f"ntpd exits (over the {cfg.panic_s:g} s panic threshold) and the {off / 60:.0f} min "
+                       "stand until someone steps the clock")
+        elif not cfg.steps(off):
+            out.append(f"a clock {off:.0f} s behind: slewed at <= 500 ppm, at least "
+                       f"{_minutes(slew_seconds(off, 500.0))}")
+        else:
+            out.append(f"a clock {off:.0f} s behind: stepped, on a running guest only after the offset "
+                       f"persisted for stepout ({cfg.stepout_s:g} s)")
+    return out
 
 
 def _daemon_reports(graph: BootGraph, source: UnitSource) -> tuple[list[DaemonReport], list[Finding], list[Problem]]:
     reports: list[DaemonReport] = []
     findings: list[Finding] = []
     problems: list[Problem] = []
-    for name, kind in _DAEMON_UNITS.items():
-        if not graph.loader.has_fragment(name):
-            continue
-        uid = graph.loader.resolve_name(name)
+    for uid, kind in time_daemons(graph):
         in_t = uid in graph.transaction
         if kind == "chrony":
             rep, f, p = _chrony_report(source, uid, in_t)
         elif kind in ("ntpsec", "ntp"):
-            rep, f, p = _ntpd_report(source, kind, uid, in_t)
+            step = graph.loader.load("ntpdate.service")
+            ntpdate = (step.id, step.id in graph.transaction) if step.loaded else None
+            rep, f, p = _ntpd_report(source, kind, uid, in_t, ntpdate)
         elif kind == "timesyncd":
             cfg = read_timesyncd(source)
             rep = DaemonReport(kind, uid, in_t, (

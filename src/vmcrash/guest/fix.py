@@ -52,12 +52,13 @@ from vmcrash.guest.audit import (
     chrony_conf_path,
     find_clock_units,
     load_graph,
+    time_daemons,
 )
 from vmcrash.guest.audit import _env_value as env_value
 from vmcrash.guest.graph import BootGraph
 from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import Link, OverlaySource, RootSource, UnitSource, resolve
-from vmcrash.guest.timecfg import read_chrony
+from vmcrash.guest.timecfg import ntpdate_servers, read_chrony
 from vmcrash.guest.units import UnitLoader
 
 __all__ = [
@@ -102,8 +103,6 @@ CHRONY_SNIPPET = (
     "makestep 1 -1\n"
 )
 _COMMENT_MARK = "# disabled by vmcrash guest fix, see "
-_DAEMONS = (("chrony.service", "chrony"), ("ntpsec.service", "ntpsec"), ("ntp.service", "ntp"),
-            ("systemd-timesyncd.service", "timesyncd"))
 _MAX_FILE = 1 << 20
 
 
@@ -254,19 +253,24 @@ def _choose_services(graph: BootGraph, units: Iterable[str], all_enabled: bool, 
 
 
 def _wait_unit(graph: BootGraph) -> tuple[str | None, list[str]]:
-    """The wait unit for the time daemon of the transaction, or None (and why)."""
-    for daemon_unit, kind in _DAEMONS:
-        if not graph.loader.has_fragment(daemon_unit):
+    """The wait unit for the time daemon of the transaction, or None (and why).
+
+    Follows the distribution: the daemon's own wait or step unit first (:data:`KNOWN_WAIT_UNITS`:
+    chrony-wait, ntpsec-wait, RHEL/CentOS 7's ntpdate), systemd-time-wait-sync otherwise.
+    """
+    for daemon_unit, kind in time_daemons(graph):
+        if daemon_unit not in graph.transaction:
             continue
-        if graph.loader.resolve_name(daemon_unit) not in graph.transaction:
-            continue
+        masked = []
         for candidate in (*KNOWN_WAIT_UNITS.get(kind, ()), GENERIC_WAIT_UNIT):
             unit = graph.loader.load(candidate)
             if unit.load_state == "loaded":
                 return unit.id, []
             if unit.load_state == "masked":
-                return None, [(f"{candidate} is masked; unmask it (systemctl unmask {candidate}) so it can "
-                               f"hold {TIME_SYNC}")]
+                masked.append(candidate)
+        if masked:
+            return None, [f"{', '.join(masked)} masked; unmask (systemctl unmask {masked[0]}) so it can "
+                          f"hold {TIME_SYNC}"]
         return None, [f"no wait unit for {kind} is installed ({', '.join(KNOWN_WAIT_UNITS.get(kind, ()))})"]
     return None, ["no time daemon is started at boot: nothing synchronizes the clock, so nothing can wait for it"]
 
@@ -274,7 +278,7 @@ def _wait_unit(graph: BootGraph) -> tuple[str | None, list[str]]:
 def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
     """(link path, target) pairs ``systemctl enable`` would create for ``unit_id``."""
     unit = graph.loader.load(unit_id)
-    fragment = unit.fragment or ""
+    fragment = resolve(graph.loader.source, unit.fragment or "") or unit.fragment or ""
     links = []
     for key, suffix in (("WantedBy", "wants"), ("RequiredBy", "requires")):
         for target in unit.install(key):
@@ -285,10 +289,10 @@ def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
 
 
 def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change], list[str]]:
-    if ("chrony.service" not in graph.transaction
-            and graph.loader.resolve_name("chrony.service") not in graph.transaction):
+    if not any(kind == "chrony" and uid in graph.transaction for uid, kind in time_daemons(graph)):
         return [], []
-    opts = env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
+    opts = (env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
+            or env_value(source, "/etc/sysconfig/chronyd", "OPTIONS"))
     path = chrony_conf_path(source, opts)
     if path is None:
         return [], ["chrony is started at boot but no chrony.conf was found; no snippet written"]
@@ -356,6 +360,12 @@ def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: 
     overrides: dict[str, bytes | Link] = {}
     wait, why = _wait_unit(graph)
     warnings.extend(why)
+    if wait == "ntpdate.service":
+        servers, origin = ntpdate_servers(src)
+        if not servers:
+            raise UsageError("ntpdate.service would step the clock from no server: /etc/ntp/step-tickers and "
+                             "/etc/ntp.conf name none; add one to /etc/ntp/step-tickers")
+        warnings.append(f"ntpdate.service steps the clock from {', '.join(servers[:4])} ({origin})")
     if wait is not None and wait not in graph.transaction:
         for link, target in _enable_links(graph, wait):
             if src.kind(link) == "link" and src.readlink(link) == target:

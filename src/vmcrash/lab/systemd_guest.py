@@ -47,6 +47,7 @@ from vmcrash.lab.rootfs import copy_tree, make_disk_image
 __all__ = [
     "COLLECTOR",
     "EVIDENCE_MAGIC",
+    "UNREACHABLE_NTP",
     "HostNtpServer",
     "SystemdGuest",
     "boot_all",
@@ -113,10 +114,19 @@ def run(cmd, timeout=180):
 
 
 ev = {"collector_started_monotonic_us": time.monotonic_ns() // 1000}
+try:
+    with open("/etc/vmcrash-lab.json") as f:
+        lab = json.load(f)
+except (OSError, ValueError):
+    lab = {"daemon": "chrony", "reachable": True}
+ev["lab"] = lab
 ev["is_system_running"] = run(["systemctl", "is-system-running", "--wait"], timeout=400)
-ev["waitsync"] = run(["chronyc", "-n", "-h", "127.0.0.1", "waitsync", "150", "0.1", "0", "1"], timeout=200)
-ev["tracking"] = run(["chronyc", "-n", "-h", "127.0.0.1", "tracking"])
-ev["sources"] = run(["chronyc", "-n", "-h", "127.0.0.1", "sources"])
+if lab.get("daemon") == "chrony":
+    if lab.get("reachable", True):
+        ev["waitsync"] = run(["chronyc", "-n", "-h", "127.0.0.1", "waitsync", "150", "0.1", "0", "1"], timeout=200)
+    ev["tracking"] = run(["chronyc", "-n", "-h", "127.0.0.1", "tracking"])
+    ev["sources"] = run(["chronyc", "-n", "-h", "127.0.0.1", "sources"])
+ev["adjtimex_sync_file"] = os.path.exists("/run/systemd/timesync/synchronized")
 units = run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full"])
 names = sorted({line.split()[0] for line in units["out"].splitlines() if line.split()})
 ev["list_units"] = units
@@ -354,13 +364,21 @@ def _link(root: Path, link: str, target: str) -> None:
     path.symlink_to(target)
 
 
-def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None) -> Path:
+#: An address on QEMU's user network where nothing answers: a guest given it has no time source.
+UNREACHABLE_NTP = "10.0.2.99"
+
+
+def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None,
+                     ntp_host: str = HOST_ALIAS) -> Path:
     """Copy ``base`` to ``dest`` and add what the lab boot needs; return ``dest``.
 
-    Added: a static address without default route (systemd-networkd), chrony's only source =
-    the lab server at 10.0.2.2:``ntp_port`` (Debian's pool line commented out; ``makestep`` and
-    everything else left as shipped), the collector unit, and ``vmcrash`` (errors + guest only)
-    under ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``.
+    Added: a static address without default route (systemd-networkd), the time daemon's only
+    source = ``ntp_host``:``ntp_port`` (chrony: Debian's pool line commented out, ``makestep`` and
+    everything else left as shipped; systemd-timesyncd: ``NTP=`` and an empty ``FallbackNTP=``
+    in a drop-in, port 123 only, timesyncd has no port setting), the collector unit with its
+    mode in ``/etc/vmcrash-lab.json``, and ``vmcrash`` (errors + guest only) under
+    ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``. ``ntp_host`` =
+    :data:`UNREACHABLE_NTP` gives a guest without a time source.
     """
     copy_tree(base, dest)
     (dest / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
@@ -370,10 +388,23 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
     _link(dest, "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
           "/lib/systemd/system/systemd-networkd.socket")
     conf = dest / "etc/chrony/chrony.conf"
-    conf.write_text(re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text()))
-    (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
-    (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
-        f"server {HOST_ALIAS} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
+    if conf.exists():
+        daemon = "chrony"
+        conf.write_text(re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text()))
+        (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
+            f"server {ntp_host} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
+    elif (dest / "lib/systemd/system/systemd-timesyncd.service").exists():
+        daemon = "timesyncd"
+        if int(ntp_port) != 123 and ntp_host != UNREACHABLE_NTP:
+            raise EnvironmentProblem("systemd-timesyncd only talks to port 123; start the lab server there")
+        (dest / "etc/systemd/timesyncd.conf.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/systemd/timesyncd.conf.d/vmcrash-lab.conf").write_text(
+            f"[Time]\nNTP={ntp_host}\nFallbackNTP=\nPollIntervalMinSec=16\n")
+    else:
+        raise EnvironmentProblem(f"{base}: neither chrony nor systemd-timesyncd installed")
+    (dest / "etc/vmcrash-lab.json").write_text(json.dumps(
+        {"daemon": daemon, "ntp": f"{ntp_host}:{int(ntp_port)}", "reachable": ntp_host != UNREACHABLE_NTP}))
     collector = dest / "usr/local/sbin/vmcrash-evidence"
     collector.parent.mkdir(parents=True, exist_ok=True)
     collector.write_text(COLLECTOR)
@@ -515,6 +546,8 @@ class LabBootResult:
     run_seconds: float
     image_seconds: float
     extra: dict[str, object] = field(default_factory=dict)
+    #: watched console string -> host seconds from start until it first appeared
+    console_seen_s: dict[str, float] = field(default_factory=dict)
 
 
 def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer, *,
@@ -530,8 +563,11 @@ def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer,
 
 def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
              clock_offset_s: int = -600, timeout_s: float = 600.0,
-             boot: LabImage | None = None, vcpus: int = 1) -> list[LabBootResult]:
+             boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = ()) -> list[LabBootResult]:
     """Boot one guest per root *at the same time* (one vCPU each) and return their evidence, in order.
+
+    ``watch``: console strings whose first appearance is timed (host seconds since the guests were
+    started, polled every 0.5 s): :attr:`LabBootResult.console_seen_s`.
 
     :raises EnvironmentProblem: a guest did not power off in time (its console tail is in the message).
     :raises BadDataError: a guest powered off without writing evidence (console tail in the message).
@@ -557,11 +593,17 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
         for guest in guests:
             guest.start()
         ran: dict[str, float] = {}
+        seen: dict[str, dict[str, float]] = {g.name: {} for g in guests}
         while len(ran) < len(guests):
             for guest in guests:
                 if guest.name in ran:
                     continue
                 assert guest.dom is not None
+                if watch:
+                    console = guest.serial_bytes()
+                    for marker in watch:
+                        if marker not in seen[guest.name] and marker.encode() in console:
+                            seen[guest.name][marker] = time.monotonic() - t0
                 if not call(guest.dom.isActive, domain=guest.name):
                     ran[guest.name] = time.monotonic() - t0
             if time.monotonic() - t0 > timeout_s:
@@ -577,7 +619,8 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
             except BadDataError as exc:
                 raise BadDataError(f"{exc}; console tail: {serial[-1500:]!r}") from exc
             results.append(LabBootResult(evidence=evidence, serial=serial, run_seconds=ran[guest.name],
-                                         image_seconds=img_s, extra={"ntp_port": ntp.port}))
+                                         image_seconds=img_s, extra={"ntp_port": ntp.port},
+                                         console_seen_s=seen[guest.name]))
         return results
     finally:
         for guest in guests:
