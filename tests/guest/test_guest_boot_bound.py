@@ -12,7 +12,9 @@ each fixed beforehand with ``python3 -m vmcrash.guest fix --all-enabled --wait-t
   127.0.0.1:123) reachable, the same fix: every application still starts after the clock step.
 
 (The chrony layout with a reachable server is booted by test_guest_boot_proof.py, after the same
-fix.) Ground truth: the serial console as the host saw it while the guests ran (when the login
+fix.) While ``timesyncd-reachable`` runs, the host audits it through its guest agent with the real
+CLI (``vmcrash guest audit --domain NAME --json``) and the result is compared with the audit the
+guest ran itself. Ground truth: the serial console as the host saw it while the guests ran (when the login
 prompt appeared, by the host clock), and what each guest's systemd and journal recorded.
 """
 
@@ -45,6 +47,7 @@ LOGIN = "vmcrash-guest login:"
 APPS = ("cron.service", "nginx.service", "mariadb.service")
 WAIT_UNIT = {"chrony": "chrony-wait.service", "timesyncd": "systemd-time-wait-sync.service"}
 LABELS = ("chrony-unreachable", "timesyncd-unreachable", "timesyncd-reachable")
+HOLD = "vmcrash-evidence: waiting for the host"
 
 
 @dataclass
@@ -59,6 +62,7 @@ class BoundBoot:
     fixed: tuple[str, ...]
     fix_output: str
     run_seconds: float
+    host: dict[str, Any]
 
     @property
     def wait_unit(self) -> str:
@@ -71,6 +75,25 @@ class BoundBoot:
         return [e for e in self.journal if re.search(pattern, e[4])]
 
 
+def _host_side(guest: Any, config: Path, into: dict[str, Any]) -> None:
+    """While the guest waits: the real CLI audits it through its agent; then let it go on."""
+    from vmcrash.errors import EnvironmentProblem
+    from vmcrash.host.guest_exec import run_guest_cli
+
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "vmcrash.cli.main", "--config", str(config), "guest", "audit",
+                           "--domain", guest.name, "--json", "--timeout", "240"],
+                          capture_output=True, text=True, timeout=400, check=False)
+    into["cli"] = {"rc": done.returncode, "out": done.stdout, "err": done.stderr,
+                   "seconds": time.monotonic() - t0}
+    agent = guest.agent(timeout_s=10)
+    try:
+        run_guest_cli(agent, ["audit"], python="python3-not-there", timeout_s=30)
+    except EnvironmentProblem as exc:
+        into["no_python"] = str(exc)
+    agent.command("guest-exec", {"path": "/bin/touch", "arg": ["/run/vmcrash-host-done"]})
+
+
 def _fix(root: Path, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -79,7 +102,8 @@ def _fix(root: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def bound_boots(hv: object, debian_root: object) -> Iterator[dict[str, BoundBoot]]:
+def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPathFactory,
+                ) -> Iterator[dict[str, BoundBoot]]:
     from vmcrash.lab.rootfs import build_variant
     from vmcrash.lab.systemd_guest import (
         HOST_ALIAS,
@@ -99,20 +123,25 @@ def bound_boots(hv: object, debian_root: object) -> Iterator[dict[str, BoundBoot
         "timesyncd-reachable": ("timesyncd", timesyncd_root.root, HOST_ALIAS),
     }
     out: dict[str, BoundBoot] = {}
+    config = tmp_path_factory.mktemp("guest-host") / "vmcrash.toml"
+    config.write_text(f'libvirt_uri = "{hv.uri}"\n')  # type: ignore[attr-defined]
+    host: dict[str, Any] = {}
     try:
         boot_files = build_boot_files()
         with HostNtpServer(port=123) as ntp:
             staged: dict[str, tuple[Path, str, tuple[str, ...]]] = {}
             for label in LABELS:
-                daemon, base, host = plan[label]
-                root = prepare_lab_root(base, work / label, ntp_port=ntp.port, ntp_host=host)
+                daemon, base, address = plan[label]
+                root = prepare_lab_root(base, work / label, ntp_port=ntp.port, ntp_host=address,
+                                        hold_for_host=label == "timesyncd-reachable")
                 text = _fix(root, "--all-enabled", "--wait-timeout", str(WAIT_S))
                 if daemon == "timesyncd":
                     text += _fix(root, "--strict", "--unit", "mariadb.service", "--wait-timeout", str(WAIT_S))
                 ordered = re.findall(r"(?m)^ordered after time-sync.target[^:]*: (.*)$", text)[0]
                 staged[label] = (root, text, tuple(ordered.split(", ")))
             results = boot_all(hv, [staged[k][0] for k in LABELS], work, ntp,  # type: ignore[arg-type]
-                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=900, watch=(LOGIN,))
+                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=900, watch=(LOGIN,),
+                               on_console={HOLD: lambda g: _host_side(g, config, host)})
             for label, result in zip(LABELS, results, strict=True):
                 root, text, fixed = staged[label]
                 ev = result.evidence
@@ -121,7 +150,7 @@ def bound_boots(hv: object, debian_root: object) -> Iterator[dict[str, BoundBoot
                 journal = sorted((int(m), int(r), str(i), str(u), str(msg)) for m, r, i, u, msg in ev["journal"])
                 out[label] = BoundBoot(label, plan[label][0], ev, parse_show(ev["show"]["out"]), journal,
                                        result.serial, result.console_seen_s.get(LOGIN), fixed, text,
-                                       result.run_seconds)
+                                       result.run_seconds, host if label == "timesyncd-reachable" else {})
         yield out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -227,3 +256,23 @@ def test_in_guest_audit_of_the_fixed_guest_reports_the_bound(bound_boots: dict[s
     infra = {i["unit"]: i["role"] for i in doc["infrastructure"]}
     # the running system shows the generator's serial-getty@ttyS0, which an image cannot
     assert infra.get("serial-getty@ttyS0.service") == "login"
+
+
+def test_host_side_audit_through_the_agent_shows_what_the_guest_sees(bound_boots: dict[str, BoundBoot]) -> None:
+    boot = bound_boots["timesyncd-reachable"]
+    assert boot.evidence["host_done"] is True
+    cli = boot.host["cli"]
+    assert cli["rc"] in (0, 1), cli
+    host_doc = json.loads(cli["out"])
+    for key in ("audit", "audit_after_host"):  # the guest's own audits, just before and just after
+        guest_doc = json.loads(boot.evidence[key]["out"])
+        assert cli["rc"] == boot.evidence[key]["rc"]
+        assert ({(f["code"], f["unit"]) for f in host_doc["findings"]}
+                == {(f["code"], f["unit"]) for f in guest_doc["findings"]})
+        assert host_doc["time_sync"] == guest_doc["time_sync"]
+        assert ({(s["unit"], s["after_time_sync"]) for s in host_doc["services"]}
+                == {(s["unit"], s["after_time_sync"]) for s in guest_doc["services"]})
+    assert host_doc["root"] == "/"
+    assert host_doc["time_sync"]["held_by"] == ["systemd-time-wait-sync.service"]
+    log.warning("host-side audit through the agent: %.1f s", cli["seconds"])
+    assert "the guest has no python3-not-there" in boot.host["no_python"]

@@ -16,8 +16,10 @@ __all__ = ["doctor"]
 @click.argument("domains", nargs=-1)
 @click.option("--fix", is_flag=True, help="Apply the XML changes (they take effect at the next boot).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--guest-audit", is_flag=True,
+              help="Also audit each running guest's boot order through its agent (vmcrash guest audit --domain).")
 @click.pass_context
-def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool) -> int:
+def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool, guest_audit: bool = False) -> int:
     """Check DOMAINS (default: all watched) for panic device, vmcoreinfo, agent, on_crash and dump space."""
     import libvirt
 
@@ -63,6 +65,10 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
                 checks = readiness(call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE, domain=name))
                 entry["checks"] = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + \
                     entry["checks"][-1:]
+        if guest_audit:
+            from vmcrash.host.guest_exec import doctor_check
+
+            entry["checks"].append(doctor_check(dom))
         entry["ok"] = all(c["ok"] for c in entry["checks"])
         all_ok = all_ok and entry["ok"]
         report.append(entry)

@@ -756,8 +756,8 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
     bound_text = ("forever" if max_wait is None or not math.isfinite(max_wait) else f"up to {max_wait:g} s")
     for uid in sorted(t):
         role = roles.get(uid)
-        if role is None or role.kind not in (RoleKind.LOGIN, RoleKind.SSH, RoleKind.TIME, RoleKind.NETWORK,
-                                             RoleKind.NEEDED):
+        if role is None or role.kind not in (RoleKind.LOGIN, RoleKind.SSH, RoleKind.AGENT, RoleKind.TIME,
+                                             RoleKind.NETWORK, RoleKind.NEEDED):
             continue
         chain = graph.order_chain(uid, TIME_SYNC) if ts_in else None
         if not chain:

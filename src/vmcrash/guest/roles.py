@@ -8,6 +8,7 @@ bound"). :func:`classify` sorts the services of a boot transaction into:
 * ``login``: console and login (``getty@``, ``serial-getty@``, ``console-getty``,
   ``container-getty@``, ``getty-static``, ``systemd-logind``, ``systemd-user-sessions``, D-Bus);
 * ``ssh``: an operator's way in; ordering it is an explicit opt-in (``--unit ssh.service``);
+* ``agent``: the QEMU guest agent, the hypervisor's way in (vmcrash corrects the clock through it);
 * ``time``: clock units and everything the units holding ``time-sync.target`` need (what they
   are ordered after or pull in, transitively) to reach a time source;
 * ``network``: what ``network.target``, ``network-online.target``, ``nss-lookup.target`` and
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from vmcrash.guest.graph import PULL_KINDS, BootGraph
 from vmcrash.guest.names import template_of
 
-__all__ = ["LOGIN_UNITS", "NETWORK_TARGETS", "SSH_UNITS", "Role", "RoleKind", "classify"]
+__all__ = ["AGENT_UNITS", "LOGIN_UNITS", "NETWORK_TARGETS", "SSH_UNITS", "Role", "RoleKind", "classify"]
 
 TIME_SYNC = "time-sync.target"
 #: Console and login services (templates by their ``foo@.service`` name).
@@ -39,6 +40,7 @@ LOGIN_UNITS = frozenset({
     "dbus.service", "dbus-broker.service", "dbus-daemon.service", "plymouth-quit-wait.service",
     "plymouth-quit.service",
 })
+AGENT_UNITS = frozenset({"qemu-guest-agent.service", "qemu-ga.service", "qemu-ga@.service"})
 SSH_UNITS = frozenset({"ssh.service", "sshd.service", "openssh.service", "openssh-server.service",
                        "dropbear.service"})
 #: Targets whose prerequisites make the network and name resolution work.
@@ -51,6 +53,7 @@ class RoleKind(enum.Enum):
 
     LOGIN = "login"
     SSH = "ssh"
+    AGENT = "agent"
     TIME = "time"
     NETWORK = "network"
     SYSTEM = "system"
@@ -125,6 +128,8 @@ def classify(graph: BootGraph, holders: Iterable[str] = (), clock_units: Iterabl
         names = _names(graph, uid)
         if names & LOGIN_UNITS:
             roles[uid] = Role(uid, RoleKind.LOGIN, "console and login")
+        elif names & AGENT_UNITS:
+            roles[uid] = Role(uid, RoleKind.AGENT, "the hypervisor's way in (the clock is corrected through it)")
         elif names & SSH_UNITS:
             roles[uid] = Role(uid, RoleKind.SSH, "an operator's way in (order it explicitly with --unit)")
         elif uid in clock:

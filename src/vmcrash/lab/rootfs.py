@@ -220,8 +220,9 @@ def build_rootfs(lab_dir: Path = LAB_DIR, *, mirror: str | None = None) -> Rootf
 
 #: Derived roots: name -> packages installed on top of the base root (apt resolves the conflicts:
 #: systemd-timesyncd ``Conflicts: time-daemon``, so installing it purges chrony, as on a stock
-#: Debian 12 that never installed chrony).
-VARIANTS = {"timesyncd": ("systemd-timesyncd",)}
+#: Debian 12 that never installed chrony). The timesyncd root also has the QEMU guest agent, for
+#: the host-side audit (``vmcrash guest audit --domain``).
+VARIANTS = {"timesyncd": ("systemd-timesyncd", "qemu-guest-agent")}
 
 
 def build_variant(base: Rootfs, name: str, lab_dir: Path = LAB_DIR) -> Rootfs:

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 BOOT_FORMAT = 1
 #: Modules the initramfs loads (modprobe pulls in their dependencies).
-BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4")
+BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "ext4")
 EVIDENCE_MAGIC = b"VMCRASH-EVIDENCE1\n"
 EVIDENCE_DISK_BYTES = 32 << 20
 #: Guest address on QEMU's user network; 10.0.2.2 is the host's loopback seen through slirp.
@@ -75,7 +76,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "vmcrash-sysboot: initramfs"
-modprobe -a virtio_pci virtio_blk virtio_net crc32c_generic ext4
+modprobe -a virtio_pci virtio_blk virtio_net virtio_console crc32c_generic ext4
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /newroot
@@ -132,6 +133,15 @@ names = sorted({line.split()[0] for line in units["out"].splitlines() if line.sp
 ev["list_units"] = units
 ev["show"] = run(["systemctl", "show", "--timestamp=us+utc", "-p", PROPS, "--", *names])
 ev["audit"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
+if lab.get("hold_for_host"):
+    # the host audits this running guest through its agent now, then creates the flag file
+    ev["hold_started_monotonic_us"] = time.monotonic_ns() // 1000
+    print("vmcrash-evidence: waiting for the host", flush=True)
+    deadline = time.monotonic() + 400
+    while not os.path.exists("/run/vmcrash-host-done") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ev["host_done"] = os.path.exists("/run/vmcrash-host-done")
+    ev["audit_after_host"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
 try:
     audited = [s["unit"] for s in json.loads(ev["audit"]["out"])["services"]]
 except Exception:
@@ -369,7 +379,7 @@ UNREACHABLE_NTP = "10.0.2.99"
 
 
 def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None,
-                     ntp_host: str = HOST_ALIAS) -> Path:
+                     ntp_host: str = HOST_ALIAS, hold_for_host: bool = False) -> Path:
     """Copy ``base`` to ``dest`` and add what the lab boot needs; return ``dest``.
 
     Added: a static address without default route (systemd-networkd), the time daemon's only
@@ -378,7 +388,9 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
     in a drop-in, port 123 only, timesyncd has no port setting), the collector unit with its
     mode in ``/etc/vmcrash-lab.json``, and ``vmcrash`` (errors + guest only) under
     ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``. ``ntp_host`` =
-    :data:`UNREACHABLE_NTP` gives a guest without a time source.
+    :data:`UNREACHABLE_NTP` gives a guest without a time source. ``hold_for_host``: the collector
+    prints ``vmcrash-evidence: waiting for the host`` and waits (at most 400 s) for
+    ``/run/vmcrash-host-done`` before it goes on, so the host can work on the running guest.
     """
     copy_tree(base, dest)
     (dest / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
@@ -404,7 +416,8 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
     else:
         raise EnvironmentProblem(f"{base}: neither chrony nor systemd-timesyncd installed")
     (dest / "etc/vmcrash-lab.json").write_text(json.dumps(
-        {"daemon": daemon, "ntp": f"{ntp_host}:{int(ntp_port)}", "reachable": ntp_host != UNREACHABLE_NTP}))
+        {"daemon": daemon, "ntp": f"{ntp_host}:{int(ntp_port)}", "reachable": ntp_host != UNREACHABLE_NTP,
+         "hold_for_host": hold_for_host}))
     collector = dest / "usr/local/sbin/vmcrash-evidence"
     collector.parent.mkdir(parents=True, exist_ok=True)
     collector.write_text(COLLECTOR)
@@ -470,6 +483,8 @@ class SystemdGuest(LabGuest):
             _sub(disk, "driver", name="qemu", type="raw", cache="unsafe")
             _sub(disk, "source", file=str(path))
             _sub(disk, "target", dev=dev, bus="virtio")
+        channel = _sub(devs, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
         iface = _sub(devs, "interface", type="user")
         _sub(iface, "model", type="virtio")
         serial = _sub(devs, "serial", type="file")
@@ -563,11 +578,14 @@ def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer,
 
 def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
              clock_offset_s: int = -600, timeout_s: float = 600.0,
-             boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = ()) -> list[LabBootResult]:
+             boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = (),
+             on_console: dict[str, Callable[[SystemdGuest], None]] | None = None) -> list[LabBootResult]:
     """Boot one guest per root *at the same time* (one vCPU each) and return their evidence, in order.
 
     ``watch``: console strings whose first appearance is timed (host seconds since the guests were
-    started, polled every 0.5 s): :attr:`LabBootResult.console_seen_s`.
+    started, polled every 0.5 s): :attr:`LabBootResult.console_seen_s`. ``on_console``: console
+    string -> function called once with the guest when the string first appears (it runs in this
+    loop; the guests keep running meanwhile).
 
     :raises EnvironmentProblem: a guest did not power off in time (its console tail is in the message).
     :raises BadDataError: a guest powered off without writing evidence (console tail in the message).
@@ -599,11 +617,13 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
                 if guest.name in ran:
                     continue
                 assert guest.dom is not None
-                if watch:
+                if watch or on_console:
                     console = guest.serial_bytes()
-                    for marker in watch:
+                    for marker in (*watch, *(on_console or {})):
                         if marker not in seen[guest.name] and marker.encode() in console:
                             seen[guest.name][marker] = time.monotonic() - t0
+                            if on_console and marker in on_console:
+                                on_console[marker](guest)
                 if not call(guest.dom.isActive, domain=guest.name):
                     ran[guest.name] = time.monotonic() - t0
             if time.monotonic() - t0 > timeout_s:
