@@ -1,7 +1,9 @@
 """Real boots of fixed guests whose NTP server is unreachable: the boot is never crippled, only bounded.
 
 Three guests boot at the same time (one module fixture, one vCPU each, clock 10 minutes behind),
-each fixed beforehand with ``python3 -m vmcrash.guest fix --all-enabled --wait-timeout 60``:
+each fixed beforehand with ``python3 -m vmcrash.guest fix --all-enabled --wait-timeout 150``
+(150 s, not the default 90: a margin over the time a starved TCG guest takes to reach its login
+prompt, so the test tells "not ordered after the wait" from "slow"):
 
 * ``chrony-unreachable``: the debootstrapped Debian 12 root (chrony + chrony-wait), its only
   server an address on QEMU's user network where nothing answers;
@@ -23,13 +25,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ from vmcrash.lab.image import LAB_DIR
 pytestmark = pytest.mark.lab
 log = logging.getLogger(__name__)
 
-WAIT_S = 60
+WAIT_S = 150
 CLOCK_OFFSET_S = -600
 LOGIN = "vmcrash-guest login:"
 APPS = ("cron.service", "nginx.service", "mariadb.service")
@@ -101,6 +104,12 @@ def _fix(root: Path, *args: str) -> str:
     return done.stdout
 
 
+def _cached(path: Path) -> dict[str, BoundBoot]:
+    doc = json.loads(path.read_text())
+    return {k: BoundBoot(**{**v, "journal": [tuple(e) for e in v["journal"]], "fixed": tuple(v["fixed"])})
+            for k, v in doc.items()}
+
+
 @pytest.fixture(scope="module")
 def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPathFactory,
                 ) -> Iterator[dict[str, BoundBoot]]:
@@ -123,6 +132,10 @@ def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPa
         "timesyncd-reachable": ("timesyncd", timesyncd_root.root, HOST_ALIAS),
     }
     out: dict[str, BoundBoot] = {}
+    reuse = os.environ.get("VMCRASH_REUSE_BOUND_EVIDENCE")  # re-check assertions without booting again
+    if reuse:
+        yield _cached(Path(reuse))
+        return
     config = tmp_path_factory.mktemp("guest-host") / "vmcrash.toml"
     config.write_text(f'libvirt_uri = "{hv.uri}"\n')  # type: ignore[attr-defined]
     host: dict[str, Any] = {}
@@ -151,6 +164,10 @@ def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPa
                 out[label] = BoundBoot(label, plan[label][0], ev, parse_show(ev["show"]["out"]), journal,
                                        result.serial, result.console_seen_s.get(LOGIN), fixed, text,
                                        result.run_seconds, host if label == "timesyncd-reachable" else {})
+        keep = os.environ.get("VMCRASH_KEEP_EVIDENCE")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            (Path(keep) / "bound-boots.json").write_text(json.dumps({k: asdict(v) for k, v in out.items()}))
         yield out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -217,7 +234,7 @@ def test_without_a_time_source_the_applications_start_after_the_bound(
     for unit in strict:
         # --strict: requires the wait unit, which failed: never started, and systemd says why
         assert boot.mono(unit) == 0, boot.units[unit]
-        assert boot.entries(r"^Dependency failed for MariaDB"), [e[4] for e in boot.journal if "MariaDB" in e[4]]
+        assert boot.entries(r"^Dependency failed for .*MariaDB"), [e[4] for e in boot.journal if "MariaDB" in e[4]]
 
 
 def test_with_the_server_reachable_every_application_starts_after_the_clock_step(
@@ -250,7 +267,9 @@ def test_in_guest_audit_of_the_fixed_guest_reports_the_bound(bound_boots: dict[s
     res = boot.evidence["audit"]
     doc = json.loads(res["out"])
     codes = {f["code"] for f in doc["findings"]}
-    assert not codes & {"wait-unbounded", "infrastructure-after-time-sync", "service-before-time-sync"}, doc["findings"]
+    assert not codes & {"wait-unbounded", "infrastructure-after-time-sync"}, doc["findings"]
+    late = {f["unit"] for f in doc["findings"] if f["code"] == "service-before-time-sync"}
+    assert not late & set(boot.fixed), doc["findings"]
     assert doc["time_sync"]["held_by"] == [boot.wait_unit]
     assert doc["time_sync"]["max_wait_s"] == WAIT_S
     infra = {i["unit"]: i["role"] for i in doc["infrastructure"]}

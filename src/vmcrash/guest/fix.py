@@ -275,10 +275,32 @@ def _wait_unit(graph: BootGraph) -> tuple[str | None, list[str]]:
     return None, ["no time daemon is started at boot: nothing synchronizes the clock, so nothing can wait for it"]
 
 
+def _as_distribution_links(source: UnitSource, fragment: str) -> str:
+    """``fragment`` spelled the way this tree's own enable links spell unit paths.
+
+    With ``/lib -> usr/lib`` the same file is ``/lib/systemd/system/x`` (Debian 12's systemctl
+    writes that) or ``/usr/lib/systemd/system/x`` (RHEL, Fedora, SUSE): follow the majority of the
+    links already in ``/etc/systemd/system/*.wants``.
+    """
+    if not fragment.startswith("/lib/systemd/system/"):
+        return fragment
+    usr = lib = 0
+    for d in source.listdir("/etc/systemd/system"):
+        if not d.endswith((".wants", ".requires")):
+            continue
+        for name in source.listdir(f"/etc/systemd/system/{d}")[:200]:
+            path = f"/etc/systemd/system/{d}/{name}"
+            if source.kind(path) == "link":
+                target = source.readlink(path)
+                usr += target.startswith("/usr/lib/systemd/system/")
+                lib += target.startswith("/lib/systemd/system/")
+    return "/usr" + fragment if usr > lib else fragment
+
+
 def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
     """(link path, target) pairs ``systemctl enable`` would create for ``unit_id``."""
     unit = graph.loader.load(unit_id)
-    fragment = resolve(graph.loader.source, unit.fragment or "") or unit.fragment or ""
+    fragment = _as_distribution_links(graph.loader.source, unit.fragment or "")
     links = []
     for key, suffix in (("WantedBy", "wants"), ("RequiredBy", "requires")):
         for target in unit.install(key):

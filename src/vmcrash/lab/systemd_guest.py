@@ -100,7 +100,7 @@ MAGIC = b"VMCRASH-EVIDENCE1\n"
 PROPS = ("Id,Names,LoadState,ActiveState,SubState,Type,After,Before,Wants,Requires,WantedBy,"
          "DefaultDependencies,FragmentPath,DropInPaths,UnitFileState,"
          "InactiveExitTimestamp,InactiveExitTimestampMonotonic,ActiveEnterTimestamp,"
-         "ActiveEnterTimestampMonotonic,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic")
+         "ActiveEnterTimestampMonotonic,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic,TimeoutStartUSec")
 ENV = dict(os.environ, LC_ALL="C", SYSTEMD_COLORS="0", SYSTEMD_PAGER="", PYTHONPATH="/opt/vmcrash")
 
 
