@@ -13,9 +13,11 @@ from _distros import ETC, FAMILIES, USR_LIB, centos7
 from _guestsys import write_tree
 from test_guest_audit_fix import tree_state
 
+from vmcrash.errors import UsageError
 from vmcrash.guest.audit import audit
 from vmcrash.guest.cli import run_fix
 from vmcrash.guest.fix import DROPIN_NAME, TIMEOUT_DROPIN_NAME, plan_fix
+from vmcrash.guest.sources import Link
 
 
 def codes(report: object) -> set[str]:
@@ -115,3 +117,28 @@ def test_each_family_audit_then_fix_with_its_own_wait_unit(tmp_path: Path, famil
         assert d.data["makestep"]["limit"] == -1  # steps after a freeze too
     assert run_fix(str(tmp_path), undo=True) == 0
     assert tree_state(tmp_path) == before
+
+
+def test_centos7_with_ntpd_and_chronyd_both_enabled_is_a_conflict_the_fix_refuses(tmp_path: Path) -> None:
+    files = centos7()
+    files[f"{ETC}/multi-user.target.wants/chronyd.service"] = Link(f"{USR_LIB}/chronyd.service")
+    write_tree(tmp_path, files)
+    report = audit(tmp_path)
+    clash = [f for f in report.findings if f.code == "time-daemons-conflict"]
+    assert len(clash) == 1 and "chronyd.service" in clash[0].message and "ntpd.service" in clash[0].message
+    with pytest.raises(UsageError, match="Conflicts"):
+        plan_fix(tmp_path, all_enabled=True)
+
+
+def test_a_wait_unit_skipped_by_its_condition_holds_nothing(tmp_path: Path) -> None:
+    files = FAMILIES["fedora"]()
+    files[f"{ETC}/multi-user.target.wants/chrony-wait.service"] = Link(f"{USR_LIB}/chrony-wait.service")
+    files[f"{ETC}/chrony-wait.service.d/local.conf"] = "[Unit]\nConditionPathExists=/etc/chrony-wait-enabled\n"
+    write_tree(tmp_path, files)
+    report = audit(tmp_path)
+    assert report.time_sync_held_by == ()
+    (wait,) = [c for c in report.clock_units if c.unit == "chrony-wait.service"]
+    assert "skipped at boot" in wait.note and "ConditionPathExists=/etc/chrony-wait-enabled" in wait.note
+    assert "time-sync-not-held" in codes(report)
+    (tmp_path / "etc/chrony-wait-enabled").write_text("")
+    assert audit(tmp_path).time_sync_held_by == ("chrony-wait.service",)

@@ -24,6 +24,7 @@ from typing import Any
 
 from vmcrash.errors import UnitFileError, UsageError
 from vmcrash.guest.bounds import WaitBound, default_timeout_start_s, wait_bound
+from vmcrash.guest.conditions import evaluate_conditions
 from vmcrash.guest.graph import BootGraph, Edge, service_type
 from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import RootSource, UnitSource, resolve
@@ -429,6 +430,11 @@ def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0) -> list[
         in_t = uid in graph.transaction
         holds, hold_note = _holds(unit, role)
         holds = holds and in_t and before and TIME_SYNC in graph.transaction
+        if role in ("waits", "steps"):
+            cond = evaluate_conditions(unit, graph.loader.source)
+            if cond.met is False:
+                holds = False
+                hold_note = f"skipped at boot, holds nothing: {', '.join(cond.why)} is false on this tree"
         note = hold_note or why
         pulled = graph.pull_chain(uid)
         bound = wait_bound(unit, manager_default_s) if role in ("waits", "steps") else None
@@ -550,6 +556,26 @@ def _ntpd_report(source: UnitSource, kind: str, unit: str, in_t: bool,
     data = {"config": cfg.path, "options": list(cfg.options), "panic_s": cfg.panic_s, "step_s": cfg.step_s,
             "stepout_s": cfg.stepout_s, "g": cfg.allow_first_big, "x": cfg.slew_only}
     return DaemonReport(kind, unit, in_t, tuple(lines), data), findings, list(cfg.problems)
+
+
+def conflicting_daemons(graph: BootGraph) -> list[Finding]:
+    """Time daemons of the boot transaction that conflict (``Conflicts=``, either direction).
+
+    Both pulled in by ``Wants=``: systemd keeps one start job and drops the other (which one depends
+    on the order jobs are merged), so which daemon runs, and which wait unit can work, is not
+    decided by the files. (CentOS 7 with both ntpd and chronyd enabled: chronyd.service
+    ``Conflicts=ntpd.service``.)
+    """
+    daemons = [uid for uid, _ in time_daemons(graph) if uid in graph.transaction]
+    out = []
+    for i, a in enumerate(daemons):
+        for b in daemons[i + 1:]:
+            if b in graph.edges(a, "conflicts") or a in graph.edges(b, "conflicts"):
+                out.append(Finding("time-daemons-conflict",
+                                   f"{a} and {b} are both started at boot but conflict (Conflicts=): systemd "
+                                   "drops one of the two start jobs, so which one keeps time is left to chance; "
+                                   "disable one", a))
+    return out
 
 
 def ntpd_offset_story(cfg: NtpdConfig, offsets_s: tuple[float, ...] = (REFERENCE_OFFSET_S, 1080.0)) -> list[str]:
@@ -780,6 +806,7 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
 
     daemon_reports, dfind, dprob = _daemon_reports(graph, source)
     findings.extend(dfind)
+    findings.extend(conflicting_daemons(graph))
     cycles = tuple(tuple(c) for c in graph.cycles())
     for cyc in cycles:
         findings.append(Finding("ordering-cycle", "ordering cycle: " + " -> ".join(cyc)))

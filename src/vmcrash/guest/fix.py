@@ -50,6 +50,7 @@ from vmcrash.guest.audit import (
     TIME_SYNC,
     audit_prerequisites,
     chrony_conf_path,
+    conflicting_daemons,
     find_clock_units,
     load_graph,
     time_daemons,
@@ -380,6 +381,9 @@ def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: 
     warnings: list[str] = []
     changes: list[Change] = []
     overrides: dict[str, bytes | Link] = {}
+    clash = conflicting_daemons(graph)
+    if clash:
+        raise UsageError(f"cannot make this boot safe: {clash[0].message}")
     wait, why = _wait_unit(graph)
     warnings.extend(why)
     if wait == "ntpdate.service":
