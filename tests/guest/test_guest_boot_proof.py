@@ -125,6 +125,7 @@ class Boot:
     report: Any
     run_seconds: float
     fixed: tuple[str, ...] = ()
+    second: dict[str, Any] | None = None
 
     def start_us(self, unit: str) -> int:
         return int(self.units[unit].get("InactiveExitTimestampMonotonic") or 0)
@@ -151,7 +152,10 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
         with HostNtpServer() as ntp:
             staged = {}
             for label in ("before", "after"):
-                root = prepare_lab_root(debian_root.root, work / label, ntp_port=ntp.port)  # type: ignore[attr-defined]
+                # the unfixed guest also gives the live proof: after its evidence it runs the fix on
+                # itself (--root /) and reboots into the fixed boot (second evidence slot)
+                root = prepare_lab_root(debian_root.root, work / label, ntp_port=ntp.port,  # type: ignore[attr-defined]
+                                        live_fix=("--all-enabled",) if label == "before" else ())
                 fixed: tuple[str, ...] = ()
                 if label == "after":
                     done = subprocess.run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", str(root),
@@ -163,7 +167,8 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
                 staged[label] = (root, fixed, graph, audit_graph(graph, source, label=str(root)))
             # both guests boot at the same time, one vCPU each
             results = boot_all(hv, [staged[k][0] for k in ("before", "after")], work, ntp,  # type: ignore[arg-type]
-                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=600)
+                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=1200,
+                               restart_on_reboot=(True, False))
             for label, result in zip(("before", "after"), results, strict=True):
                 root, fixed, graph, report = staged[label]
                 ev = result.evidence
@@ -173,8 +178,10 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
                     Path(keep).mkdir(parents=True, exist_ok=True)
                     (Path(keep) / f"evidence-{label}.json").write_text(json.dumps(ev))
                     (Path(keep) / f"serial-{label}.txt").write_text(result.serial)
+                second = result.extra.get("second_boot")
                 out[label] = Boot(root, ev, parse_show(ev["show"]["out"]), find_step(ev["journal"]), graph,
-                                  report, result.run_seconds, fixed)
+                                  report, result.run_seconds, fixed,
+                                  second if isinstance(second, dict) else None)
         yield out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -291,3 +298,36 @@ def test_every_critical_chain_link_is_an_edge_of_the_model(boots: dict[str, Boot
             # with chrony-wait holding it, time-sync.target is on the critical chain of the fixed services
             assert "time-sync.target" in {e for _, e in edges}, res["out"]
     assert links > 10
+
+
+def test_live_fix_on_the_running_guest_then_reboot_every_fixed_service_starts_after_the_step(
+        boots: dict[str, Boot]) -> None:
+    """Issue 12's live proof: ``fix --root /`` inside the booted guest, then a reboot (the RTC still 10 min
+    behind: the lab root has chrony's rtcsync off): every service the live fix ordered starts after the step."""
+    first = boots["before"]
+    live = first.evidence["live_fix"]
+    assert live["rc"] == 0, live
+    ordered = re.search(r"(?m)^ordered after time-sync.target: (.*)$", live["out"])
+    assert ordered, live["out"]
+    fixed = ordered.group(1).split(", ")
+    assert set(CORE) <= set(fixed) and "ssh.service" not in fixed
+    assert "audit after the fix: no findings" in live["out"], live["out"]
+    live_audit = json.loads(first.evidence["live_audit"]["out"])
+    assert not {f["unit"] for f in live_audit["findings"]} & set(fixed), live_audit["findings"]
+    assert live_audit["time_sync"]["held_by"] == ["chrony-wait.service"]
+    second = first.second
+    assert second is not None, "the guest did not come back from the reboot with evidence"
+    units = parse_show(second["show"]["out"])
+    step = find_step(second["journal"])
+    assert 590 <= step.size_s <= 615, step
+    boot2 = Boot(first.root, second, units, step, first.graph, first.report, 0.0, tuple(fixed))
+    assert int(units["chrony-wait.service"]["ActiveEnterTimestampMonotonic"]) >= step.hi_us
+    started = 0
+    for unit in fixed:
+        verdict = boot2.started_after_step(unit)
+        if verdict is None:
+            assert unit not in CORE, unit
+            continue
+        assert verdict is True and boot2.start_us(unit) >= step.hi_us, (unit, units[unit]["InactiveExitTimestamp"])
+        started += 1
+    assert started >= len(CORE)

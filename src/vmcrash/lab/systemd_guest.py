@@ -66,6 +66,8 @@ BOOT_FORMAT = 1
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "ext4")
 EVIDENCE_MAGIC = b"VMCRASH-EVIDENCE1\n"
 EVIDENCE_DISK_BYTES = 32 << 20
+#: The disk holds two evidence slots (the second for the boot after a live fix).
+EVIDENCE_SLOT_BYTES = 16 << 20
 #: Guest address on QEMU's user network; 10.0.2.2 is the host's loopback seen through slirp.
 GUEST_ADDRESS = "10.0.2.15/24"
 HOST_ALIAS = "10.0.2.2"
@@ -97,6 +99,7 @@ import json, os, re, subprocess, sys, time
 
 OUT = "/dev/vdb"
 MAGIC = b"VMCRASH-EVIDENCE1\n"
+SLOT = 16 << 20  # the second boot's evidence (live-fix proof) starts here
 PROPS = ("Id,Names,LoadState,ActiveState,SubState,Type,After,Before,Wants,Requires,WantedBy,"
          "DefaultDependencies,FragmentPath,DropInPaths,UnitFileState,"
          "InactiveExitTimestamp,InactiveExitTimestampMonotonic,ActiveEnterTimestamp,"
@@ -163,13 +166,25 @@ for line in j.stdout.splitlines():
                     e.get("SYSLOG_IDENTIFIER", ""), e.get("_SYSTEMD_UNIT", ""), msg[:200]])
 ev["journal"] = entries
 ev["collector_done_monotonic_us"] = time.monotonic_ns() // 1000
+MARK = "/var/lib/vmcrash-lab-first-boot-done"
+second = os.path.exists(MARK)
+reboot = bool(lab.get("live_fix")) and not second
+if reboot:
+    # live proof: fix the running system itself (--root /), then reboot into the fixed boot
+    ev["live_fix"] = run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", "/", *lab["live_fix"]])
+    ev["live_audit"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
 data = json.dumps(ev).encode()
 with open(OUT, "r+b") as f:
+    f.seek(SLOT if second else 0)
     f.write(MAGIC + b"%d\n" % len(data) + data)
     f.flush()
     os.fsync(f.fileno())
 print("vmcrash-evidence: written %d bytes" % len(data), flush=True)
-subprocess.run(["systemctl", "poweroff", "--no-block"])
+if reboot:
+    open(MARK, "w").close()
+    subprocess.run(["systemctl", "reboot", "--no-block"])
+else:
+    subprocess.run(["systemctl", "poweroff", "--no-block"])
 '''
 
 COLLECTOR_UNIT = """[Unit]
@@ -379,7 +394,8 @@ UNREACHABLE_NTP = "10.0.2.99"
 
 
 def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None,
-                     ntp_host: str = HOST_ALIAS, hold_for_host: bool = False) -> Path:
+                     ntp_host: str = HOST_ALIAS, hold_for_host: bool = False,
+                     live_fix: tuple[str, ...] = ()) -> Path:
     """Copy ``base`` to ``dest`` and add what the lab boot needs; return ``dest``.
 
     Added: a static address without default route (systemd-networkd), the time daemon's only
@@ -391,6 +407,10 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
     :data:`UNREACHABLE_NTP` gives a guest without a time source. ``hold_for_host``: the collector
     prints ``vmcrash-evidence: waiting for the host`` and waits (at most 400 s) for
     ``/run/vmcrash-host-done`` before it goes on, so the host can work on the running guest.
+    ``live_fix``: after the first boot's evidence the collector runs ``python3 -m vmcrash.guest fix
+    --root / LIVE_FIX...`` on the running guest and reboots; the second boot's evidence goes to
+    slot 1 (boot the domain with ``restart_on_reboot``). chrony's ``rtcsync`` is commented out so
+    the RTC keeps the wrong time across that reboot.
     """
     copy_tree(base, dest)
     (dest / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
@@ -402,7 +422,10 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
     conf = dest / "etc/chrony/chrony.conf"
     if conf.exists():
         daemon = "chrony"
-        conf.write_text(re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text()))
+        text = re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text())
+        if live_fix:
+            text = re.sub(r"(?m)^(rtcsync)", r"# vmcrash lab: keep the RTC wrong across the reboot\n# \1", text)
+        conf.write_text(text)
         (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
         (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
             f"server {ntp_host} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
@@ -417,7 +440,7 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
         raise EnvironmentProblem(f"{base}: neither chrony nor systemd-timesyncd installed")
     (dest / "etc/vmcrash-lab.json").write_text(json.dumps(
         {"daemon": daemon, "ntp": f"{ntp_host}:{int(ntp_port)}", "reachable": ntp_host != UNREACHABLE_NTP,
-         "hold_for_host": hold_for_host}))
+         "hold_for_host": hold_for_host, "live_fix": list(live_fix)}))
     collector = dest / "usr/local/sbin/vmcrash-evidence"
     collector.parent.mkdir(parents=True, exist_ok=True)
     collector.write_text(COLLECTOR)
@@ -457,6 +480,8 @@ class SystemdGuest(LabGuest):
     clock_offset_s: int = -600
     memory_mib: int = 1024
     vcpus: int = 1
+    #: let a reboot inside the guest restart it (the live-fix proof) instead of ending the domain
+    restart_on_reboot: bool = False
 
     def domain_xml(self) -> str:
         """The libvirt XML of this guest (pure given the fields)."""
@@ -475,7 +500,7 @@ class SystemdGuest(LabGuest):
         _sub(feats, "apic")
         _sub(dom, "clock", offset="variable", adjustment=str(int(self.clock_offset_s)), basis="utc")
         for event in ("on_poweroff", "on_reboot", "on_crash"):
-            _sub(dom, event, "destroy")
+            _sub(dom, event, "restart" if event == "on_reboot" and self.restart_on_reboot else "destroy")
         devs = _sub(dom, "devices")
         _sub(devs, "emulator", "/usr/bin/qemu-system-x86_64")
         for path, dev in ((self.disk, "vda"), (self.evidence_disk, "vdb")):
@@ -528,20 +553,22 @@ def new_evidence_disk(path: Path, size_bytes: int = EVIDENCE_DISK_BYTES) -> Path
     return path
 
 
-def read_evidence(path: Path) -> dict[str, object]:
-    """The collector's JSON from the evidence disk.
+def read_evidence(path: Path, slot: int = 0) -> dict[str, object]:
+    """The collector's JSON from the evidence disk (``slot`` 1: the second boot of a live-fix guest).
 
     :raises BadDataError: nothing written (the collector did not run) or the data is corrupt.
     """
+    base = slot * EVIDENCE_SLOT_BYTES
     with open(path, "rb") as f:
+        f.seek(base)
         head = f.read(len(EVIDENCE_MAGIC) + 16)
         if not head.startswith(EVIDENCE_MAGIC):
             raise BadDataError(f"{path}: no evidence written by the guest collector")
         rest = head[len(EVIDENCE_MAGIC):]
         length_text, _, _ = rest.partition(b"\n")
-        if not length_text.isdigit() or int(length_text) > EVIDENCE_DISK_BYTES:
+        if not length_text.isdigit() or int(length_text) > EVIDENCE_SLOT_BYTES - 64:
             raise BadDataError(f"{path}: bad evidence length {length_text[:20]!r}")
-        f.seek(len(EVIDENCE_MAGIC) + len(length_text) + 1)
+        f.seek(base + len(EVIDENCE_MAGIC) + len(length_text) + 1)
         data = f.read(int(length_text))
     try:
         value = json.loads(data)
@@ -579,7 +606,8 @@ def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer,
 def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
              clock_offset_s: int = -600, timeout_s: float = 600.0,
              boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = (),
-             on_console: dict[str, Callable[[SystemdGuest], None]] | None = None) -> list[LabBootResult]:
+             on_console: dict[str, Callable[[SystemdGuest], None]] | None = None,
+             restart_on_reboot: tuple[bool, ...] = ()) -> list[LabBootResult]:
     """Boot one guest per root *at the same time* (one vCPU each) and return their evidence, in order.
 
     ``watch``: console strings whose first appearance is timed (host seconds since the guests were
@@ -604,7 +632,9 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
             make_disk_image(root, disk)
             image_s.append(time.monotonic() - t0)
             guest = SystemdGuest(hv=hv, image=boot, run_dir=work, keep_serial=False, disk=disk,
-                                 evidence_disk=evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus)
+                                 evidence_disk=evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus,
+                                 restart_on_reboot=len(guests) < len(restart_on_reboot)
+                                 and restart_on_reboot[len(guests)])
             guests.append(guest)
             guest.define()
         t0 = time.monotonic()
@@ -638,9 +668,14 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
                 evidence = read_evidence(guest.evidence_disk)
             except BadDataError as exc:
                 raise BadDataError(f"{exc}; console tail: {serial[-1500:]!r}") from exc
+            extra: dict[str, object] = {"ntp_port": ntp.port}
+            if guest.restart_on_reboot:
+                try:
+                    extra["second_boot"] = read_evidence(guest.evidence_disk, 1)
+                except BadDataError as exc:
+                    raise BadDataError(f"second boot: {exc}; console tail: {serial[-1500:]!r}") from exc
             results.append(LabBootResult(evidence=evidence, serial=serial, run_seconds=ran[guest.name],
-                                         image_seconds=img_s, extra={"ntp_port": ntp.port},
-                                         console_seen_s=seen[guest.name]))
+                                         image_seconds=img_s, extra=extra, console_seen_s=seen[guest.name]))
         return results
     finally:
         for guest in guests:
