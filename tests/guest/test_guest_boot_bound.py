@@ -204,13 +204,20 @@ def test_without_a_time_source_the_login_prompt_appears_before_the_bound(
         bound_boots: dict[str, BoundBoot], label: str) -> None:
     boot = bound_boots[label]
     timed_out = _timed_out_us(boot)
-    # host clock: seconds from domain start until "login:" was on the console; the guest's
-    # monotonic clock started later, so this is an upper bound of the guest's own time for it
+    # the prompt is on the serial console (seen by the host while the guest ran) ...
     assert boot.login_seen_s is not None, boot.console[-2000:]
-    assert boot.login_seen_s < timed_out / 1e6, (boot.login_seen_s, timed_out)
+    # ... and systemd started its getty, on the guest's own monotonic clock, before the wait gave up
     getty = boot.mono("serial-getty@ttyS0.service", "ExecMainStartTimestampMonotonic")
-    assert 0 < getty < timed_out
+    assert 0 < getty < timed_out, (getty, timed_out)
     assert boot.units["serial-getty@ttyS0.service"]["ActiveState"] == "active"
+    # systemd's own ordering of the console login: neither the target nor the wait unit
+    for unit in ("serial-getty@ttyS0.service", "getty@tty1.service", "systemd-user-sessions.service"):
+        after = set(boot.units[unit].get("After", "").split())
+        assert not after & {"time-sync.target", boot.wait_unit}, (unit, after)
+    # the host clock counts from the domain's start (firmware and kernel included), so it is only
+    # an upper bound of the guest's time; logged, not compared (a starved TCG guest skews it)
+    log.warning("%s: getty started at %.1f s, wait gave up at %.1f s (guest clock); prompt seen by the host "
+                "at %.1f s after domain start", label, getty / 1e6, timed_out / 1e6, boot.login_seen_s)
     # ssh, the operator's way in, is left alone and not delayed either
     assert "ssh.service" not in boot.fixed and "left alone: ssh.service" in boot.fix_output
     assert 0 < boot.mono("ssh.service") < timed_out
