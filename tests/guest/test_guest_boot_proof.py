@@ -161,7 +161,8 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
                     done = subprocess.run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", str(root),
                                            "--all-enabled"], capture_output=True, text=True, timeout=300,
                                           check=True)
-                    fixed = tuple(re.findall(r"wrote /etc/systemd/system/([^/]+)\.d/", done.stdout))
+                    fixed = tuple(re.findall(r"wrote /etc/systemd/system/([^/]+)\.d/50-vmcrash-time-sync\.conf",
+                                             done.stdout))
                 source = RootSource(root)
                 graph = load_graph(root, source)
                 staged[label] = (root, fixed, graph, audit_graph(graph, source, label=str(root)))

@@ -6,6 +6,7 @@ no python3 in the guest, no agent channel, no such domain.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,5 +41,11 @@ def test_no_python3_no_agent_no_domain_are_one_line_errors(lab_guest: Callable[.
     res = cli(config, "--domain", without.name)  # type: ignore[attr-defined]
     assert res.returncode == 3 and res.stderr.count("\n") == 1, res
     assert "no guest agent channel" in res.stderr
+    doctor = subprocess.run([sys.executable, "-m", "vmcrash.cli.main", "--config", str(config), "doctor",
+                             "--guest-audit", "--json", with_agent.name],  # type: ignore[attr-defined]
+                            capture_output=True, text=True, timeout=300, check=False)
+    (entry,) = json.loads(doctor.stdout)
+    (check,) = [c for c in entry["checks"] if c["name"] == "guest-boot-order"]
+    assert check["ok"] is False and "the guest has no python3" in check["detail"], check
     res = cli(config, "--domain", "vmcrash-no-such-domain-xyz")
     assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res
