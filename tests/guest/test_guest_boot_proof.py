@@ -71,13 +71,16 @@ def wall_us(text: str) -> int:
 
 
 def critical_chain_trees(text: str) -> dict[str, list[tuple[str, str]]]:
-    """``systemd-analyze critical-chain`` output (ASCII tree, LC_ALL=C) -> unit -> (later, earlier) links."""
+    """``systemd-analyze critical-chain`` output (ASCII tree, LC_ALL=C) -> unit -> (later, earlier) links.
+
+    Times after ``@``/``+`` may hold a space past one minute (``@1min 758ms``).
+    """
     trees: dict[str, list[tuple[str, str]]] = {}
     stack: list[str] = []
     root = ""
     for line in text.splitlines():
         m = re.match(r"^((?:[ |] )*)([`|]-)?(\S+\.(?:service|target|socket|mount|slice|device|timer|path|swap|"
-                     r"automount|scope))(?: @\S+)?(?: \+\S+)?\s*$", line)
+                     r"automount|scope))(?: @[0-9][0-9a-z. ]*?)?(?: \+[0-9][0-9a-z. ]*?)?\s*$", line)
         if not m:
             continue
         prefix, marker, token = m.groups()
