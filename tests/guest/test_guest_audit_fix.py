@@ -13,7 +13,15 @@ from _guestsys import CHRONY_WAIT, ETC, LIB, system, write_tree
 
 from vmcrash.errors import UsageError
 from vmcrash.guest.audit import audit
-from vmcrash.guest.fix import DROPIN_NAME, MANIFEST_PATH, apply_fix, plan_fix, render_plan, undo_fix
+from vmcrash.guest.fix import (
+    DROPIN_NAME,
+    MANIFEST_PATH,
+    TIMEOUT_DROPIN_NAME,
+    apply_fix,
+    plan_fix,
+    render_plan,
+    undo_fix,
+)
 from vmcrash.guest.sources import Link, MemorySource
 from vmcrash.guest.timecfg import read_chrony, read_ntpd, slew_seconds
 
@@ -131,6 +139,7 @@ def test_fix_reaudit_idempotent_and_undo_byte_for_byte(root: Path) -> None:
         f"{ETC}/db.service.d/{DROPIN_NAME}": "create",
         f"{ETC}/web.service.d/{DROPIN_NAME}": "create",
         f"{ETC}/multi-user.target.wants/chrony-wait.service": "symlink",
+        f"{ETC}/chrony-wait.service.d/{TIMEOUT_DROPIN_NAME}": "create",
         "/etc/chrony/conf.d/vmcrash-makestep.conf": "create",
         "/etc/chrony/chrony.conf": "edit",  # its makestep 1 3 is read after confdir and would win
     }
@@ -139,7 +148,7 @@ def test_fix_reaudit_idempotent_and_undo_byte_for_byte(root: Path) -> None:
     assert tree_state(root) == before  # planning and --dry-run write nothing
 
     result = apply_fix(plan)
-    assert len(result.written) == 5
+    assert len(result.written) == 6
     after_fix = audit(root)
     assert after_fix.exit_code == 0, after_fix.render_text()
     assert after_fix.time_sync_held_by == ("chrony-wait.service",)

@@ -23,6 +23,8 @@ from vmcrash.guest.fix import DROPIN_NAME
 pytestmark = pytest.mark.lab
 
 SERVICES = ("cron.service", "nginx.service", "mariadb.service", "ssh.service")
+#: The application services among them (ssh is infrastructure: the fix leaves it alone).
+APPS = ("cron.service", "nginx.service", "mariadb.service")
 
 
 def unit_text(root: Path, name: str) -> str:
@@ -76,9 +78,12 @@ def test_the_debian_files_say_what_the_audit_must_find(debian_root: object) -> N
     assert clock["chrony.service"].role == "daemon" and clock["chrony.service"].before_time_sync
     assert clock["chrony-wait.service"].role == "waits" and not clock["chrony-wait.service"].in_transaction
     verdicts = {s.unit: s for s in report.services}
-    for name in SERVICES:
+    for name in APPS:
         assert name in verdicts and not verdicts[name].after_time_sync, name
         assert verdicts[name].pulled_in_by, name
+    infra = {r.unit: r.kind.value for r in report.infrastructure}
+    assert infra["ssh.service"] == "ssh" and infra["getty@tty1.service"] == "login"
+    assert infra["systemd-user-sessions.service"] == "login"
     (chrony_report,) = [d for d in report.daemons if d.daemon == "chrony"]
     assert chrony_report.data["makestep"]["limit"] == 3
     assert chrony_report.data["slew_seconds_for_reference_offset"] == pytest.approx(4320, rel=1e-3)
@@ -96,8 +101,14 @@ def test_fix_then_reaudit_passes_then_undo_restores_every_byte(debian_copy: Path
 
     done = cli("fix", "--root", str(debian_copy), "--all-enabled")
     assert done.returncode == 0, done.stderr
-    for name in SERVICES:
+    for name in APPS:
         assert (debian_copy / f"etc/systemd/system/{name}.d/{DROPIN_NAME}").is_file()
+    for name in ("ssh.service", "getty@tty1.service", "systemd-user-sessions.service", "getty-static.service"):
+        assert not (debian_copy / f"etc/systemd/system/{name}.d").exists(), name
+        assert f"left alone: {name}" in done.stdout, done.stdout
+    timeout = (debian_copy / "etc/systemd/system/chrony-wait.service.d/50-vmcrash-wait-timeout.conf").read_text()
+    assert "TimeoutStartSec=90\n" in timeout
+    assert "audit after the fix: no findings" in done.stdout
     link = debian_copy / "etc/systemd/system/multi-user.target.wants/chrony-wait.service"
     assert os.readlink(link) == "/lib/systemd/system/chrony-wait.service"
 
@@ -106,12 +117,13 @@ def test_fix_then_reaudit_passes_then_undo_restores_every_byte(debian_copy: Path
     doc = json.loads(re_audit.stdout)
     assert doc["time_sync"]["held_by"] == ["chrony-wait.service"]
     assert doc["findings"] == [] and all(s["after_time_sync"] for s in doc["services"])
+    assert doc["time_sync"]["max_wait_s"] == 90 and not doc["time_sync"]["waits_forever"]
     (chrony_doc,) = [d for d in doc["daemons"] if d["daemon"] == "chrony"]
     assert chrony_doc["makestep"]["limit"] == -1 and chrony_doc["steps_offset_after_start"]
 
     fixed = tree_state(debian_copy)
     again = cli("fix", "--root", str(debian_copy), "--all-enabled")
-    assert again.returncode == 0 and again.stdout.strip() == "nothing to change"
+    assert again.returncode == 0 and again.stdout.startswith("nothing to change\n")
     assert tree_state(debian_copy) == fixed
 
     undo = cli("fix", "--root", str(debian_copy), "--undo")

@@ -18,8 +18,11 @@ __all__ = ["doctor"]
 @click.option("--memfd", is_flag=True,
               help="With --fix: move guest RAM to a shared memfd (capture mode hold); prints the trade-offs.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--guest-audit", is_flag=True,
+              help="Also audit each running guest's boot order through its agent (vmcrash guest audit --domain).")
 @click.pass_context
-def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool, memfd: bool = False) -> int:
+def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: bool, memfd: bool = False,
+           guest_audit: bool = False) -> int:
     """Check DOMAINS (default: all watched) for panic device, vmcoreinfo, agent, on_crash and dump space."""
     import libvirt
 
@@ -97,6 +100,10 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
                 call(hv.conn.defineXML, new_xml, domain=name)
                 entry["memfd"] = {"applied": True, "change": change + " — at the next start of the domain",
                                   "tradeoffs": [t.format(thp=shmem_thp_setting()) for t in MEMFD_TRADEOFFS]}
+        if guest_audit:
+            from vmcrash.host.guest_exec import doctor_check
+
+            entry["checks"].append(doctor_check(dom))
         entry["ok"] = all(c["ok"] for c in entry["checks"])
         all_ok = all_ok and entry["ok"]
         report.append(entry)

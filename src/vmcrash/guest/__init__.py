@@ -9,6 +9,10 @@ that chain and fixes it with drop-ins it can undo.
 It imports nothing outside the standard library (and :mod:`vmcrash.errors`), so a guest can run
 it from a copied directory: ``python3 -m vmcrash.guest audit``.
 
+Infrastructure (console, login, network, the time daemon and what it needs, the guest agent, ssh)
+is never ordered after the clock (:mod:`vmcrash.guest.roles`), and every wait for it is bounded
+(:mod:`vmcrash.guest.bounds`).
+
 Public surface: :func:`audit` -> :class:`AuditReport` (its :class:`Finding` and
 :class:`ServiceVerdict` items), :func:`load_graph`; :func:`plan_fix` -> :class:`FixPlan`,
 :func:`render_plan`, :func:`apply_fix`, :func:`undo_fix`; for other tools :class:`UnitLoader` ->

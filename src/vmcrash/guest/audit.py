@@ -13,6 +13,7 @@ The result is a frozen :class:`AuditReport`; :meth:`AuditReport.render_text` and
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import shlex
@@ -22,13 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from vmcrash.errors import UnitFileError, UsageError
+from vmcrash.guest.bounds import WaitBound, default_timeout_start_s, wait_bound
+from vmcrash.guest.conditions import evaluate_conditions
 from vmcrash.guest.graph import BootGraph, Edge, service_type
+from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import RootSource, UnitSource, resolve
 from vmcrash.guest.timecfg import (
     REFERENCE_OFFSET_S,
     ChronyConfig,
     NtpdConfig,
     chrony_conf_path,
+    ntpdate_servers,
     read_chrony,
     read_ntpd,
     read_timesyncd,
@@ -47,16 +52,19 @@ __all__ = [
     "audit",
     "audit_graph",
     "clock_role",
+    "find_clock_units",
     "load_graph",
 ]
 
 TIME_SYNC = "time-sync.target"
 
 #: Units that hold time-sync.target until the clock is synchronised, per time daemon.
+#: Preferred first: the distribution's own unit (RHEL/CentOS 7's ntp: ntpdate.service, which steps the
+#: clock once before ntpd starts; ntp.org's ntp-wait where it is packaged as a unit).
 KNOWN_WAIT_UNITS = {
     "chrony": ("chrony-wait.service",),
     "ntpsec": ("ntpsec-wait.service",),
-    "ntp": ("ntp-wait.service",),
+    "ntp": ("ntpdate.service", "ntp-wait.service"),
     "timesyncd": ("systemd-time-wait-sync.service",),
 }
 #: Any daemon that clears the kernel's STA_UNSYNC flag can be waited for with this one.
@@ -69,11 +77,58 @@ _CLOCK_UNIT_NAMES = ("chrony-wait.service", "systemd-time-wait-sync.service", "n
 #: time daemon units -> (daemon kind)
 _DAEMON_UNITS = {
     "chrony.service": "chrony",
+    "chronyd.service": "chrony",  # RHEL, CentOS, Fedora, SUSE (Debian: an alias of chrony.service)
     "ntpsec.service": "ntpsec",
     "ntp.service": "ntp",
+    "ntpd.service": "ntp",  # RHEL/CentOS 7, SUSE (ntp 4.2.x)
     "systemd-timesyncd.service": "timesyncd",
     "openntpd.service": "openntpd",
 }
+#: Daemon binaries (ExecStart=) -> kind; ``ntpd`` is ntpsec's too (told apart by unit name / package paths).
+_DAEMON_BINARIES = {"chronyd": "chrony", "ntpd": "ntp", "systemd-timesyncd": "timesyncd", "openntpd": "openntpd"}
+
+
+def daemon_kind(unit: Unit) -> str | None:
+    """The kind of time daemon ``unit`` runs (``chrony``, ``ntp``, ``ntpsec``, ``timesyncd``...), from
+    its ExecStart= (then its name); None when it is not a time daemon (one-shot steppers included)."""
+    role, _ = clock_role(unit)
+    if role != "daemon":
+        return None
+    for line in _exec_lines(unit):
+        try:
+            words = shlex.split(line.lstrip("-@:+!"))
+        except ValueError:
+            words = line.split()
+        if not words:
+            continue
+        binary = words[0].rsplit("/", 1)[-1]
+        kind = _DAEMON_BINARIES.get(binary)
+        if kind == "ntp" and ("ntpsec" in unit.id or "ntpsec" in line):
+            return "ntpsec"
+        if kind is not None:
+            return kind
+    for name in unit.names:
+        if name in _DAEMON_UNITS:
+            return _DAEMON_UNITS[name]
+    return None
+
+
+def time_daemons(graph: BootGraph) -> list[tuple[str, str]]:
+    """(unit id, kind) of every time daemon installed, recognised by ExecStart= as well as by name;
+    those in the boot transaction first."""
+    found: dict[str, str] = {}
+    candidates = [graph.loader.resolve_name(n) for n in _DAEMON_UNITS if graph.loader.has_fragment(n)]
+    candidates += sorted(u for u in graph.transaction if graph.units[u].type == "service")
+    for uid in candidates:
+        if uid in found:
+            continue
+        unit = graph.units.get(uid) or graph.loader.load(uid)
+        if not unit.loaded:
+            continue
+        kind = daemon_kind(unit)
+        if kind is not None:
+            found[uid] = kind
+    return sorted(found.items(), key=lambda item: (item[0] not in graph.transaction, item[0]))
 
 
 @dataclass(frozen=True)
@@ -103,6 +158,8 @@ class ClockUnit:
     before_time_sync: bool
     pulled_in_by: tuple[Edge, ...] | None
     note: str = ""
+    #: for ``waits``/``steps`` units: how long it holds the boot without a time source
+    bound: WaitBound | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +211,10 @@ class AuditReport:
     failed: tuple[tuple[str, str], ...]
     cycles: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...]
+    #: services of the application phase left alone on purpose (login, ssh, network, time...)
+    infrastructure: tuple[Role, ...] = ()
+    #: longest a unit holding time-sync.target can wait without a time source (inf: forever; None: nothing holds)
+    max_wait_s: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -168,6 +229,9 @@ class AuditReport:
                 return None
             return [{"unit": e.src, "kind": e.kind, "other": e.dst, "origin": e.origin} for e in chain]
 
+        def seconds(value: float | None) -> float | None:
+            return None if value is None or not math.isfinite(value) else value
+
         return {
             "root": self.root,
             "default_target": self.default_target,
@@ -176,11 +240,17 @@ class AuditReport:
                 "in_transaction": self.time_sync_in_transaction,
                 "pulled_in_by": edges(self.time_sync_pulled_in_by),
                 "held_by": list(self.time_sync_held_by),
+                "max_wait_s": seconds(self.max_wait_s),
+                "waits_forever": self.max_wait_s is not None and not math.isfinite(self.max_wait_s),
             },
             "clock_units": [
                 {"unit": c.unit, "role": c.role, "holds": c.holds, "load_state": c.load_state,
                  "in_transaction": c.in_transaction, "before_time_sync": c.before_time_sync,
-                 "pulled_in_by": edges(c.pulled_in_by), "note": c.note}
+                 "pulled_in_by": edges(c.pulled_in_by), "note": c.note,
+                 "bound_s": seconds(c.bound.bound_s) if c.bound else None,
+                 "start_timeout_s": seconds(c.bound.timeout_s) if c.bound else None,
+                 "bounded": c.bound.finite if c.bound else None,
+                 "bound_why": c.bound.why if c.bound else None}
                 for c in self.clock_units
             ],
             "services": [
@@ -190,6 +260,8 @@ class AuditReport:
                 for s in self.services
             ],
             "skipped_prerequisites": list(self.skipped),
+            "infrastructure": [{"unit": r.unit, "role": r.kind.value, "reason": r.reason}
+                               for r in self.infrastructure],
             "daemons": [{"daemon": d.daemon, "unit": d.unit, "in_transaction": d.in_transaction,
                          "summary": list(d.summary), **d.data} for d in self.daemons],
             "findings": [{"code": f.code, "unit": f.unit, "message": f.message} for f in self.findings],
@@ -219,6 +291,12 @@ class AuditReport:
                 "not pulled in" if c.load_state == "loaded" else c.load_state)
             order = f"Before={TIME_SYNC}" if c.before_time_sync else f"not ordered before {TIME_SYNC}"
             out.append(f"  {c.unit:<34} {c.role:<7} {state}, {order}{'; ' + c.note if c.note else ''}")
+            if c.bound is not None and c.role in ("waits", "steps"):
+                out.append(f"  {'':<34} {'':<7} {c.bound.text()} ({c.bound.why})")
+        if self.max_wait_s is not None:
+            out.append("  without a time source the services after it start "
+                       + (f"after at most {self.max_wait_s:g} s (ordering, not requirement)"
+                          if math.isfinite(self.max_wait_s) else "never: the boot waits forever"))
         for d in self.daemons:
             out.append("")
             out.append(f"time daemon: {d.daemon} ({d.unit}{'' if d.in_transaction else ', not in transaction'})")
@@ -242,6 +320,10 @@ class AuditReport:
                 if verbose:
                     out.extend(f"          {e}" for e in s.waits_for)
                     out.append(f"          pulled in by: {_pull_text(s.pulled_in_by)}")
+        if self.infrastructure:
+            out.append(f"infrastructure never delayed for the clock: {len(self.infrastructure)}")
+            for r in self.infrastructure:
+                out.append(f"  --    {r.unit:<36} {r.kind.value}: {r.reason}")
         if self.failed:
             out.append("")
             out.append("units pulled in that cannot start:")
@@ -323,7 +405,8 @@ def _before_time_sync(graph: BootGraph, unit: Unit) -> bool:
         d.kind == "after" and loader.resolve_name(d.name) == unit.id for d in loader.load(TIME_SYNC).deps)
 
 
-def _clock_units(graph: BootGraph) -> list[ClockUnit]:
+def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0) -> list[ClockUnit]:
+    """Every unit that keeps, steps or waits for the clock (installed or pulled in), with its bound."""
     names: list[str] = []
     if TIME_SYNC in graph.units:
         names.extend(sorted(graph.edges(TIME_SYNC, "after")))
@@ -332,6 +415,9 @@ def _clock_units(graph: BootGraph) -> list[ClockUnit]:
             uid = graph.loader.resolve_name(n)
             if uid not in names:
                 names.append(uid)
+    for uid in sorted(graph.transaction):  # a clock unit by its command, whatever its name (ntpd.service)
+        if graph.units[uid].type == "service" and uid not in names and clock_role(graph.units[uid])[0] != "unknown":
+            names.append(uid)
     out: list[ClockUnit] = []
     for uid in names:
         unit = graph.units.get(uid) or graph.loader.load(uid)
@@ -344,10 +430,16 @@ def _clock_units(graph: BootGraph) -> list[ClockUnit]:
         in_t = uid in graph.transaction
         holds, hold_note = _holds(unit, role)
         holds = holds and in_t and before and TIME_SYNC in graph.transaction
+        if role in ("waits", "steps"):
+            cond = evaluate_conditions(unit, graph.loader.source)
+            if cond.met is False:
+                holds = False
+                hold_note = f"skipped at boot, holds nothing: {', '.join(cond.why)} is false on this tree"
         note = hold_note or why
         pulled = graph.pull_chain(uid)
+        bound = wait_bound(unit, manager_default_s) if role in ("waits", "steps") else None
         out.append(ClockUnit(uid, role, holds, unit.load_state, in_t, before,
-                             tuple(pulled) if pulled is not None else None, note))
+                             tuple(pulled) if pulled is not None else None, note, bound))
     return out
 
 
@@ -382,7 +474,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _chrony_report(source: UnitSource, unit: str, in_t: bool) -> tuple[DaemonReport, list[Finding], list[Problem]]:
-    opts = _env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
+    opts = (_env_value(source, "/etc/default/chrony", "DAEMON_OPTS")  # Debian, Ubuntu
+            or _env_value(source, "/etc/sysconfig/chronyd", "OPTIONS"))  # RHEL, Fedora, SUSE
     path = chrony_conf_path(source, opts)
     findings: list[Finding] = []
     if path is None:
@@ -424,21 +517,33 @@ def _chrony_report(source: UnitSource, unit: str, in_t: bool) -> tuple[DaemonRep
     return DaemonReport("chrony", unit, in_t, tuple(lines), data), findings, list(cfg.problems)
 
 
-def _ntpd_report(source: UnitSource, kind: str, unit: str,
-                 in_t: bool) -> tuple[DaemonReport, list[Finding], list[Problem]]:
+def _ntpd_report(source: UnitSource, kind: str, unit: str, in_t: bool,
+                 ntpdate: tuple[str, bool] | None = None) -> tuple[DaemonReport, list[Finding], list[Problem]]:
     if kind == "ntpsec":
         opts = _env_value(source, "/etc/default/ntpsec", "NTPD_OPTS")
         confs = ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf")
     else:
-        opts = _env_value(source, "/etc/default/ntp", "NTPD_OPTS")
+        opts = (_env_value(source, "/etc/default/ntp", "NTPD_OPTS")  # Debian
+                or _env_value(source, "/etc/sysconfig/ntpd", "OPTIONS"))  # RHEL/CentOS 7, SUSE
         confs = ("/etc/ntp.conf", "/etc/ntpsec/ntp.conf")
     cfg: NtpdConfig = read_ntpd(source, confs, opts)
     lines = [f"configuration: {cfg.path or 'none found'}; options: {' '.join(cfg.options) or '(none)'}",
              f"panic threshold {cfg.panic_s:g} s ("
-             + ("-g given: the first offset may exceed it" if cfg.allow_first_big
+             + ("-g given: the first offset at start may exceed it, once" if cfg.allow_first_big
                 else "no -g: ntpd exits on a larger offset at start") + ")",
-             f"step threshold {cfg.step_s:g} s{' (-x: slew only up to 600 s)' if cfg.slew_only else ''}"]
+             f"step threshold {cfg.step_s:g} s{' (-x: slew only up to 600 s)' if cfg.slew_only else ''}, "
+             f"stepout {cfg.stepout_s:g} s (an offset over the step threshold is stepped only once it has "
+             f"persisted that long)"]
+    lines.extend(ntpd_offset_story(cfg))
     findings: list[Finding] = []
+    if kind == "ntp" and ntpdate is not None:
+        servers, origin = ntpdate_servers(source)
+        state = "enabled" if ntpdate[1] else "installed, not started at boot"
+        lines.append(f"ntpdate.service ({state}) steps the clock once at boot, any offset, before ntpd starts; "
+                     + (f"servers: {', '.join(servers[:4])} ({origin})" if servers else "it has no server"))
+        if ntpdate[1] and not servers:
+            findings.append(Finding("ntpdate-no-servers", "ntpdate.service has no server to step from "
+                                    "(/etc/ntp/step-tickers and /etc/ntp.conf name none)", "ntpdate.service"))
     if not cfg.steps():
         slew = _minutes(slew_seconds(REFERENCE_OFFSET_S, 500.0))
         lines.append(f"a {REFERENCE_OFFSET_S:.0f} s offset is slewed at <= 500 ppm: at least {slew}")
@@ -449,23 +554,68 @@ def _ntpd_report(source: UnitSource, kind: str, unit: str,
         findings.append(Finding("ntpd-exits", f"{kind}: no -g, so ntpd exits on an offset over "
                                 f"{cfg.panic_s:g} s at start", unit))
     data = {"config": cfg.path, "options": list(cfg.options), "panic_s": cfg.panic_s, "step_s": cfg.step_s,
-            "g": cfg.allow_first_big, "x": cfg.slew_only}
+            "stepout_s": cfg.stepout_s, "g": cfg.allow_first_big, "x": cfg.slew_only}
     return DaemonReport(kind, unit, in_t, tuple(lines), data), findings, list(cfg.problems)
+
+
+def conflicting_daemons(graph: BootGraph) -> list[Finding]:
+    """Time daemons of the boot transaction that conflict (``Conflicts=``, either direction).
+
+    Both pulled in by ``Wants=``: systemd keeps one start job and drops the other (which one depends
+    on the order jobs are merged), so which daemon runs, and which wait unit can work, is not
+    decided by the files. (CentOS 7 with both ntpd and chronyd enabled: chronyd.service
+    ``Conflicts=ntpd.service``.)
+    """
+    daemons = [uid for uid, _ in time_daemons(graph) if uid in graph.transaction]
+    out = []
+    for i, a in enumerate(daemons):
+        for b in daemons[i + 1:]:
+            if b in graph.edges(a, "conflicts") or a in graph.edges(b, "conflicts"):
+                out.append(Finding("time-daemons-conflict",
+                                   f"{a} and {b} are both started at boot but conflict (Conflicts=): systemd "
+                                   "drops one of the two start jobs, so which one keeps time is left to chance; "
+                                   "disable one", a))
+    return out
+
+
+def ntpd_offset_story(cfg: NtpdConfig, offsets_s: tuple[float, ...] = (REFERENCE_OFFSET_S, 1080.0)) -> list[str]:
+    """What ntpd does with a clock ``offsets_s`` behind, at boot and on a running guest after a freeze.
+
+    At boot (-g) the first offset of any size is accepted: stepped once ntpd has its first samples,
+    while services started meanwhile see the wrong clock. On a running guest (a freeze), an
+    offset over the panic threshold makes ntpd exit, leaving the clock as it is (-g counts only
+    once); under it but over the step threshold it is stepped after ``stepout``; -x slews it.
+    1080 s is the 18 minutes of the original CentOS 7 case.
+    """
+    out = []
+    for off in offsets_s:
+        if cfg.panic_s > 0 and off > cfg.panic_s:
+            at_boot = ("stepped once ntpd has its first samples (-g)" if cfg.allow_first_big
+                       else "ntpd exits at start (no -g) and the clock stays wrong")
+            out.append(f"a clock {off:.0f} s behind: at boot {at_boot}; after a freeze of a running guest "
+                       f"ntpd exits (over the {cfg.panic_s:g} s panic threshold) and the {off / 60:.0f} min "
+                       "stand until someone steps the clock")
+        elif not cfg.steps(off):
+            out.append(f"a clock {off:.0f} s behind: slewed at <= 500 ppm, at least "
+                       f"{_minutes(slew_seconds(off, 500.0))}")
+        else:
+            out.append(f"a clock {off:.0f} s behind: stepped, on a running guest only after the offset "
+                       f"persisted for stepout ({cfg.stepout_s:g} s)")
+    return out
 
 
 def _daemon_reports(graph: BootGraph, source: UnitSource) -> tuple[list[DaemonReport], list[Finding], list[Problem]]:
     reports: list[DaemonReport] = []
     findings: list[Finding] = []
     problems: list[Problem] = []
-    for name, kind in _DAEMON_UNITS.items():
-        if not graph.loader.has_fragment(name):
-            continue
-        uid = graph.loader.resolve_name(name)
+    for uid, kind in time_daemons(graph):
         in_t = uid in graph.transaction
         if kind == "chrony":
             rep, f, p = _chrony_report(source, uid, in_t)
         elif kind in ("ntpsec", "ntp"):
-            rep, f, p = _ntpd_report(source, kind, uid, in_t)
+            step = graph.loader.load("ntpdate.service")
+            ntpdate = (step.id, step.id in graph.transaction) if step.loaded else None
+            rep, f, p = _ntpd_report(source, kind, uid, in_t, ntpdate)
         elif kind == "timesyncd":
             cfg = read_timesyncd(source)
             rep = DaemonReport(kind, uid, in_t, (
@@ -584,10 +734,20 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
     notes: list[str] = []
     t = graph.transaction
     ts_in = TIME_SYNC in t
-    clock = _clock_units(graph)
+    clock = find_clock_units(graph, default_timeout_start_s(source))
     held_by = tuple(c.unit for c in clock if c.holds)
     prereq, early = audit_prerequisites(graph)
     clock_ids = {c.unit for c in clock}
+    roles = classify(graph, held_by, clock_ids)
+    holders = [c for c in clock if c.holds and c.bound is not None]
+    max_wait = max((c.bound.bound_s for c in holders if c.bound), default=None) if holders else None
+    for c in holders:
+        assert c.bound is not None
+        if not c.bound.finite:
+            findings.append(Finding("wait-unbounded", f"boot waits forever without a time source: {c.unit} "
+                                    f"holds {TIME_SYNC} with no bound ({c.bound.why}); every service "
+                                    f"ordered after it never starts (fix: vmcrash guest fix --wait-timeout)",
+                                    c.unit))
 
     if not ts_in:
         findings.append(Finding("time-sync-not-pulled-in",
@@ -614,9 +774,28 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
             chosen.append(unit.id)
     else:
         chosen = sorted(u for u in t if graph.units[u].type == "service" and u not in prereq
-                        and u not in early and u not in clock_ids)
+                        and u not in early and u not in clock_ids and not roles[u].kind.infrastructure)
     skipped = tuple(sorted(u for u in t if graph.units[u].type == "service" and (u in prereq or u in early)
                            and u not in chosen))
+    infra = tuple(roles[u] for u in sorted(t) if u in roles and roles[u].kind.infrastructure
+                  and u not in chosen and u not in early and u not in prereq)
+    bound_text = ("forever" if max_wait is None or not math.isfinite(max_wait) else f"up to {max_wait:g} s")
+    for uid in sorted(t):
+        role = roles.get(uid)
+        if role is None or role.kind not in (RoleKind.LOGIN, RoleKind.SSH, RoleKind.AGENT, RoleKind.TIME,
+                                             RoleKind.NETWORK, RoleKind.NEEDED):
+            continue
+        chain = graph.order_chain(uid, TIME_SYNC) if ts_in else None
+        if not chain:
+            continue
+        proof = " after ".join([chain[0].src] + [e.dst for e in chain])
+        if role.kind is RoleKind.SSH:
+            notes.append(f"{uid} is ordered after {TIME_SYNC} ({proof}): without a time source ssh logins "
+                         f"wait {bound_text}")
+            continue
+        findings.append(Finding("infrastructure-after-time-sync",
+                                f"{uid} ({role.kind.value}: {role.reason}) is ordered after {TIME_SYNC} "
+                                f"({proof}): without a time source it waits {bound_text}", uid))
     for uid in chosen:
         verdicts.append(_verdict(graph, uid, prereq))
     for v in verdicts:
@@ -627,9 +806,10 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
 
     daemon_reports, dfind, dprob = _daemon_reports(graph, source)
     findings.extend(dfind)
+    findings.extend(conflicting_daemons(graph))
     cycles = tuple(tuple(c) for c in graph.cycles())
-    for c in cycles:
-        findings.append(Finding("ordering-cycle", "ordering cycle: " + " -> ".join(c)))
+    for cyc in cycles:
+        findings.append(Finding("ordering-cycle", "ordering cycle: " + " -> ".join(cyc)))
     problems = list(graph.loader.problems) + dprob
     if isinstance(source, RootSource) and str(source.root) != "/":
         notes.append("offline image: generator output (fstab mounts, serial-getty for console=, SysV "
@@ -653,6 +833,8 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
         failed=tuple(sorted(graph.failed.items())),
         cycles=cycles,
         notes=tuple(notes),
+        infrastructure=infra,
+        max_wait_s=max_wait,
     )
 
 

@@ -2,8 +2,9 @@
 
 :func:`run_audit` and :func:`run_fix` are the implementation; both this argparse front end and
 ``vmcrash guest`` (click, ``vmcrash/cli/guest.py``) call them, so the two give the same output and
-exit codes. Audit: 0 nothing found, 1 findings, 2 could not audit. Fix: 0 done (or nothing to do),
-2 refused or bad input, 3 a write failed.
+exit codes. Audit: 0 nothing found, 1 findings, 2 could not audit. Fix: 0 done (or nothing to do)
+and the audit of the result passes, 1 the audit of the result still has findings, 2 refused or
+bad input, 3 a write failed.
 """
 
 from __future__ import annotations
@@ -49,15 +50,22 @@ def run_audit(root: str = "/", units: Sequence[str] = (), *, as_json: bool = Fal
 
 
 def run_fix(root: str = "/", units: Sequence[str] = (), *, all_enabled: bool = False, dry_run: bool = False,
-            undo: bool = False, out: TextIO | None = None) -> int:
-    """Plan and apply (or ``dry_run``: print the diff; ``undo``: revert) the fix; return the exit code."""
-    from vmcrash.guest.fix import apply_fix, plan_fix, render_plan, undo_fix
+            undo: bool = False, wait_timeout_s: int | None = None, strict: bool = False,
+            out: TextIO | None = None) -> int:
+    """Plan and apply (or ``dry_run``: print the diff; ``undo``: revert) the fix; return the exit code.
+
+    After writing, the audit runs again on the result (for the fixed services): exit 1 when it
+    still has findings, with each one printed.
+    """
+    from vmcrash.guest.audit import audit
+    from vmcrash.guest.fix import DEFAULT_WAIT_TIMEOUT_S, apply_fix, plan_fix, render_plan, undo_fix
 
     out = out or sys.stdout
     try:
         if undo:
-            if units or all_enabled:
-                _err("--undo takes no --unit/--all-enabled: it removes everything the manifest records")
+            if units or all_enabled or strict or wait_timeout_s is not None:
+                _err("--undo takes no --unit/--all-enabled/--strict/--wait-timeout: it removes everything "
+                     "the manifest records")
                 return EXIT_USAGE
             result = undo_fix(root, dry_run=dry_run)
             verb = "would " if dry_run else ""
@@ -68,9 +76,11 @@ def run_fix(root: str = "/", units: Sequence[str] = (), *, all_enabled: bool = F
             for w in result.warnings:
                 print(f"warning: {w}", file=sys.stderr)
             return 0
-        plan = plan_fix(root, units, all_enabled=all_enabled)
+        plan = plan_fix(root, units, all_enabled=all_enabled, strict=strict,
+                        wait_timeout_s=DEFAULT_WAIT_TIMEOUT_S if wait_timeout_s is None else wait_timeout_s)
         if dry_run:
             out.write(render_plan(plan))
+            out.writelines(line + "\n" for line in plan.summary())
             return 0
         result = apply_fix(plan)
         for p in result.written:
@@ -79,9 +89,14 @@ def run_fix(root: str = "/", units: Sequence[str] = (), *, all_enabled: bool = F
             out.write("nothing to change\n")
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        if result.written:
-            out.write(f"services ordered after time-sync.target: {', '.join(plan.services) or 'none'}; "
-                      f"wait unit: {plan.wait_unit or 'none'}\n")
+        out.writelines(line + "\n" for line in plan.summary())
+        again = audit(root, plan.services)
+        if again.exit_code != 0:
+            out.write(f"audit after the fix still finds {len(again.findings) + len(again.problems)} problem(s):\n")
+            out.writelines(f"  [{f.code}] {f.message}\n" for f in again.findings)
+            out.writelines(f"  {p}\n" for p in again.problems)
+            return 1
+        out.write("audit after the fix: no findings\n")
         return 0
     except VmcrashError as exc:
         log.debug("fix failed", exc_info=True)
@@ -104,13 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audit only these services")
     a.add_argument("-v", "--verbose", action="store_true", dest="sub_verbose", help="every edge chain")
     f = sub.add_parser("fix", help="order services after time-sync.target and make it wait for the clock",
-                       description="Exit codes: 0 done, 2 refused or bad input, 3 a write failed.")
+                       description="Exit codes: 0 done and the audit of the result passes, 1 it still has "
+                                   "findings, 2 refused or bad input, 3 a write failed.")
     f.add_argument("--root", default="/", help="fix the system installed under this directory (an image)")
-    g = f.add_mutually_exclusive_group()
-    g.add_argument("--unit", action="extend", nargs="+", default=[], metavar="UNIT",
-                   help="services to order after time-sync.target")
-    g.add_argument("--all-enabled", action="store_true",
-                   help="every service of the boot transaction that can start before time-sync.target")
+    f.add_argument("--unit", action="extend", nargs="+", default=[], metavar="UNIT",
+                   help="services to order after time-sync.target (ssh only this way)")
+    f.add_argument("--all-enabled", action="store_true",
+                   help="every application service of the boot transaction that can start before "
+                        "time-sync.target (never console, login, network, time or ssh services)")
+    f.add_argument("--wait-timeout", type=int, default=None, metavar="SECONDS",
+                   help="how long the boot waits for the clock at most (default 90)")
+    f.add_argument("--strict", action="store_true",
+                   help="the chosen services also require a synchronized clock: they stay down without one")
     f.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     f.add_argument("--undo", action="store_true", help="remove exactly what earlier fixes wrote")
     return parser
@@ -123,4 +143,5 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "audit":
         return run_audit(args.root, args.unit, as_json=args.json, verbose=args.verbose or args.sub_verbose)
-    return run_fix(args.root, args.unit, all_enabled=args.all_enabled, dry_run=args.dry_run, undo=args.undo)
+    return run_fix(args.root, args.unit, all_enabled=args.all_enabled, dry_run=args.dry_run, undo=args.undo,
+                   wait_timeout_s=args.wait_timeout, strict=args.strict)

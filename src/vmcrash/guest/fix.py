@@ -3,10 +3,21 @@
 :func:`plan_fix` decides (reading only) what to write:
 
 * for each chosen service, ``/etc/systemd/system/<unit>.d/50-vmcrash-time-sync.conf`` with
-  ``Wants=time-sync.target`` and ``After=time-sync.target``;
+  ``Wants=time-sync.target`` and ``After=time-sync.target`` (ordering, not requirement: without a
+  time source the service still starts once the wait gives up); with ``strict``, also
+  ``Requires=`` + ``After=`` the wait unit, so the service stays down when the clock never
+  synchronizes;
+* only *application* services are chosen (:mod:`vmcrash.guest.roles`): console and login, D-Bus,
+  the network, name resolution, the time daemon and what it needs are never ordered after
+  ``time-sync.target``, ssh only when named explicitly and never with ``strict``;
 * the wait unit of the time daemon in use (``chrony-wait.service``, ``ntpsec-wait.service``,
   ``systemd-time-wait-sync.service``) enabled the way ``systemctl enable`` would, so something
   really holds ``time-sync.target`` until the clock is synchronised;
+* for every unit that then holds ``time-sync.target``, a drop-in
+  ``/etc/systemd/system/<wait>.d/50-vmcrash-wait-timeout.conf`` with a finite
+  ``TimeoutStartSec=`` (:data:`DEFAULT_WAIT_TIMEOUT_S` unless told otherwise), whatever the unit
+  ships with (``systemd-time-wait-sync`` ships ``infinity``), and an ``ExecStopPost=`` that logs
+  to the journal when the wait gave up;
 * where chrony is used, a snippet ``makestep 1 -1`` (step at any update, so also after a freeze)
   in its ``confdir``, and every ``makestep`` line that chronyd would read *after* it commented out
   (Debian's ``chrony.conf`` reads ``confdir`` first, so its ``makestep 1 3`` would otherwise win).
@@ -39,18 +50,25 @@ from vmcrash.guest.audit import (
     TIME_SYNC,
     audit_prerequisites,
     chrony_conf_path,
+    conflicting_daemons,
+    find_clock_units,
     load_graph,
+    time_daemons,
 )
 from vmcrash.guest.audit import _env_value as env_value
 from vmcrash.guest.graph import BootGraph
+from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import Link, OverlaySource, RootSource, UnitSource, resolve
-from vmcrash.guest.timecfg import read_chrony
+from vmcrash.guest.timecfg import ntpdate_servers, read_chrony
+from vmcrash.guest.units import UnitLoader
 
 __all__ = [
     "CHRONY_SNIPPET",
     "CHRONY_SNIPPET_NAME",
     "DROPIN_NAME",
+    "DEFAULT_WAIT_TIMEOUT_S",
     "DROPIN_TEXT",
+    "TIMEOUT_DROPIN_NAME",
     "MANIFEST_PATH",
     "Change",
     "FixPlan",
@@ -71,6 +89,14 @@ DROPIN_TEXT = (
     "Wants=time-sync.target\n"
     "After=time-sync.target\n"
 )
+TIMEOUT_DROPIN_NAME = "50-vmcrash-wait-timeout.conf"
+#: Default bound on the wait for the clock at boot, in seconds. systemd's own DefaultTimeoutStartSec
+#: (the time any unit start may take before systemd gives up), far more than a reachable server
+#: needs (chrony with iburst synchronizes in 4 polls of 2 s; timesyncd steps on its first answer),
+#: and half of chrony-wait's shipped 180 s, which holds every application for 3 minutes on a
+#: guest that has lost its time source.
+DEFAULT_WAIT_TIMEOUT_S = 90
+MAX_WAIT_TIMEOUT_S = 3600
 CHRONY_SNIPPET_NAME = "vmcrash-makestep.conf"
 CHRONY_SNIPPET = (
     "# Written by 'vmcrash guest fix' (undo: vmcrash guest fix --undo).\n"
@@ -78,8 +104,6 @@ CHRONY_SNIPPET = (
     "makestep 1 -1\n"
 )
 _COMMENT_MARK = "# disabled by vmcrash guest fix, see "
-_DAEMONS = (("chrony.service", "chrony"), ("ntpsec.service", "ntpsec"), ("ntp.service", "ntp"),
-            ("systemd-timesyncd.service", "timesyncd"))
 _MAX_FILE = 1 << 20
 
 
@@ -98,13 +122,79 @@ class Change:
 
 @dataclass(frozen=True)
 class FixPlan:
-    """What :func:`apply_fix` would write, and why."""
+    """What :func:`apply_fix` would write, and why.
+
+    :ivar services: ordered after time-sync.target. :ivar left_alone: services of the application
+        phase not ordered, with the reason (infrastructure). :ivar bounded: wait units given a timeout.
+    """
 
     root: str
     changes: tuple[Change, ...]
     services: tuple[str, ...]
     wait_unit: str | None
     warnings: tuple[str, ...] = ()
+    left_alone: tuple[Role, ...] = ()
+    bounded: tuple[str, ...] = ()
+    wait_timeout_s: int = DEFAULT_WAIT_TIMEOUT_S
+    strict: bool = False
+
+    def summary(self) -> list[str]:
+        """What the fix orders, what it leaves alone and why, and the bound (one line each)."""
+        strict = " (strict: they require a synchronized clock)" if self.strict else ""
+        out = [f"ordered after time-sync.target{strict}: {', '.join(self.services) or 'none'}"]
+        for r in self.left_alone:
+            out.append(f"left alone: {r.unit} ({r.kind.value}: {r.reason})")
+        if self.wait_unit:
+            out.append(f"wait unit: {self.wait_unit}; time-sync.target held by {', '.join(self.bounded) or 'nothing'}, "
+                       f"each given up after {self.wait_timeout_s} s without a time source")
+            out.append("without a time source the services above start after that bound"
+                       + (" only if the clock synchronized; otherwise they stay down" if self.strict
+                          else ", with the clock as it is"))
+        return out
+
+
+def strict_dropin_text(wait_unit: str) -> str:
+    """The ``strict`` drop-in: also require the wait unit, so the service stays down without a clock."""
+    return (
+        "# Written by 'vmcrash guest fix --strict' (undo: vmcrash guest fix --undo).\n"
+        "# Start only after time-sync.target, and only if the clock was synchronized: when\n"
+        f"# {wait_unit} gives up, this service does not start (dependency failed).\n"
+        "[Unit]\n"
+        "Wants=time-sync.target\n"
+        "After=time-sync.target\n"
+        f"Requires={wait_unit}\n"
+        f"After={wait_unit}\n"
+    )
+
+
+def timeout_dropin_text(timeout_s: int, privileged_prefix: bool) -> str:
+    """The wait unit's drop-in: a finite start timeout and a journal line when the wait gave up.
+
+    ``privileged_prefix``: systemd >= 231 understands ``+`` (run without the unit's sandbox, which
+    in chrony-wait forbids the AF_UNIX socket ``systemd-cat`` needs to reach the journal).
+    """
+    plus = "+" if privileged_prefix else ""
+    return (
+        "# Written by 'vmcrash guest fix' (undo: vmcrash guest fix --undo).\n"
+        f"# Without a time source, give up after {timeout_s} s: the services ordered after time-sync.target\n"
+        "# then start anyway (they are ordered after it, they do not require it) with the clock as it is.\n"
+        "[Service]\n"
+        f"TimeoutStartSec={timeout_s}\n"
+        f"ExecStopPost=-{plus}/bin/sh -c 'if [ \"$$SERVICE_RESULT\" != success ]; then echo \"vmcrash: %n gave up "
+        f"after {timeout_s} s without a synchronized clock (result: $$SERVICE_RESULT); services ordered after "
+        "time-sync.target start now with the clock as it is\" | systemd-cat -t vmcrash-guest -p warning; fi'\n"
+    )
+
+
+def _systemd_has_plus_prefix(source: UnitSource) -> bool:
+    """True when the tree's systemd is >= 231 (it ships libsystemd-shared-NNN.so since then; CentOS 7's 219 not)."""
+    for d in ("/usr/lib/systemd", "/lib/systemd", "/usr/lib64/systemd", "/usr/lib/x86_64-linux-gnu/systemd"):
+        try:
+            if any(n.startswith("libsystemd-shared-") for n in source.listdir(d)):
+                return True
+        except UnitFileError:
+            continue
+    return False
 
 
 def _sha(data: bytes) -> str:
@@ -121,7 +211,9 @@ def _read_or_none(source: UnitSource, path: str) -> bytes | None:
 # -- planning ------------------------------------------------------------------------------
 
 
-def _choose_services(graph: BootGraph, units: Iterable[str], all_enabled: bool) -> tuple[list[str], list[str]]:
+def _choose_services(graph: BootGraph, units: Iterable[str], all_enabled: bool, roles: dict[str, Role],
+                     strict: bool) -> tuple[list[str], list[str], list[Role]]:
+    """(services to order, warnings, application-phase services left alone) on the graph *after* the fix."""
     prereq, early = audit_prerequisites(graph)
     chosen: list[str] = []
     warnings: list[str] = []
@@ -136,6 +228,14 @@ def _choose_services(graph: BootGraph, units: Iterable[str], all_enabled: bool) 
             proof = "; ".join(str(e) for e in chain)
             raise UsageError(f"{unit.id}: {TIME_SYNC} itself waits for it ({proof}); ordering it after "
                              f"{TIME_SYNC} would make an ordering cycle")
+        role = roles.get(unit.id)
+        if role is not None and role.kind is not RoleKind.APPLICATION:
+            if role.kind is not RoleKind.SSH:
+                raise UsageError(f"{unit.id}: {role.kind.value} infrastructure ({role.reason}); it is never "
+                                 f"ordered after {TIME_SYNC}, or a guest without a time source could not be reached")
+            if strict:
+                raise UsageError(f"{unit.id}: --strict would keep the operator's way in down without a "
+                                 "synchronized clock; order it without --strict")
         if unit.id not in graph.transaction:
             warnings.append(f"{unit.id} is not started at boot; its drop-in orders it only if it is")
         if unit.id not in chosen:
@@ -143,34 +243,65 @@ def _choose_services(graph: BootGraph, units: Iterable[str], all_enabled: bool) 
     if all_enabled:
         for uid in sorted(graph.transaction):
             u = graph.units[uid]
+            role = roles.get(uid)
             if (u.type == "service" and uid not in prereq and uid not in early and uid not in chosen
+                    and role is not None and role.kind is RoleKind.APPLICATION
                     and graph.order_chain(uid, TIME_SYNC) is None):
                 chosen.append(uid)
-    return chosen, warnings
+    left = [r for uid, r in sorted(roles.items()) if r.kind is not RoleKind.APPLICATION and uid not in chosen
+            and uid not in prereq and uid not in early]
+    return chosen, warnings, left
 
 
 def _wait_unit(graph: BootGraph) -> tuple[str | None, list[str]]:
-    """The wait unit for the time daemon of the transaction, or None (and why)."""
-    for daemon_unit, kind in _DAEMONS:
-        if not graph.loader.has_fragment(daemon_unit):
+    """The wait unit for the time daemon of the transaction, or None (and why).
+
+    Follows the distribution: the daemon's own wait or step unit first (:data:`KNOWN_WAIT_UNITS`:
+    chrony-wait, ntpsec-wait, RHEL/CentOS 7's ntpdate), systemd-time-wait-sync otherwise.
+    """
+    for daemon_unit, kind in time_daemons(graph):
+        if daemon_unit not in graph.transaction:
             continue
-        if graph.loader.resolve_name(daemon_unit) not in graph.transaction:
-            continue
+        masked = []
         for candidate in (*KNOWN_WAIT_UNITS.get(kind, ()), GENERIC_WAIT_UNIT):
             unit = graph.loader.load(candidate)
             if unit.load_state == "loaded":
                 return unit.id, []
             if unit.load_state == "masked":
-                return None, [(f"{candidate} is masked; unmask it (systemctl unmask {candidate}) so it can "
-                               f"hold {TIME_SYNC}")]
+                masked.append(candidate)
+        if masked:
+            return None, [f"{', '.join(masked)} masked; unmask (systemctl unmask {masked[0]}) so it can "
+                          f"hold {TIME_SYNC}"]
         return None, [f"no wait unit for {kind} is installed ({', '.join(KNOWN_WAIT_UNITS.get(kind, ()))})"]
     return None, ["no time daemon is started at boot: nothing synchronizes the clock, so nothing can wait for it"]
+
+
+def _as_distribution_links(source: UnitSource, fragment: str) -> str:
+    """``fragment`` spelled the way this tree's own enable links spell unit paths.
+
+    With ``/lib -> usr/lib`` the same file is ``/lib/systemd/system/x`` (Debian 12's systemctl
+    writes that) or ``/usr/lib/systemd/system/x`` (RHEL, Fedora, SUSE): follow the majority of the
+    links already in ``/etc/systemd/system/*.wants``.
+    """
+    if not fragment.startswith("/lib/systemd/system/"):
+        return fragment
+    usr = lib = 0
+    for d in source.listdir("/etc/systemd/system"):
+        if not d.endswith((".wants", ".requires")):
+            continue
+        for name in source.listdir(f"/etc/systemd/system/{d}")[:200]:
+            path = f"/etc/systemd/system/{d}/{name}"
+            if source.kind(path) == "link":
+                target = source.readlink(path)
+                usr += target.startswith("/usr/lib/systemd/system/")
+                lib += target.startswith("/lib/systemd/system/")
+    return "/usr" + fragment if usr > lib else fragment
 
 
 def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
     """(link path, target) pairs ``systemctl enable`` would create for ``unit_id``."""
     unit = graph.loader.load(unit_id)
-    fragment = unit.fragment or ""
+    fragment = _as_distribution_links(graph.loader.source, unit.fragment or "")
     links = []
     for key, suffix in (("WantedBy", "wants"), ("RequiredBy", "requires")):
         for target in unit.install(key):
@@ -181,10 +312,10 @@ def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
 
 
 def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change], list[str]]:
-    if ("chrony.service" not in graph.transaction
-            and graph.loader.resolve_name("chrony.service") not in graph.transaction):
+    if not any(kind == "chrony" and uid in graph.transaction for uid, kind in time_daemons(graph)):
         return [], []
-    opts = env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
+    opts = (env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
+            or env_value(source, "/etc/sysconfig/chronyd", "OPTIONS"))
     path = chrony_conf_path(source, opts)
     if path is None:
         return [], ["chrony is started at boot but no chrony.conf was found; no snippet written"]
@@ -228,30 +359,39 @@ def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change],
 
 
 def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: bool = False,
-             source: UnitSource | None = None) -> FixPlan:
+             source: UnitSource | None = None, wait_timeout_s: int = DEFAULT_WAIT_TIMEOUT_S,
+             strict: bool = False) -> FixPlan:
     """Decide what to write (reads only). See the module docstring.
 
-    :raises UsageError: a named unit cannot be fixed (not found, not a service, would loop).
+    The services are chosen on the boot graph as it will be *after* the fix (wait unit enabled),
+    so what the wait unit needs is known to be infrastructure.
+
+    :raises UsageError: a named unit cannot be fixed (not found, not a service, would loop,
+        infrastructure), or ``wait_timeout_s`` is out of range.
     :raises UnitFileError: the tree has no loadable default.target.
     """
+    if not 1 <= int(wait_timeout_s) <= MAX_WAIT_TIMEOUT_S:
+        raise UsageError(f"--wait-timeout must be 1..{MAX_WAIT_TIMEOUT_S} seconds (a finite bound), "
+                         f"not {wait_timeout_s}")
     names = list(units)
     if source is None and not Path(root).is_dir():
         raise UsageError(f"{root}: not a directory")
     src: UnitSource = source if source is not None else RootSource(Path(root))
     graph = load_graph(root, src, extra=names)
-    services, warnings = _choose_services(graph, names, all_enabled)
+    warnings: list[str] = []
     changes: list[Change] = []
-    for uid in services:
-        path = f"/etc/systemd/system/{uid}.d/{DROPIN_NAME}"
-        current = _read_or_none(src, path)
-        if current == DROPIN_TEXT.encode():
-            continue
-        if current is None:
-            changes.append(Change(path, "create", f"{uid}: wait for {TIME_SYNC}", DROPIN_TEXT.encode()))
-        else:
-            changes.append(Change(path, "edit", f"{uid}: wait for {TIME_SYNC}", DROPIN_TEXT.encode(), current))
+    overrides: dict[str, bytes | Link] = {}
+    clash = conflicting_daemons(graph)
+    if clash:
+        raise UsageError(f"cannot make this boot safe: {clash[0].message}")
     wait, why = _wait_unit(graph)
     warnings.extend(why)
+    if wait == "ntpdate.service":
+        servers, origin = ntpdate_servers(src)
+        if not servers:
+            raise UsageError("ntpdate.service would step the clock from no server: /etc/ntp/step-tickers and "
+                             "/etc/ntp.conf name none; add one to /etc/ntp/step-tickers")
+        warnings.append(f"ntpdate.service steps the clock from {', '.join(servers[:4])} ({origin})")
     if wait is not None and wait not in graph.transaction:
         for link, target in _enable_links(graph, wait):
             if src.kind(link) == "link" and src.readlink(link) == target:
@@ -261,10 +401,42 @@ def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: 
                 continue
             changes.append(Change(link, "symlink", f"enable {wait}: it holds {TIME_SYNC} until the clock is "
                                   "synchronized", target=target))
+            overrides[link] = Link(target)
+    after = BootGraph(UnitLoader(OverlaySource(src, overrides)), "default.target", extra=names) if overrides else graph
+    clock = find_clock_units(after)
+    holders = [c.unit for c in clock if c.holds]
+    roles = classify(after, holders, {c.unit for c in clock})
+    services, chosen_warnings, left = _choose_services(after, names, all_enabled, roles, strict)
+    warnings.extend(chosen_warnings)
+    if strict and wait is None:
+        raise UsageError("--strict needs a wait unit to require, and there is none (see the warnings of a dry run)")
+    dropin = (strict_dropin_text(wait) if strict and wait else DROPIN_TEXT).encode()
+    for uid in services:
+        path = f"/etc/systemd/system/{uid}.d/{DROPIN_NAME}"
+        current = _read_or_none(src, path)
+        if current == dropin:
+            continue
+        if current is None:
+            changes.append(Change(path, "create", f"{uid}: wait for {TIME_SYNC}", dropin))
+        else:
+            changes.append(Change(path, "edit", f"{uid}: wait for {TIME_SYNC}", dropin, current))
+    bounded = sorted(set(holders) | ({wait} if wait else set()))
+    timeout_text = timeout_dropin_text(int(wait_timeout_s), _systemd_has_plus_prefix(src)).encode()
+    for uid in bounded:
+        path = f"/etc/systemd/system/{uid}.d/{TIMEOUT_DROPIN_NAME}"
+        current = _read_or_none(src, path)
+        if current == timeout_text:
+            continue
+        reason = f"{uid}: give up after {int(wait_timeout_s)} s without a time source"
+        if current is None:
+            changes.append(Change(path, "create", reason, timeout_text))
+        else:
+            changes.append(Change(path, "edit", reason, timeout_text, current))
     chrony_changes, chrony_warn = _chrony_changes(src, graph)
     changes.extend(chrony_changes)
     warnings.extend(chrony_warn)
-    return FixPlan(str(root), tuple(changes), tuple(services), wait, tuple(warnings))
+    return FixPlan(str(root), tuple(changes), tuple(services), wait, tuple(warnings), tuple(left),
+                   tuple(bounded), int(wait_timeout_s), strict)
 
 
 def render_plan(plan: FixPlan) -> str:

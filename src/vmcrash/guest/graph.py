@@ -15,7 +15,9 @@ Built from a :class:`~vmcrash.guest.units.UnitLoader` the way systemd (252, Debi
   masked, or requiring one that cannot).
 
 Not modelled (see the audit's notes): generator output when auditing an image offline, mount
-units that exist only at run time (only ``-.mount`` and mount unit files are known), conditions.
+units that exist only at run time (only ``-.mount`` and mount unit files are known), conditions
+in general (the audit evaluates the path conditions of clock units, :mod:`vmcrash.guest.conditions`)
+and ``Conflicts=`` in general (the audit reports conflicting time daemons).
 """
 
 from __future__ import annotations

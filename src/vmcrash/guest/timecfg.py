@@ -27,6 +27,7 @@ __all__ = [
     "NtpdConfig",
     "TimesyncdConfig",
     "chrony_conf_path",
+    "ntpdate_servers",
     "read_chrony",
     "read_ntpd",
     "read_timesyncd",
@@ -41,6 +42,7 @@ CHRONY_DEFAULT_MAXSLEWRATE_PPM = 83333.333
 NTPD_MAX_SLEW_PPM = 500.0
 NTPD_DEFAULT_PANIC_S = 1000.0
 NTPD_DEFAULT_STEP_S = 0.128
+NTPD_DEFAULT_STEPOUT_S = 900.0  # ntp 4.2.6 (CentOS 7); ntp 4.2.8 and NTPsec use 300
 NTPD_SLEW_ONLY_STEP_S = 600.0  # ntpd -x
 _MAX_FILES = 256
 _MAX_DEPTH = 8
@@ -227,6 +229,8 @@ class NtpdConfig:
     allow_first_big: bool  # -g
     slew_only: bool  # -x
     problems: tuple[Problem, ...] = ()
+    #: seconds an offset over the step threshold must persist before ntpd steps (``tinker stepout``)
+    stepout_s: float = 900.0
 
     def steps(self, offset_s: float = REFERENCE_OFFSET_S) -> bool:
         """True when an offset of ``offset_s`` is stepped rather than slewed."""
@@ -246,7 +250,7 @@ def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str
         opts = tuple(options.split())
     flags = "".join(o[1:] for o in opts if o.startswith("-") and not o.startswith("--"))
     path = None
-    panic, step = NTPD_DEFAULT_PANIC_S, NTPD_DEFAULT_STEP_S
+    panic, step, stepout = NTPD_DEFAULT_PANIC_S, NTPD_DEFAULT_STEP_S, NTPD_DEFAULT_STEPOUT_S
     for candidate in conf_candidates:
         try:
             text = _read_text(source, candidate)
@@ -262,13 +266,15 @@ def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str
                             panic = float(value)
                         elif key == "step":
                             step = float(value)
+                        elif key == "stepout":
+                            stepout = float(value)
                     except ValueError:
                         problems.append(Problem(candidate, number, f"tinker {key} {value}: not a number"))
         break
     slew_only = "x" in flags
     if slew_only:
         step = max(step, NTPD_SLEW_ONLY_STEP_S)
-    return NtpdConfig(path, opts, panic, step, "g" in flags, slew_only, tuple(problems))
+    return NtpdConfig(path, opts, panic, step, "g" in flags, slew_only, tuple(problems), stepout)
 
 
 @dataclass(frozen=True)
@@ -295,3 +301,29 @@ def read_timesyncd(source: UnitSource) -> TimesyncdConfig:
             if key.strip() in ("NTP", "FallbackNTP") and value.strip():
                 servers.extend(value.split())
     return TimesyncdConfig(tuple(found), tuple(servers))
+
+
+def ntpdate_servers(source: UnitSource) -> tuple[list[str], str]:
+    """The servers RHEL/CentOS 7's ``ntpdate-wrapper`` steps from, and where they come from.
+
+    The wrapper (ntpdate-4.2.6p5, el7) takes ``/etc/ntp/step-tickers`` (comments stripped) and,
+    when that is empty, the ``server``/``peer`` lines of ``/etc/ntp.conf`` other than the
+    127.127.x.x reference clocks. ``([], "")`` when neither names one.
+    """
+    try:
+        tickers = _read_text(source, "/etc/ntp/step-tickers")
+    except UnitFileError:
+        tickers = ""
+    words = [w for line in tickers.splitlines() for w in line.split("#", 1)[0].split()]
+    if words:
+        return words, "/etc/ntp/step-tickers"
+    try:
+        conf = _read_text(source, "/etc/ntp.conf")
+    except UnitFileError:
+        conf = ""
+    servers = []
+    for line in conf.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and parts[0] in ("server", "peer") and not parts[1].startswith("127.127."):
+            servers.append(parts[1])
+    return servers, ("/etc/ntp.conf, as /etc/ntp/step-tickers names none" if servers else "")

@@ -36,7 +36,9 @@ __all__ = [
     "EXTRA_PACKAGES",
     "SUITE",
     "Rootfs",
+    "VARIANTS",
     "build_rootfs",
+    "build_variant",
     "copy_tree",
     "find_mirror",
     "make_disk_image",
@@ -202,6 +204,61 @@ def build_rootfs(lab_dir: Path = LAB_DIR, *, mirror: str | None = None) -> Rootf
             built = time.monotonic() - t0
             (tmp / "manifest.json").write_text(json.dumps(
                 {"key": key, "suite": SUITE, "mirror": mirror, "build_seconds": round(built, 1),
+                 "packages": list(packages)}, indent=1))
+            tmp.chmod(0o755)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                if not manifest.exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    meta = json.loads(manifest.read_text())
+    return Rootfs(root=out / "root", key=key, build_seconds=built, packages=tuple(meta["packages"]))
+
+
+#: Derived roots: name -> packages installed on top of the base root (apt resolves the conflicts:
+#: systemd-timesyncd ``Conflicts: time-daemon``, so installing it purges chrony, as on a stock
+#: Debian 12 that never installed chrony). The timesyncd root also has the QEMU guest agent, for
+#: the host-side audit (``vmcrash guest audit --domain``).
+VARIANTS = {"timesyncd": ("systemd-timesyncd", "qemu-guest-agent")}
+
+
+def build_variant(base: Rootfs, name: str, lab_dir: Path = LAB_DIR) -> Rootfs:
+    """The base root with the packages of :data:`VARIANTS` ``[name]`` installed (cached like the base).
+
+    Only the variant's packages are downloaded (the base keeps apt's lists), so this takes seconds.
+
+    :raises EnvironmentProblem: not root, unknown variant, or apt failed.
+    """
+    if name not in VARIANTS:
+        raise EnvironmentProblem(f"unknown root variant {name!r} (known: {', '.join(VARIANTS)})")
+    key = f"{base.key}-{name}-{hashlib.sha256(('purge,' + ','.join(VARIANTS[name])).encode()).hexdigest()[:8]}"
+    out = lab_dir / f"rootfs-{key}"
+    manifest = out / "manifest.json"
+    t0 = time.monotonic()
+    built = 0.0
+    if not manifest.exists():
+        if os.geteuid() != 0:
+            raise EnvironmentProblem("building the test root file system needs root (chroot)")
+        tmp = Path(tempfile.mkdtemp(dir=lab_dir, prefix=".rootfs-build-"))
+        try:
+            copy_tree(base.root, tmp / "root")
+            policy = tmp / "root/usr/sbin/policy-rc.d"
+            policy.write_text(_POLICY_RC_D)
+            policy.chmod(0o755)
+            try:
+                with _proc_mounted(tmp / "root"):
+                    _run(["chroot", str(tmp / "root"), "apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0",
+                          "install", "--purge", "--no-install-recommends", *VARIANTS[name]])
+                    _run(["chroot", str(tmp / "root"), "apt-get", "clean"])
+            finally:
+                policy.unlink(missing_ok=True)
+            packages = _package_list(tmp / "root")
+            built = time.monotonic() - t0
+            (tmp / "manifest.json").write_text(json.dumps(
+                {"key": key, "base": base.key, "variant": name, "build_seconds": round(built, 1),
                  "packages": list(packages)}, indent=1))
             tmp.chmod(0o755)
             try:

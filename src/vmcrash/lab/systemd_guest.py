@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -47,6 +48,7 @@ from vmcrash.lab.rootfs import copy_tree, make_disk_image
 __all__ = [
     "COLLECTOR",
     "EVIDENCE_MAGIC",
+    "UNREACHABLE_NTP",
     "HostNtpServer",
     "SystemdGuest",
     "boot_all",
@@ -61,9 +63,11 @@ log = logging.getLogger(__name__)
 
 BOOT_FORMAT = 1
 #: Modules the initramfs loads (modprobe pulls in their dependencies).
-BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4")
+BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "ext4")
 EVIDENCE_MAGIC = b"VMCRASH-EVIDENCE1\n"
 EVIDENCE_DISK_BYTES = 32 << 20
+#: The disk holds two evidence slots (the second for the boot after a live fix).
+EVIDENCE_SLOT_BYTES = 16 << 20
 #: Guest address on QEMU's user network; 10.0.2.2 is the host's loopback seen through slirp.
 GUEST_ADDRESS = "10.0.2.15/24"
 HOST_ALIAS = "10.0.2.2"
@@ -74,7 +78,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "vmcrash-sysboot: initramfs"
-modprobe -a virtio_pci virtio_blk virtio_net crc32c_generic ext4
+modprobe -a virtio_pci virtio_blk virtio_net virtio_console crc32c_generic ext4
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /newroot
@@ -95,10 +99,11 @@ import json, os, re, subprocess, sys, time
 
 OUT = "/dev/vdb"
 MAGIC = b"VMCRASH-EVIDENCE1\n"
+SLOT = 16 << 20  # the second boot's evidence (live-fix proof) starts here
 PROPS = ("Id,Names,LoadState,ActiveState,SubState,Type,After,Before,Wants,Requires,WantedBy,"
          "DefaultDependencies,FragmentPath,DropInPaths,UnitFileState,"
          "InactiveExitTimestamp,InactiveExitTimestampMonotonic,ActiveEnterTimestamp,"
-         "ActiveEnterTimestampMonotonic,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic")
+         "ActiveEnterTimestampMonotonic,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic,TimeoutStartUSec")
 ENV = dict(os.environ, LC_ALL="C", SYSTEMD_COLORS="0", SYSTEMD_PAGER="", PYTHONPATH="/opt/vmcrash")
 
 
@@ -113,15 +118,33 @@ def run(cmd, timeout=180):
 
 
 ev = {"collector_started_monotonic_us": time.monotonic_ns() // 1000}
+try:
+    with open("/etc/vmcrash-lab.json") as f:
+        lab = json.load(f)
+except (OSError, ValueError):
+    lab = {"daemon": "chrony", "reachable": True}
+ev["lab"] = lab
 ev["is_system_running"] = run(["systemctl", "is-system-running", "--wait"], timeout=400)
-ev["waitsync"] = run(["chronyc", "-n", "-h", "127.0.0.1", "waitsync", "150", "0.1", "0", "1"], timeout=200)
-ev["tracking"] = run(["chronyc", "-n", "-h", "127.0.0.1", "tracking"])
-ev["sources"] = run(["chronyc", "-n", "-h", "127.0.0.1", "sources"])
+if lab.get("daemon") == "chrony":
+    if lab.get("reachable", True):
+        ev["waitsync"] = run(["chronyc", "-n", "-h", "127.0.0.1", "waitsync", "150", "0.1", "0", "1"], timeout=200)
+    ev["tracking"] = run(["chronyc", "-n", "-h", "127.0.0.1", "tracking"])
+    ev["sources"] = run(["chronyc", "-n", "-h", "127.0.0.1", "sources"])
+ev["adjtimex_sync_file"] = os.path.exists("/run/systemd/timesync/synchronized")
 units = run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full"])
 names = sorted({line.split()[0] for line in units["out"].splitlines() if line.split()})
 ev["list_units"] = units
 ev["show"] = run(["systemctl", "show", "--timestamp=us+utc", "-p", PROPS, "--", *names])
 ev["audit"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
+if lab.get("hold_for_host"):
+    # the host audits this running guest through its agent now, then creates the flag file
+    ev["hold_started_monotonic_us"] = time.monotonic_ns() // 1000
+    print("vmcrash-evidence: waiting for the host", flush=True)
+    deadline = time.monotonic() + 400
+    while not os.path.exists("/run/vmcrash-host-done") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ev["host_done"] = os.path.exists("/run/vmcrash-host-done")
+    ev["audit_after_host"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
 try:
     audited = [s["unit"] for s in json.loads(ev["audit"]["out"])["services"]]
 except Exception:
@@ -143,13 +166,25 @@ for line in j.stdout.splitlines():
                     e.get("SYSLOG_IDENTIFIER", ""), e.get("_SYSTEMD_UNIT", ""), msg[:200]])
 ev["journal"] = entries
 ev["collector_done_monotonic_us"] = time.monotonic_ns() // 1000
+MARK = "/var/lib/vmcrash-lab-first-boot-done"
+second = os.path.exists(MARK)
+reboot = bool(lab.get("live_fix")) and not second
+if reboot:
+    # live proof: fix the running system itself (--root /), then reboot into the fixed boot
+    ev["live_fix"] = run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", "/", *lab["live_fix"]])
+    ev["live_audit"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
 data = json.dumps(ev).encode()
 with open(OUT, "r+b") as f:
+    f.seek(SLOT if second else 0)
     f.write(MAGIC + b"%d\n" % len(data) + data)
     f.flush()
     os.fsync(f.fileno())
 print("vmcrash-evidence: written %d bytes" % len(data), flush=True)
-subprocess.run(["systemctl", "poweroff", "--no-block"])
+if reboot:
+    open(MARK, "w").close()
+    subprocess.run(["systemctl", "reboot", "--no-block"])
+else:
+    subprocess.run(["systemctl", "poweroff", "--no-block"])
 '''
 
 COLLECTOR_UNIT = """[Unit]
@@ -354,13 +389,28 @@ def _link(root: Path, link: str, target: str) -> None:
     path.symlink_to(target)
 
 
-def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None) -> Path:
+#: An address on QEMU's user network where nothing answers: a guest given it has no time source.
+UNREACHABLE_NTP = "10.0.2.99"
+
+
+def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None,
+                     ntp_host: str = HOST_ALIAS, hold_for_host: bool = False,
+                     live_fix: tuple[str, ...] = ()) -> Path:
     """Copy ``base`` to ``dest`` and add what the lab boot needs; return ``dest``.
 
-    Added: a static address without default route (systemd-networkd), chrony's only source =
-    the lab server at 10.0.2.2:``ntp_port`` (Debian's pool line commented out; ``makestep`` and
-    everything else left as shipped), the collector unit, and ``vmcrash`` (errors + guest only)
-    under ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``.
+    Added: a static address without default route (systemd-networkd), the time daemon's only
+    source = ``ntp_host``:``ntp_port`` (chrony: Debian's pool line commented out, ``makestep`` and
+    everything else left as shipped; systemd-timesyncd: ``NTP=`` and an empty ``FallbackNTP=``
+    in a drop-in, port 123 only, timesyncd has no port setting), the collector unit with its
+    mode in ``/etc/vmcrash-lab.json``, and ``vmcrash`` (errors + guest only) under
+    ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``. ``ntp_host`` =
+    :data:`UNREACHABLE_NTP` gives a guest without a time source. ``hold_for_host``: the collector
+    prints ``vmcrash-evidence: waiting for the host`` and waits (at most 400 s) for
+    ``/run/vmcrash-host-done`` before it goes on, so the host can work on the running guest.
+    ``live_fix``: after the first boot's evidence the collector runs ``python3 -m vmcrash.guest fix
+    --root / LIVE_FIX...`` on the running guest and reboots; the second boot's evidence goes to
+    slot 1 (boot the domain with ``restart_on_reboot``). chrony's ``rtcsync`` is commented out so
+    the RTC keeps the wrong time across that reboot.
     """
     copy_tree(base, dest)
     (dest / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
@@ -370,10 +420,27 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
     _link(dest, "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
           "/lib/systemd/system/systemd-networkd.socket")
     conf = dest / "etc/chrony/chrony.conf"
-    conf.write_text(re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text()))
-    (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
-    (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
-        f"server {HOST_ALIAS} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
+    if conf.exists():
+        daemon = "chrony"
+        text = re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text())
+        if live_fix:
+            text = re.sub(r"(?m)^(rtcsync)", r"# vmcrash lab: keep the RTC wrong across the reboot\n# \1", text)
+        conf.write_text(text)
+        (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
+            f"server {ntp_host} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
+    elif (dest / "lib/systemd/system/systemd-timesyncd.service").exists():
+        daemon = "timesyncd"
+        if int(ntp_port) != 123 and ntp_host != UNREACHABLE_NTP:
+            raise EnvironmentProblem("systemd-timesyncd only talks to port 123; start the lab server there")
+        (dest / "etc/systemd/timesyncd.conf.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/systemd/timesyncd.conf.d/vmcrash-lab.conf").write_text(
+            f"[Time]\nNTP={ntp_host}\nFallbackNTP=\nPollIntervalMinSec=16\n")
+    else:
+        raise EnvironmentProblem(f"{base}: neither chrony nor systemd-timesyncd installed")
+    (dest / "etc/vmcrash-lab.json").write_text(json.dumps(
+        {"daemon": daemon, "ntp": f"{ntp_host}:{int(ntp_port)}", "reachable": ntp_host != UNREACHABLE_NTP,
+         "hold_for_host": hold_for_host, "live_fix": list(live_fix)}))
     collector = dest / "usr/local/sbin/vmcrash-evidence"
     collector.parent.mkdir(parents=True, exist_ok=True)
     collector.write_text(COLLECTOR)
@@ -413,6 +480,8 @@ class SystemdGuest(LabGuest):
     clock_offset_s: int = -600
     memory_mib: int = 1024
     vcpus: int = 1
+    #: let a reboot inside the guest restart it (the live-fix proof) instead of ending the domain
+    restart_on_reboot: bool = False
 
     def domain_xml(self) -> str:
         """The libvirt XML of this guest (pure given the fields)."""
@@ -431,7 +500,7 @@ class SystemdGuest(LabGuest):
         _sub(feats, "apic")
         _sub(dom, "clock", offset="variable", adjustment=str(int(self.clock_offset_s)), basis="utc")
         for event in ("on_poweroff", "on_reboot", "on_crash"):
-            _sub(dom, event, "destroy")
+            _sub(dom, event, "restart" if event == "on_reboot" and self.restart_on_reboot else "destroy")
         devs = _sub(dom, "devices")
         _sub(devs, "emulator", "/usr/bin/qemu-system-x86_64")
         for path, dev in ((self.disk, "vda"), (self.evidence_disk, "vdb")):
@@ -439,6 +508,8 @@ class SystemdGuest(LabGuest):
             _sub(disk, "driver", name="qemu", type="raw", cache="unsafe")
             _sub(disk, "source", file=str(path))
             _sub(disk, "target", dev=dev, bus="virtio")
+        channel = _sub(devs, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
         iface = _sub(devs, "interface", type="user")
         _sub(iface, "model", type="virtio")
         serial = _sub(devs, "serial", type="file")
@@ -482,20 +553,22 @@ def new_evidence_disk(path: Path, size_bytes: int = EVIDENCE_DISK_BYTES) -> Path
     return path
 
 
-def read_evidence(path: Path) -> dict[str, object]:
-    """The collector's JSON from the evidence disk.
+def read_evidence(path: Path, slot: int = 0) -> dict[str, object]:
+    """The collector's JSON from the evidence disk (``slot`` 1: the second boot of a live-fix guest).
 
     :raises BadDataError: nothing written (the collector did not run) or the data is corrupt.
     """
+    base = slot * EVIDENCE_SLOT_BYTES
     with open(path, "rb") as f:
+        f.seek(base)
         head = f.read(len(EVIDENCE_MAGIC) + 16)
         if not head.startswith(EVIDENCE_MAGIC):
             raise BadDataError(f"{path}: no evidence written by the guest collector")
         rest = head[len(EVIDENCE_MAGIC):]
         length_text, _, _ = rest.partition(b"\n")
-        if not length_text.isdigit() or int(length_text) > EVIDENCE_DISK_BYTES:
+        if not length_text.isdigit() or int(length_text) > EVIDENCE_SLOT_BYTES - 64:
             raise BadDataError(f"{path}: bad evidence length {length_text[:20]!r}")
-        f.seek(len(EVIDENCE_MAGIC) + len(length_text) + 1)
+        f.seek(base + len(EVIDENCE_MAGIC) + len(length_text) + 1)
         data = f.read(int(length_text))
     try:
         value = json.loads(data)
@@ -515,6 +588,8 @@ class LabBootResult:
     run_seconds: float
     image_seconds: float
     extra: dict[str, object] = field(default_factory=dict)
+    #: watched console string -> host seconds from start until it first appeared
+    console_seen_s: dict[str, float] = field(default_factory=dict)
 
 
 def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer, *,
@@ -530,8 +605,15 @@ def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer,
 
 def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
              clock_offset_s: int = -600, timeout_s: float = 600.0,
-             boot: LabImage | None = None, vcpus: int = 1) -> list[LabBootResult]:
+             boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = (),
+             on_console: dict[str, Callable[[SystemdGuest], None]] | None = None,
+             restart_on_reboot: tuple[bool, ...] = ()) -> list[LabBootResult]:
     """Boot one guest per root *at the same time* (one vCPU each) and return their evidence, in order.
+
+    ``watch``: console strings whose first appearance is timed (host seconds since the guests were
+    started, polled every 0.5 s): :attr:`LabBootResult.console_seen_s`. ``on_console``: console
+    string -> function called once with the guest when the string first appears (it runs in this
+    loop; the guests keep running meanwhile).
 
     :raises EnvironmentProblem: a guest did not power off in time (its console tail is in the message).
     :raises BadDataError: a guest powered off without writing evidence (console tail in the message).
@@ -550,18 +632,28 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
             make_disk_image(root, disk)
             image_s.append(time.monotonic() - t0)
             guest = SystemdGuest(hv=hv, image=boot, run_dir=work, keep_serial=False, disk=disk,
-                                 evidence_disk=evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus)
+                                 evidence_disk=evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus,
+                                 restart_on_reboot=len(guests) < len(restart_on_reboot)
+                                 and restart_on_reboot[len(guests)])
             guests.append(guest)
             guest.define()
         t0 = time.monotonic()
         for guest in guests:
             guest.start()
         ran: dict[str, float] = {}
+        seen: dict[str, dict[str, float]] = {g.name: {} for g in guests}
         while len(ran) < len(guests):
             for guest in guests:
                 if guest.name in ran:
                     continue
                 assert guest.dom is not None
+                if watch or on_console:
+                    console = guest.serial_bytes()
+                    for marker in (*watch, *(on_console or {})):
+                        if marker not in seen[guest.name] and marker.encode() in console:
+                            seen[guest.name][marker] = time.monotonic() - t0
+                            if on_console and marker in on_console:
+                                on_console[marker](guest)
                 if not call(guest.dom.isActive, domain=guest.name):
                     ran[guest.name] = time.monotonic() - t0
             if time.monotonic() - t0 > timeout_s:
@@ -576,8 +668,14 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
                 evidence = read_evidence(guest.evidence_disk)
             except BadDataError as exc:
                 raise BadDataError(f"{exc}; console tail: {serial[-1500:]!r}") from exc
+            extra: dict[str, object] = {"ntp_port": ntp.port}
+            if guest.restart_on_reboot:
+                try:
+                    extra["second_boot"] = read_evidence(guest.evidence_disk, 1)
+                except BadDataError as exc:
+                    raise BadDataError(f"second boot: {exc}; console tail: {serial[-1500:]!r}") from exc
             results.append(LabBootResult(evidence=evidence, serial=serial, run_seconds=ran[guest.name],
-                                         image_seconds=img_s, extra={"ntp_port": ntp.port}))
+                                         image_seconds=img_s, extra=extra, console_seen_s=seen[guest.name]))
         return results
     finally:
         for guest in guests:

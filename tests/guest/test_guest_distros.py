@@ -1,0 +1,144 @@
+"""Each distribution family's time-service layout (issue 12): a correct audit, and a fix after which it passes.
+
+Fixture roots are in _distros.py (the distributions' own unit files and defaults, package and
+version cited there). Expected facts are stated from those files, not from the audit's output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _distros import ETC, FAMILIES, USR_LIB, centos7
+from _guestsys import write_tree
+from test_guest_audit_fix import tree_state
+
+from vmcrash.errors import UsageError
+from vmcrash.guest.audit import audit
+from vmcrash.guest.cli import run_fix
+from vmcrash.guest.fix import DROPIN_NAME, TIMEOUT_DROPIN_NAME, plan_fix
+from vmcrash.guest.sources import Link
+
+
+def codes(report: object) -> set[str]:
+    return {f.code for f in report.findings}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def centos(tmp_path: Path) -> Path:
+    write_tree(tmp_path, centos7())
+    return tmp_path
+
+
+def test_centos7_audit_sees_ntpd_and_the_uninstalled_ntpdate_step(centos: Path) -> None:
+    report = audit(centos)
+    assert report.exit_code == 1
+    daemons = {d.unit: d for d in report.daemons}
+    assert set(daemons) == {"ntpd.service"}  # recognised by its ExecStart, not "no time daemon"
+    ntpd = daemons["ntpd.service"]
+    assert ntpd.daemon == "ntp" and ntpd.in_transaction and ntpd.data["g"] is True
+    story = "\n".join(ntpd.summary)
+    # the original case: 18 minutes (1080 s) over the 1000 s panic threshold after a freeze
+    assert "1080 s behind" in story and "ntpd exits" in story and "18 min" in story
+    assert "stepout 900 s" in story
+    clock = {c.unit: c for c in report.clock_units}
+    assert clock["ntpdate.service"].role == "steps" and not clock["ntpdate.service"].in_transaction
+    assert clock["ntpd.service"].role == "daemon"
+    # nothing pulls time-sync.target in: ntpd.service neither wants nor precedes it
+    assert "time-sync-not-pulled-in" in codes(report)
+    assert [s.unit for s in report.services if not s.after_time_sync] == ["app.service"]
+
+
+def test_centos7_fix_enables_ntpdate_never_orders_ntpd_and_passes_its_audit(centos: Path) -> None:
+    before = tree_state(centos)
+    plan = plan_fix(centos, all_enabled=True)
+    assert plan.wait_unit == "ntpdate.service"
+    assert plan.services == ("app.service",)
+    paths = {c.path: c for c in plan.changes}
+    link = paths[f"{ETC}/multi-user.target.wants/ntpdate.service"]
+    assert link.action == "symlink" and link.target == f"{USR_LIB}/ntpdate.service"
+    assert f"{ETC}/ntpd.service.d/{DROPIN_NAME}" not in paths
+    timeout = paths[f"{ETC}/ntpdate.service.d/{TIMEOUT_DROPIN_NAME}"].content.decode()
+    assert "ExecStopPost=-/bin/sh" in timeout  # systemd 219 has no '+' prefix: none written
+    assert run_fix(str(centos), all_enabled=True) == 0  # re-audits the result itself
+    after = audit(centos)
+    assert after.exit_code == 0, after.render_text()
+    assert after.time_sync_held_by == ("ntpdate.service",)
+    assert "ntpd.service" not in {s.unit for s in after.services}  # a clock unit, never audited as an app
+    assert "ntpdate.service (enabled) steps the clock once at boot" in "\n".join(after.daemons[0].summary)
+    assert run_fix(str(centos), undo=True) == 0
+    assert tree_state(centos) == before
+
+
+def test_centos7_fix_refuses_ntpdate_without_servers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_tree(tmp_path, centos7(step_tickers="# List of NTP servers used by the ntpdate service.\n\n",
+                                 ntp_conf="driftfile /var/lib/ntp/drift\n"))
+    report = audit(tmp_path)
+    assert "it has no server" in "\n".join(report.daemons[0].summary)
+    assert run_fix(str(tmp_path), all_enabled=True) == 2
+    assert "ntpdate" in capsys.readouterr().err
+    assert not (tmp_path / "etc/vmcrash").exists()
+
+
+def test_centos7_ntpdate_takes_servers_from_ntp_conf_when_step_tickers_is_empty(tmp_path: Path) -> None:
+    write_tree(tmp_path, centos7(step_tickers="# List of NTP servers used by the ntpdate service.\n\n"))
+    plan = plan_fix(tmp_path, all_enabled=True)
+    assert plan.wait_unit == "ntpdate.service"
+    assert any("0.centos.pool.ntp.org" in w and "/etc/ntp.conf" in w for w in plan.warnings), plan.warnings
+    summary = "\n".join(audit(tmp_path).daemons[0].summary)
+    assert "servers: 0.centos.pool.ntp.org" in summary and "/etc/ntp.conf" in summary
+
+
+@pytest.mark.parametrize(("family", "daemon_unit", "wait_unit"), [
+    ("fedora", "chronyd.service", "chrony-wait.service"),
+    ("suse", "chronyd.service", "chrony-wait.service"),
+    ("ubuntu", "systemd-timesyncd.service", "systemd-time-wait-sync.service"),
+    ("ntpsec", "ntpsec.service", "ntpsec-wait.service"),
+])
+def test_each_family_audit_then_fix_with_its_own_wait_unit(tmp_path: Path, family: str, daemon_unit: str,
+                                                           wait_unit: str) -> None:
+    write_tree(tmp_path, FAMILIES[family]())
+    before = tree_state(tmp_path)
+    stock = audit(tmp_path)
+    assert stock.exit_code == 1
+    assert daemon_unit in {d.unit for d in stock.daemons}
+    assert "service-before-time-sync" in codes(stock)
+    plan = plan_fix(tmp_path, all_enabled=True)
+    assert plan.wait_unit == wait_unit
+    assert plan.services == ("app.service",)
+    assert daemon_unit not in plan.services and wait_unit not in plan.services
+    assert run_fix(str(tmp_path), all_enabled=True) == 0
+    after = audit(tmp_path)
+    assert after.exit_code == 0, after.render_text()
+    assert after.time_sync_held_by == (wait_unit,)
+    assert after.max_wait_s == 90.0
+    if daemon_unit == "chronyd.service":
+        (d,) = [d for d in after.daemons if d.unit == daemon_unit]
+        assert d.data["makestep"]["limit"] == -1  # steps after a freeze too
+    assert run_fix(str(tmp_path), undo=True) == 0
+    assert tree_state(tmp_path) == before
+
+
+def test_centos7_with_ntpd_and_chronyd_both_enabled_is_a_conflict_the_fix_refuses(tmp_path: Path) -> None:
+    files = centos7()
+    files[f"{ETC}/multi-user.target.wants/chronyd.service"] = Link(f"{USR_LIB}/chronyd.service")
+    write_tree(tmp_path, files)
+    report = audit(tmp_path)
+    clash = [f for f in report.findings if f.code == "time-daemons-conflict"]
+    assert len(clash) == 1 and "chronyd.service" in clash[0].message and "ntpd.service" in clash[0].message
+    with pytest.raises(UsageError, match="Conflicts"):
+        plan_fix(tmp_path, all_enabled=True)
+
+
+def test_a_wait_unit_skipped_by_its_condition_holds_nothing(tmp_path: Path) -> None:
+    files = FAMILIES["fedora"]()
+    files[f"{ETC}/multi-user.target.wants/chrony-wait.service"] = Link(f"{USR_LIB}/chrony-wait.service")
+    files[f"{ETC}/chrony-wait.service.d/local.conf"] = "[Unit]\nConditionPathExists=/etc/chrony-wait-enabled\n"
+    write_tree(tmp_path, files)
+    report = audit(tmp_path)
+    assert report.time_sync_held_by == ()
+    (wait,) = [c for c in report.clock_units if c.unit == "chrony-wait.service"]
+    assert "skipped at boot" in wait.note and "ConditionPathExists=/etc/chrony-wait-enabled" in wait.note
+    assert "time-sync-not-held" in codes(report)
+    (tmp_path / "etc/chrony-wait-enabled").write_text("")
+    assert audit(tmp_path).time_sync_held_by == ("chrony-wait.service",)
