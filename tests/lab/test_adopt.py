@@ -41,10 +41,15 @@ def qemu_pid(name: str) -> int | None:
         return None
 
 
-def libvirt_files(name: str) -> list[Path]:
-    """libvirt's dump files of domain ``name`` (its naming: ``<id>-<name cut to 20>-<time>``)."""
+def libvirt_files(name: str, dom_id: int | None = None) -> list[Path]:
+    """libvirt's dump files of domain ``name`` (its naming: ``<id>-<name cut to 20>-<time>``).
+
+    Two lab names can share their first 20 characters (``vmcrash-lab-<pid>-11-…`` and ``…-110-…``
+    late in a full run), so the domain id tells them apart where it is known.
+    """
     short = name[:20]
-    return sorted(p for p in LIBVIRT_DUMPS.iterdir() if p.name.split("-", 1)[-1].startswith(short + "-"))
+    return sorted(p for p in LIBVIRT_DUMPS.iterdir() if p.name.split("-", 1)[-1].startswith(short + "-")
+                  and (dom_id is None or p.name.split("-", 1)[0] == str(dom_id)))
 
 
 def sha256(path: Path) -> str:
@@ -150,6 +155,8 @@ def test_libvirt_owned_crashes_each_on_crash_action(hv, lab_guest, daemon) -> No
         assert "took over crash handling" in d.log_text() and "doctor --fix" in d.log_text()
         assert json.loads(d.cli("doctor", "--json", taken.name).stdout)[0]["crash_owner"]["owner"] == "vmcrash"
         pids = {a: qemu_pid(g.name) for a, g in guests.items()}
+        ids = {a: g.dom.ID() for a, g in guests.items()}
+        taken_id = taken.dom.ID()
         for g in [*guests.values(), taken]:
             g.crash()
         rows = {a: d.wait_row(g.name, done, 240)[0] for a, g in guests.items()}
@@ -158,9 +165,10 @@ def test_libvirt_owned_crashes_each_on_crash_action(hv, lab_guest, daemon) -> No
             assert rows[a].state == "done", (a, rows[a].state, rows[a].error)
             assert PANIC_LINE in g.serial_text()
         # exactly one dump per panic: libvirt's, for the coredump actions only
-        new = {a: [p for p in libvirt_files(g.name) if p.name not in before_files] for a, g in guests.items()}
+        new = {a: [p for p in libvirt_files(g.name, ids[a]) if p.name not in before_files]
+               for a, g in guests.items()}
         assert [len(new[a]) for a in actions] == [1, 1, 0, 0], new
-        assert libvirt_files(taken.name) == []
+        assert libvirt_files(taken.name, taken_id) == []
         for a in ("coredump-restart", "coredump-destroy"):
             row = rows[a]
             assert Path(row.dump_path) == new[a][0]  # left where libvirt wrote it (place = "leave")
