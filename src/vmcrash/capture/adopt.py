@@ -47,7 +47,7 @@ from vmcrash.capture.recovery import recover
 from vmcrash.capture.staging import move_sparse
 from vmcrash.config import Config
 from vmcrash.errors import DomainNotFound, LibvirtUnavailable, StorageError, VmcrashError
-from vmcrash.host.connection import DomainInfo, Hypervisor, call
+from vmcrash.host.connection import DomainInfo, Hypervisor, call, domain_id
 from vmcrash.host.crash_owner import (
     CrashOwnership,
     OnCrash,
@@ -274,7 +274,7 @@ class Adopter:
             dom, info = None, None
         if row is None:
             assert own is not None and dom is not None and info is not None
-            crash_id = self.catalog.new_crash(domain=info.name, uuid=info.uuid, domain_id=_dom_id(dom),
+            crash_id = self.catalog.new_crash(domain=info.name, uuid=info.uuid, domain_id=domain_id(dom),
                                               source=report.source, panic_ns=report.panic_ns,
                                               policy=asdict(self.cfg.policy_for(info.name)))
             cap: dict[str, Any] = {"owner": own.owner.value, "on_crash": own.on_crash.value}
@@ -355,7 +355,7 @@ class Adopter:
         freeze_s = (running_again_ns - report.panic_ns) / 1e9 if running_again_ns else None
         self.catalog.update(crash_id, state="recovered", recovery_action=action, recovery_result=result_state,
                             running_again_ns=running_again_ns, freeze_s=freeze_s,
-                            domain_id=_dom_id(dom) if dom is not None else None)
+                            domain_id=domain_id(dom) if dom is not None else None)
         self.catalog.log(crash_id, "recovered", f"{action}: {result_state}"
                          + (f", frozen {freeze_s:.2f} s" if freeze_s is not None else ""))
         self._sidecar_after_recovery(crash_id, freeze_s, action, result_state)
@@ -436,10 +436,10 @@ class Adopter:
             "crash_id": crash_id,
             "domain": row.domain,
             "uuid": row.uuid,
-            "panic_time": _iso(row.panic_ns),
+            "panic_time": files.iso_utc(row.panic_ns),
             "panic_source": row.source,
-            "dump_start": _iso(row.panic_ns),
-            "dump_end": _iso(ended_ns),
+            "dump_start": files.iso_utc(row.panic_ns),
+            "dump_end": files.iso_utc(ended_ns),
             "dump_seconds": round((ended_ns - row.panic_ns) / 1e9, 3),
             "freeze_seconds": None,
             "format": dump_fmt,
@@ -522,17 +522,3 @@ class Adopter:
                f"next start; `vmcrash doctor --fix {name}` is the way to make it permanent")
         log.warning("%s: %s", name, msg)
         return msg
-
-
-def _dom_id(dom: libvirt.virDomain) -> int | None:
-    try:
-        i = dom.ID()
-        return int(i) if i and i > 0 else None
-    except libvirt.libvirtError:
-        return None
-
-
-def _iso(ns: int | None) -> str | None:
-    if not ns:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"

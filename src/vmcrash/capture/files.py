@@ -32,6 +32,7 @@ __all__ = [
     "ensure_dump_dir",
     "inside",
     "fsync_path",
+    "iso_utc",
     "finalize",
     "write_sidecar",
     "sha256_file",
@@ -177,3 +178,10 @@ def remove_quietly(path: Path | None) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def iso_utc(ns: int | None) -> str | None:
+    """Host wall-clock nanoseconds as ``YYYY-mm-ddTHH:MM:SS.mmmZ`` for sidecars; ``None`` for none."""
+    if not ns:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"

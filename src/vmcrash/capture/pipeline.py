@@ -35,7 +35,7 @@ from vmcrash.errors import (
     VmcrashError,
 )
 from vmcrash.host.agent import Agent
-from vmcrash.host.connection import Hypervisor
+from vmcrash.host.connection import Hypervisor, domain_id
 from vmcrash.store.catalog import Catalog
 
 __all__ = ["PanicReport", "CrashHandler", "clock_after_freeze", "triage_dump"]
@@ -162,7 +162,7 @@ class CrashHandler:
                                 dump_temp_path=None)
             self.catalog.log(crash_id, "resumed", "handling resumed after an interruption")
         else:
-            crash_id = self.catalog.new_crash(domain=info.name, uuid=info.uuid, domain_id=_dom_id(dom),
+            crash_id = self.catalog.new_crash(domain=info.name, uuid=info.uuid, domain_id=domain_id(dom),
                                               source=report.source, panic_ns=report.panic_ns,
                                               policy=asdict(policy))
         dlog.warning("panic detected (%s); crash #%d", report.source, crash_id)
@@ -354,7 +354,7 @@ class CrashHandler:
         freeze_s = (result.running_again_ns - report.panic_ns) / 1e9 if result.running_again_ns else None
         self.catalog.update(crash_id, state="recovered", recovery_action=action, recovery_result=result.state,
                             running_again_ns=result.running_again_ns, freeze_s=freeze_s,
-                            domain_id=_dom_id(dom))
+                            domain_id=domain_id(dom))
         self.catalog.log(crash_id, "recovered", f"{action}: {result.detail} (state {result.state})"
                          + (f", frozen {freeze_s:.2f} s" if freeze_s is not None else ""))
         dlog.warning("recovered: %s -> %s%s", action, result.state,
@@ -438,10 +438,10 @@ class CrashHandler:
             "crash_id": crash_id,
             "domain": info.name,
             "uuid": info.uuid,
-            "panic_time": _iso(report.panic_ns),
+            "panic_time": files.iso_utc(report.panic_ns),
             "panic_source": report.source,
-            "dump_start": _iso(stats.started_ns),
-            "dump_end": _iso(stats.ended_ns),
+            "dump_start": files.iso_utc(stats.started_ns),
+            "dump_end": files.iso_utc(stats.ended_ns),
             "dump_seconds": round(stats.seconds, 3),
             "freeze_seconds": round(freeze_s, 3) if freeze_s is not None else None,
             "format": policy.format,
@@ -531,18 +531,3 @@ class CrashHandler:
 
     def _apply_retention(self) -> None:
         prune.apply_retention(self.catalog, self.cfg.retention, time.time_ns())
-
-
-def _dom_id(dom: libvirt.virDomain) -> int | None:
-    try:
-        i = dom.ID()
-        return int(i) if i and i > 0 else None
-    except libvirt.libvirtError:
-        return None
-
-
-def _iso(ns: int | None) -> str | None:
-    if not ns:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"
-

@@ -43,7 +43,7 @@ from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_free
 from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
 from vmcrash.config import Config
 from vmcrash.errors import LibvirtUnavailable, VmcrashError
-from vmcrash.host.connection import DomainInfo, Hypervisor
+from vmcrash.host.connection import DomainInfo, Hypervisor, domain_id
 from vmcrash.host.events import AgentEvent, ConnectionClosed, Event, LifecycleEvent, Subscription
 from vmcrash.store.catalog import Catalog, CrashRow
 
@@ -618,9 +618,8 @@ class Watcher:
 
 def _safe_id(hv: Hypervisor, uuid: str) -> int | None:
     try:
-        i = hv.lookup(uuid).ID()
-        return int(i) if i and i > 0 else None
-    except (VmcrashError, libvirt.libvirtError):
+        return domain_id(hv.lookup(uuid))
+    except VmcrashError:
         return None
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "Hypervisor",
     "TRANSLATION",
     "call",
+    "domain_id",
     "error_class",
     "libvirt_errors",
     "translate",
@@ -113,6 +114,15 @@ def libvirt_errors(*, domain: str | None = None, uri: str | None = None) -> Iter
         yield
     except libvirt.libvirtError as exc:
         raise translate(exc, domain=domain, uri=uri) from exc
+
+
+def domain_id(dom: libvirt.virDomain) -> int | None:
+    """The running domain's id (``None`` when it is not running or libvirt cannot say)."""
+    try:
+        i = dom.ID()
+        return int(i) if i and i > 0 else None
+    except libvirt.libvirtError:
+        return None
 
 
 @dataclass(frozen=True)
