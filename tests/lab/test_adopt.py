@@ -237,7 +237,7 @@ def test_libvirtd_restart_during_libvirts_dump(hv, lab_guest, daemon) -> None:  
         while g.dom.jobInfo()[0] == 0:  # libvirt's dump job has started
             assert time.monotonic() < deadline, "libvirt's dump job never started"
             time.sleep(0.02)
-        row = d.wait_row(g.name, lambda r: r.state == "dumping", 30)[0]
+        row = d.wait_row(g.name, lambda r: r.state == "capturing", 30)[0]
         stop_daemon(LIBVIRTD, sig=signal.SIGKILL)
         LibvirtDaemons().start()  # at once: the window in which others see no libvirtd stays short
         hv.reconnect()

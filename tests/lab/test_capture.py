@@ -203,7 +203,7 @@ def test_sigkill_mid_dump_then_restart_recovers(hv, lab_guest, daemon) -> None: 
     d.start()
     g.boot(240)
     g.crash()
-    row = d.wait_row(g.name, lambda r: r.state == "dumping", 60)[0]
+    row = d.wait_row(g.name, lambda r: r.state == "capturing", 60)[0]
     time.sleep(1.0)
     d.stop(signal.SIGKILL)
     temp = Path(row.dump_temp_path)
@@ -230,7 +230,7 @@ def test_sigterm_mid_dump(hv, lab_guest, daemon, mode: str) -> None:  # type: ig
     d.start()
     g.boot(240)
     g.crash()
-    d.wait_row(g.name, lambda r: r.state == "dumping", 60)
+    d.wait_row(g.name, lambda r: r.state == "capturing", 60)
     time.sleep(0.5)
     assert d.stop(signal.SIGTERM, 120) == 0
     row = d.rows(g.name)[0]

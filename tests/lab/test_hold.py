@@ -230,8 +230,8 @@ def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> No
             g.wait_ready(120)
         ready_at = g.serial_bytes().rfind(READY_MARK.encode())
         g.crash()
-        row = d.wait_row(g.name, lambda r: r.state == "held" and r.dump_temp_path is not None
-                         and r.triage is not None, 120)[0]
+        row = d.wait_row(g.name, lambda r: (r.capture or {}).get("held") and r.state == "recovered"
+                         and r.dump_temp_path is not None and r.triage is not None, 120)[0]
         assert virsh("domstate", g.name) == "running"  # the held image did not keep it down
         t0 = time.monotonic()
         d.stop(signo, timeout_s=60)
@@ -240,7 +240,7 @@ def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> No
             assert took < 20, took  # hold_shutdown_s = 1, plus the daemon's own stop
         d.start()
         row = d.wait_row(g.name, lambda r, i=row.id: r.id == i and done(r), 60)[0]
-        assert row.state == "failed" and row.dump_path is None
+        assert row.state == "lost" and row.dump_path is None, (row.state, row.error)
         if signo == signal.SIGTERM:
             assert "gave up writing the held image: daemon stopping" in row.error
         else:

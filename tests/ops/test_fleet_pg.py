@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -57,7 +58,8 @@ def test_replication_upserts_and_unmarks(pg: PgCluster, tmp_path: Path) -> None:
         "before_ms": -5000.0, "after_ms": 1.0, "synced": True}
     assert [e["kind"] for e in fleet.events(row.id)] == ["detected"]
     assert fleet.clock_syncs(crash_id=row.id)[0]["after_ms"] == 1.0
-    local.delete_crash(cid)
+    with sqlite3.connect(local.path) as db:  # an operator deleting a row by hand
+        db.execute("DELETE FROM crashes WHERE id = ?", (cid,))
     rep.push_once()
     assert pg.psql("SELECT COUNT(*) FROM crashes WHERE host = 'alpha'") == [["0"]]
 

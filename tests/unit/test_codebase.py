@@ -27,3 +27,16 @@ def test_guest_package_imports_only_the_standard_library() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_pipeline_moves_crash_states_only_through_advance() -> None:
+    """``Catalog.update(state=...)`` skips the transition table and the observers: the capture code never uses it."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "src" / "vmcrash" / "capture").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update" \
+                    and any(k.arg == "state" for k in node.keywords):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []

@@ -41,8 +41,10 @@ from typing import Any
 
 import libvirt
 
-from vmcrash.capture import files, retention
-from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze, triage_dump
+from vmcrash.capture import files, sidecar
+from vmcrash.capture.clockstep import clock_after_freeze, record_after_crash
+from vmcrash.capture.compaction import queue_compaction
+from vmcrash.capture.pipeline import CrashHandler, PanicReport, triage_dump
 from vmcrash.capture.recovery import recover
 from vmcrash.capture.staging import move_sparse
 from vmcrash.config import Config
@@ -57,11 +59,14 @@ from vmcrash.host.crash_owner import (
     parse_qemu_conf_dump_path,
     pick_auto_dump,
 )
-from vmcrash.store.catalog import Catalog, CrashRow
+from vmcrash.store.catalog import FINAL_STATES, Catalog, CrashRow
+from vmcrash.store.states import CrashState, parse_state
 
 __all__ = ["Adopter", "JobOutcome", "LibvirtState", "is_adoption", "libvirt_dump_dir", "job_wait_s"]
 
 log = logging.getLogger(__name__)
+
+S = CrashState
 
 #: libvirt job types that mean "a job is running" (``virDomainJobType``)
 _ACTIVE_JOBS = (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED, libvirt.VIR_DOMAIN_JOB_COMPLETED)
@@ -246,23 +251,17 @@ class Adopter:
         crash_id = self.catalog.new_crash(domain=report.domain, uuid=report.uuid, domain_id=None,
                                           source=report.source, panic_ns=report.panic_ns,
                                           policy=asdict(self.cfg.policy_for(report.domain)))
-        self.catalog.update(crash_id, capture={"owner": own.owner.value, "on_crash": None},
-                            state="done", recovery_action="libvirt", recovery_result="gone",
-                            skip_reason="libvirt owns this crash: the domain was gone when vmcrash looked "
-                                        "(destroyed by libvirt); nothing to dump")
-        self.catalog.log(crash_id, "done", "domain gone: libvirt destroyed it")
+        self.catalog.advance(crash_id, S.SKIPPED, capture={"owner": own.owner.value, "on_crash": None},
+                             recovery_action="libvirt", recovery_result="gone",
+                             skip_reason="libvirt owns this crash: the domain was gone when vmcrash looked "
+                                         "(destroyed by libvirt); nothing to dump")
+        self.catalog.log(crash_id, "skipped", "domain gone: libvirt destroyed it")
         return crash_id
 
     # -- adoption --------------------------------------------------------------------------
 
     def _adopt_logged(self, report: PanicReport, row: CrashRow | None, own: CrashOwnership | None) -> int:
-        crash_id: int | None = row.id if row is not None else None
-        try:
-            crash_id = self._adopt(report, row, own)
-            return crash_id
-        finally:
-            if crash_id is not None and self.handler.on_finished:
-                self.handler.on_finished(crash_id)
+        return self._adopt(report, row, own)
 
     def _adopt(self, report: PanicReport, row: CrashRow | None, own: CrashOwnership | None) -> int:
         hv = self.hv_provider()
@@ -278,8 +277,8 @@ class Adopter:
                                               source=report.source, panic_ns=report.panic_ns,
                                               policy=asdict(self.cfg.policy_for(info.name)))
             cap: dict[str, Any] = {"owner": own.owner.value, "on_crash": own.on_crash.value}
-            self.catalog.update(crash_id, capture=cap, state="dumping" if own.adopts else "recovering",
-                                dump_started_ns=report.panic_ns if own.adopts else None)
+            self.catalog.advance(crash_id, S.CAPTURING if own.adopts else S.RECOVERING, capture=cap,
+                                 dump_started_ns=report.panic_ns if own.adopts else None)
             self.catalog.log(crash_id, "owner", own.plan())
             dlog.warning("panic detected (%s); crash #%d is libvirt's (on_crash=%s)", report.source, crash_id,
                          own.on_crash.value)
@@ -301,7 +300,9 @@ class Adopter:
             internal = not isinstance(exc, VmcrashError)
             msg = f"internal error: {type(exc).__name__}: {exc}" if internal else str(exc)
             dlog.error("adoption failed: %s", msg, exc_info=internal)
-            self.catalog.update(crash_id, state="failed", error=msg)
+            current = self.catalog.get(crash_id)
+            if current is not None and current.state not in FINAL_STATES:
+                self.catalog.advance(crash_id, S.FAILED, error=msg)
             self.catalog.log(crash_id, "failed", msg)
             return crash_id
 
@@ -319,7 +320,7 @@ class Adopter:
                          + (f" (its dump job ended after {outcome.waited_s:.2f} s)" if outcome.saw_job else ""))
         if outcome.state is LibvirtState.TIMEOUT:
             msg = f"libvirt's dump job still running after {outcome.waited_s:.0f} s; left to libvirt"
-            self.catalog.update(crash_id, state="failed", error=msg)
+            self.catalog.advance(crash_id, S.FAILED, error=msg)
             self.catalog.log(crash_id, "failed", msg)
             dlog.error("%s", msg)
             return crash_id
@@ -353,33 +354,35 @@ class Adopter:
             result, dom = recover(hv, dom, lost)
             action, result_state, running_again_ns = f"{lost} (for libvirt)", result.state, result.running_again_ns
         freeze_s = (running_again_ns - report.panic_ns) / 1e9 if running_again_ns else None
-        self.catalog.update(crash_id, state="recovered", recovery_action=action, recovery_result=result_state,
-                            running_again_ns=running_again_ns, freeze_s=freeze_s,
-                            domain_id=domain_id(dom) if dom is not None else None)
+        current = self.catalog.get(crash_id)
+        now = parse_state(current.state) if current is not None else S.EVENT
+        if now not in (S.RECOVERING, S.RECOVERED, S.CLOCK):  # libvirt recovered the guest itself
+            self.catalog.advance(crash_id, S.RECOVERING)
+        if now not in (S.RECOVERED, S.CLOCK):
+            self.catalog.advance(crash_id, S.RECOVERED, recovery_action=action, recovery_result=result_state,
+                                 running_again_ns=running_again_ns, freeze_s=freeze_s,
+                                 domain_id=domain_id(dom) if dom is not None else None)
         self.catalog.log(crash_id, "recovered", f"{action}: {result_state}"
                          + (f", frozen {freeze_s:.2f} s" if freeze_s is not None else ""))
         self._sidecar_after_recovery(crash_id, freeze_s, action, result_state)
         if result_state == "running" and dom is not None and not self.stop.is_set():
+            if now is not S.CLOCK:
+                self.catalog.advance(crash_id, S.CLOCK)
             self._clock(crash_id, dom, row)
-        final = "failed" if dump_error else "done"
-        self.catalog.update(crash_id, state=final, error=dump_error)
-        self.catalog.log(crash_id, final, dump_error or "handled (libvirt's crash)")
+        if dump_error:
+            self.catalog.advance(crash_id, S.FAILED, error=dump_error)
+            self.catalog.log(crash_id, "failed", dump_error)
+        else:
+            self.catalog.advance(crash_id, S.DONE, error=None)
+            self.catalog.log(crash_id, "done", "handled (libvirt's crash)")
         self.handler.apply_retention()
         return crash_id
 
     def _sidecar_after_recovery(self, crash_id: int, freeze_s: float | None, action: str, state: str) -> None:
         row = self.catalog.get(crash_id)
-        if row is None or not row.sidecar_path or not Path(row.sidecar_path).exists():
-            return
-        import json
-
-        try:
-            doc = json.loads(Path(row.sidecar_path).read_text())
-        except (OSError, ValueError):
-            return
-        doc["freeze_seconds"] = round(freeze_s, 3) if freeze_s is not None else None
-        doc["recovery"] = {"action": action, "state": state}
-        files.write_sidecar(Path(row.sidecar_path), doc)
+        if row is not None and row.sidecar_path:
+            sidecar.amend(row.sidecar_path, freeze_seconds=round(freeze_s, 3) if freeze_s is not None else None,
+                          recovery={"action": action, "state": state})
 
     def _taken(self, uuid: str) -> set[bytes]:
         """Names of libvirt dump files already catalogued for this domain (never adopted twice)."""
@@ -422,75 +425,57 @@ class Adopter:
         names = files.dump_name(self.cfg.dump_dir, row.domain, row.uuid, row.panic_ns,
                                 "elf" if dump_fmt == "elf" else "kdump-zlib")
         cap.update(adopted_from=str(src), format_detected=fmt)
-        if self.cfg.libvirt_dumps.place == "move":
-            self.catalog.update(crash_id, dump_temp_path=None, capture=cap)
-            path = self._move(src, names)
+        move = self.cfg.libvirt_dumps.place == "move"
+        if move:
+            self.catalog.update(crash_id, dump_temp_path=str(names.partial), capture=cap)
+            self._move_in(src, names.partial)
+            here, path = names.partial, names.final
+        else:
+            here = path = src
+            cap["compact_dst"] = str(names.final.with_suffix(".kdump"))
+        has_vmcoreinfo, triage, triage_error = triage_dump(here)
+        doc = sidecar.describe(
+            here, crash_id=crash_id, domain=row.domain, uuid=row.uuid, format=dump_fmt, file=path.name,
+            panic_time=files.iso_utc(row.panic_ns), panic_source=row.source, dump_start=files.iso_utc(row.panic_ns),
+            dump_end=files.iso_utc(ended_ns), dump_seconds=round((ended_ns - row.panic_ns) / 1e9, 3),
+            vmcoreinfo=has_vmcoreinfo,
+            capture={"mode": "libvirt", "owner": own.owner.value, "on_crash": own.on_crash.value,
+                     "adopted_from": str(src)},
+            recovery={"action": f"libvirt {own.on_crash.value}", "state": outcome.state.value},
+            triage_error=triage_error, extra={"path": str(path)})
+        if move:
+            sidecar.publish(names.partial, names.final, names.sidecar, doc)
             self.catalog.log(crash_id, "adopted", f"moved libvirt's dump {src.name} to {path}")
         else:
-            path = src
-            cap["compact_dst"] = str(names.final.with_suffix(".kdump"))
+            files.write_sidecar(names.sidecar, doc.to_dict())
             self.catalog.log(crash_id, "adopted", f"libvirt's dump {src} left in place")
-        sha = files.sha256_file(path)
-        has_vmcoreinfo, triage, triage_error = triage_dump(path)
-        sidecar = {
-            "crash_id": crash_id,
-            "domain": row.domain,
-            "uuid": row.uuid,
-            "panic_time": files.iso_utc(row.panic_ns),
-            "panic_source": row.source,
-            "dump_start": files.iso_utc(row.panic_ns),
-            "dump_end": files.iso_utc(ended_ns),
-            "dump_seconds": round((ended_ns - row.panic_ns) / 1e9, 3),
-            "freeze_seconds": None,
-            "format": dump_fmt,
-            "file": path.name,
-            "path": str(path),
-            "size_bytes": size,
-            "allocated_bytes": retention.disk_usage_bytes(path),
-            "sha256": sha,
-            "vmcoreinfo": has_vmcoreinfo,
-            "capture": {"mode": "libvirt", "owner": own.owner.value, "on_crash": own.on_crash.value,
-                        "adopted_from": str(src)},
-            "recovery": {"action": f"libvirt {own.on_crash.value}", "state": outcome.state.value},
-            "triage_error": triage_error,
-        }
-        files.write_sidecar(names.sidecar, sidecar)
-        self.catalog.update(crash_id, state="dumped", dump_path=str(path), dump_format=dump_fmt, dump_size=size,
-                            dump_sha256=sha, dump_ended_ns=ended_ns, vmcoreinfo=has_vmcoreinfo,
-                            sidecar_path=str(names.sidecar), triage=triage, capture=cap)
+        self.catalog.advance(crash_id, CrashState.CAPTURED, dump_path=str(path), dump_temp_path=None,
+                             dump_format=dump_fmt, dump_size=size, dump_sha256=doc.sha256, dump_ended_ns=ended_ns,
+                             vmcoreinfo=has_vmcoreinfo, sidecar_path=str(names.sidecar), triage=triage, capture=cap)
         if triage_error:
             self.catalog.log(crash_id, "triage", f"triage: {triage_error}")
         elif triage:
             self.catalog.log(crash_id, "triage", str(triage.get("panic_line") or "no panic line found"))
         if dump_fmt != "kdump" and (dump_fmt != "elf" or self.cfg.staging.compact):
-            self.catalog.update(crash_id, compact_state="pending")
-            self.catalog.log(crash_id, "compaction", "queued (runs in the background, at low priority)")
-        dlog.warning("adopted libvirt's dump %s (%d MiB, sha256 %s…)", path, size >> 20, sha[:12])
+            queue_compaction(self.catalog, crash_id, "queued (runs in the background, at low priority)")
+        dlog.info("adopted libvirt's dump %s (%d MiB, sha256 %s…)", path, size >> 20, doc.sha256[:12])
 
-    def _move(self, src: Path, names: files.DumpName) -> Path:
-        """Move libvirt's file into the dump dir under vmcrash's name (rename, or a sparse copy across filesystems)."""
+    @staticmethod
+    def _move_in(src: Path, partial: Path) -> None:
+        """Move libvirt's file into the dump dir as a temp file (rename, or a sparse copy across filesystems)."""
         try:
-            os.rename(src, names.partial)
+            os.rename(src, partial)
         except OSError:
-            move_sparse(src, names.partial)
-        files.finalize(names.partial, names.final)
-        return names.final
+            move_sparse(src, partial)
 
     def _clock(self, crash_id: int, dom: libvirt.virDomain, row: CrashRow) -> None:
         clk = self.cfg.clock
-        result = clock_after_freeze(dom, target_ms=clk.target_ms, agent_wait_s=clk.agent_wait_s,
-                                    sync=clk.sync_after_recovery)
-        if not result.get("ok") and not self.hv_provider().alive():
+        outcome = clock_after_freeze(dom, target_ms=clk.target_ms, agent_wait_s=clk.agent_wait_s,
+                                     sync=clk.sync_after_recovery)
+        if not outcome.ok and not self.hv_provider().alive():
             # the connection went away under the agent: resume (and correct the clock) after reconnecting
-            raise LibvirtUnavailable(f"lost during the clock correction: {result.get('error')}",
-                                     uri=self.cfg.libvirt_uri)
-        self.catalog.update(crash_id, clock=result)
-        self.catalog.record_clock_sync(domain=row.domain, uuid=row.uuid, reason="after-crash",
-                                       ok=bool(result.get("ok")), before_ms=result.get("before_ms"),
-                                       after_ms=result.get("after_ms"), result=result,
-                                       error=result.get("error"), crash_id=crash_id)
-        self.catalog.log(crash_id, "clock", (f"offset {result['before_ms']:+.1f} ms -> {result['after_ms']:+.1f} ms"
-                                             if "before_ms" in result else f"clock: {result.get('error')}"))
+            raise LibvirtUnavailable(f"lost during the clock correction: {outcome.error}", uri=self.cfg.libvirt_uri)
+        record_after_crash(self.catalog, crash_id, domain=row.domain, uuid=row.uuid, outcome=outcome)
 
     # -- take-over -------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ the bounded :class:`~vmcrash.clock.fleet.ResyncScheduler`; a host resume seen by
 :class:`~vmcrash.clock.hostsleep.SleepDetector` makes one job per watched running domain. Each
 correction is recorded in ``clock_syncs`` with its reason, the event that caused it, the offset
 found and the offset left — the same result dict as the post-crash correction
-(:func:`~vmcrash.capture.pipeline.clock_after_freeze`).
+(:func:`~vmcrash.capture.clockstep.clock_after_freeze`).
 
 :class:`Watcher` hands in what this needs (a hypervisor getter, the catalogue, the watch rule, the
 set of domains whose panic is being handled), so nothing here reaches into the daemon.
@@ -23,7 +23,7 @@ from typing import Any
 
 import libvirt
 
-from vmcrash.capture.pipeline import clock_after_freeze
+from vmcrash.capture.clockstep import clock_after_freeze
 from vmcrash.clock._sync import agent_not_configured
 from vmcrash.clock._transport import ping
 from vmcrash.clock.fleet import AgentReadiness, Outcome, ResyncJob, ResyncOutcome, ResyncScheduler
@@ -187,7 +187,7 @@ class FreezeResyncs:
         dom = self._hv().lookup(job.key)
         rounds: list[dict[str, Any]] = []
         while len(rounds) < SYNC_ROUNDS:
-            rounds.append(clock_after_freeze(dom, target_ms=self.cfg.clock.target_ms, agent_wait_s=10.0))
+            rounds.append(clock_after_freeze(dom, target_ms=self.cfg.clock.target_ms, agent_wait_s=10.0).to_dict())
             if rounds[-1].get("ok") or not rounds[-1].get("synced"):
                 break
         result = rounds[-1]

@@ -6,8 +6,8 @@
 1. :meth:`HoldStage.choose` — the capture mode and its reason, recorded in the crash's
    ``capture`` (``choice``); ``auto`` only holds with ``restart``/``destroy``, never ``reset``;
 2. :meth:`HoldStage.hold` — while the guest sits panicked: QEMU's header + the held files. Any
-   failure here falls back to the stream mode, recorded with its reason; the row goes to state
-   ``held`` and its ``capture.held`` is set, so a killed daemon's successor says the image was lost;
+   failure here falls back to the stream mode, recorded with its reason; the row moves to state
+   ``captured`` and its ``capture.held`` is set, so a killed daemon's successor says the image was lost;
 3. (the pipeline recovers the guest; :meth:`release` frees the image if the guest could not start);
 4. :meth:`HoldStage.write_behind` — the triage of the held image is recorded at once, then the
    dump is written from the image into the ``.partial`` file; on SIGTERM the write may run for
@@ -45,6 +45,7 @@ from vmcrash.config import Config, DomainPolicy
 from vmcrash.errors import LibvirtUnavailable, VmcrashError
 from vmcrash.host import qemu_memory
 from vmcrash.store.catalog import Catalog
+from vmcrash.store.states import CrashState
 
 __all__ = ["HoldStage"]
 
@@ -114,12 +115,12 @@ class HoldStage:
             return None, fb
         self.registry.add(crash_id, image)
         held = image.held_bytes()
-        self.catalog.update(crash_id, state="held", capture={
+        self.catalog.advance(crash_id, CrashState.CAPTURED, capture={
             "mode": choice.mode.value, "held": True, "choice": choice.to_dict(), "held_bytes": held,
             "hold_seconds": round(time.monotonic() - t0, 4), "files": image.files})
         self.catalog.log(crash_id, "held", f"image held: {held >> 20} MiB in {len(image.fds)} file(s), "
                                            f"{(time.monotonic() - t0) * 1e3:.0f} ms")
-        dlog.warning("crashed image held (%d MiB); recovering at once", held >> 20)
+        dlog.info("crashed image held (%d MiB); recovering at once", held >> 20)
         return image, choice
 
     def start_triage(self, image: HeldImage) -> tuple[threading.Thread, dict[str, Any]]:
@@ -166,7 +167,7 @@ class HoldStage:
                    "target": str(names.partial)}
         base = {"mode": choice.mode.value, "held": True, "choice": choice.to_dict(), "held_bytes": image.held_bytes(),
                 "hold_seconds": round(image.hold_seconds, 4), "planned": planned}
-        self.catalog.update(crash_id, state="held", dump_temp_path=str(names.partial), dump_format="elf",
+        self.catalog.update(crash_id, dump_temp_path=str(names.partial), dump_format="elf",
                             dump_started_ns=time.time_ns(), capture=base)
         try:
             stats = write_held(image, names.partial, give_up=self._give_up,
@@ -183,10 +184,10 @@ class HoldStage:
         stats.mode = choice.mode.value
         stats.extra.update({"choice": choice.to_dict(), "held_bytes": base["held_bytes"],
                             "hold_seconds": base["hold_seconds"]})
-        self.catalog.update(crash_id, state="dumped", dump_ended_ns=stats.ended_ns,
+        self.catalog.update(crash_id, dump_ended_ns=stats.ended_ns,
                             capture={**stats.to_dict(), **base, "held": False})
         self.catalog.log(crash_id, "dumped", f"{stats.stream_bytes} bytes from the held image in {stats.seconds:.2f} s "
                                              f"({stats.written_bytes} written, "
                                              f"{stats.extra.get('data_read_bytes', 0)} read); image released")
-        dlog.warning("dump written from the held image: %d MiB in %.2f s", stats.stream_bytes >> 20, stats.seconds)
+        dlog.info("dump written from the held image: %d MiB in %.2f s", stats.stream_bytes >> 20, stats.seconds)
         return stats, None

@@ -1,12 +1,19 @@
-"""The crash pipeline: one panic → record, dump, recover, fix the clock, finalize, triage, record.
+"""The crash pipeline: one panic taken along the crash state machine, one stage at a time.
 
-:class:`CrashHandler.handle` runs one panic to the end in the calling (worker) thread. Its
-guarantees, each tested in the lab:
+:class:`CrashHandler.handle` runs one panic to the end in the calling (worker) thread. Each stage
+does one thing and moves the row with :meth:`~vmcrash.store.catalog.Catalog.advance` (the one
+transition table is :mod:`vmcrash.store.states`)::
+
+    event ─ capture ─> capturing ─> captured ─ recover ─> recovering ─> recovered
+          ─ clock (in a thread) ─> clock ─ finalize + triage ─> triaged ─> done | failed | skipped
+
+Its guarantees, each tested in the lab:
 
 * the guest is recovered per policy even when the dump is skipped (crash loop, policy, no room)
   or fails midway (disk full, libvirt error, abort on shutdown);
-* a dump is visible under its final name only once it is complete and fsynced; until then it is
-  a ``.partial`` file that reconciliation removes;
+* a dump is visible under its final name only once it is complete, fsynced and its sidecar is
+  written (:func:`vmcrash.capture.sidecar.publish`); until then it is a ``.partial`` file that
+  reconciliation finalizes or removes;
 * every step is committed to the catalogue as it happens, so a killed daemon's successor knows
   where the handling stopped (``state``) and finishes it.
 """
@@ -17,28 +24,29 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from vmcrash.capture import files, prune, retention
+from vmcrash import vmcore
+from vmcrash.capture import files, prune, retention, sidecar
+from vmcrash.capture.clockstep import clock_after_freeze, record_after_crash
+from vmcrash.capture.compaction import Compactor, queue_compaction
 from vmcrash.capture.dumping import DumpProgress, DumpStats, take_dump
 from vmcrash.capture.hold_stage import HoldStage
 from vmcrash.capture.recovery import RecoveryResult, recover
 from vmcrash.capture.staging import decide_staging, dirty_allowance_bytes, mem_available_bytes, move_sparse
 from vmcrash.config import Config, DomainPolicy
-from vmcrash.errors import (
-    AgentUnavailable,
-    LibvirtUnavailable,
-    VmcrashError,
-)
-from vmcrash.host.agent import Agent
+from vmcrash.errors import LibvirtUnavailable, VmcrashError
 from vmcrash.host.connection import Hypervisor, domain_id
-from vmcrash.store.catalog import Catalog
+from vmcrash.store.catalog import FINAL_STATES, Catalog
+from vmcrash.store.states import CrashState
 
-__all__ = ["PanicReport", "CrashHandler", "clock_after_freeze", "triage_dump"]
+__all__ = ["PanicReport", "CrashHandler", "triage_dump"]
+
+S = CrashState
 
 log = logging.getLogger(__name__)
 
@@ -58,60 +66,14 @@ class PanicReport:
     resume_crash_id: int | None = None
 
 
-def clock_after_freeze(dom: libvirt.virDomain, *, target_ms: float, agent_wait_s: float,
-                       sync: bool = True) -> dict[str, Any]:
-    """Correct (or, with ``sync=False``, measure) a guest's clock after a freeze.
-
-    Waits for the agent with a bounded retry (it may be booting). Returns a JSON-ready dict with
-    ``ok``, ``before_ms``, ``after_ms`` and details, or ``error``; never raises for agent trouble.
-    """
-    agent = Agent(dom, timeout_s=5)
-    try:
-        from vmcrash import clock  # the clock issue's API
-
-        waited = clock.wait_for_agent(agent, timeout_s=agent_wait_s)
-        if not sync:
-            est = clock.measure(agent)
-            return {"ok": True, "synced": False, "waited_s": waited, "before_ms": est.offset_ns / 1e6,
-                    "after_ms": est.offset_ns / 1e6, "estimate": asdict(est)}
-        result = clock.sync(agent, target_ns=int(target_ms * 1e6))
-        d = result.to_dict()
-        return {"ok": bool(result.ok), "synced": True, "waited_s": waited,
-                "before_ms": result.before.offset_ns / 1e6, "after_ms": result.after.offset_ns / 1e6,
-                "attempts": result.attempts, "result": d}
-    except ImportError:
-        # Clock correction not available in this build: measure the offset only.
-        deadline = time.monotonic() + agent_wait_s
-        while True:
-            try:
-                t0 = time.time_ns()
-                guest = agent.get_time_ns()
-                t1 = time.time_ns()
-                off_ms = (guest - (t0 + t1) / 2) / 1e6
-                return {"ok": False, "synced": False, "before_ms": off_ms, "after_ms": off_ms,
-                        "error": "clock correction unavailable; offset measured only"}
-            except AgentUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    except VmcrashError as exc:
-        return {"ok": False, "synced": False, "error": str(exc)}
-
-
 def triage_dump(path: Path) -> tuple[bool | None, dict[str, Any] | None, str | None]:
     """(VMCOREINFO present, triage summary, error) for a finished dump; never raises."""
     try:
-        from vmcrash import vmcore
-
-        has_vmcoreinfo, analyze = vmcore.has_vmcoreinfo, vmcore.analyze
-    except (ImportError, AttributeError):
-        return None, None, "triage unavailable in this build"
-    try:
-        has = bool(has_vmcoreinfo(path))
+        has = bool(vmcore.has_vmcoreinfo(path))
     except VmcrashError as exc:
         return None, None, str(exc)
     try:
-        return has, analyze(path).to_dict(), None
+        return has, vmcore.analyze(path).to_dict(), None
     except VmcrashError as exc:
         return has, None, str(exc)
 
@@ -126,21 +88,20 @@ class CrashHandler:
 
     def __init__(self, cfg: Config, hv_provider: Callable[[], Hypervisor], catalog: Catalog, *,
                  stop: threading.Event | None = None,
-                 progress: Callable[[str, DumpProgress], None] | None = None,
-                 on_finished: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[str, DumpProgress], None] | None = None) -> None:
         self.cfg = cfg
         self.hv_provider = hv_provider
         self.catalog = catalog
         self.stop = stop or threading.Event()
         self.abort_dumps = threading.Event()
         self.progress = progress
-        self.on_finished = on_finished
         self.dump_slots = threading.BoundedSemaphore(cfg.max_parallel_dumps)
         self.active_dumps = 0
         self.max_active_dumps = 0
         self._count_lock = threading.Lock()
         files.ensure_dump_dir(cfg.dump_dir)
         self.hold = HoldStage(cfg, catalog, self.stop)
+        self.compactor = Compactor(cfg, catalog)
 
     # -- the whole handling ----------------------------------------------------------------
 
@@ -155,23 +116,14 @@ class CrashHandler:
         info = hv.info(dom)
         dlog = log.getChild(files.safe_component(info.name))
         policy = self.cfg.policy_for(info.name)
-        if report.resume_crash_id is not None:
-            crash_id = report.resume_crash_id
-            row = self.catalog.get(crash_id)
-            self.catalog.update(crash_id, attempts=(row.attempts + 1) if row else 2, state="detected",
-                                dump_temp_path=None)
-            self.catalog.log(crash_id, "resumed", "handling resumed after an interruption")
-        else:
-            crash_id = self.catalog.new_crash(domain=info.name, uuid=info.uuid, domain_id=domain_id(dom),
-                                              source=report.source, panic_ns=report.panic_ns,
-                                              policy=asdict(policy))
+        crash_id = self._open_row(report, info, dom, policy)
         dlog.warning("panic detected (%s); crash #%d", report.source, crash_id)
         recovered: RecoveryResult | None = None
         held = None  # a HeldImage while capture mode hold keeps the crashed RAM
         try:
             if not info.panicked and report.source != "manual":
-                self.catalog.update(crash_id, state="done",
-                                    skip_reason=f"domain is {info.state} now; nothing left to handle")
+                self.catalog.advance(crash_id, S.SKIPPED,
+                                     skip_reason=f"domain is {info.state} now; nothing left to handle")
                 return crash_id
             action, skip_reason = self._decide(crash_id, info.uuid, policy, report)
             stats: DumpStats | None = None
@@ -180,44 +132,44 @@ class CrashHandler:
             dump_error: str | None = None
             if skip_reason is None:
                 names, staged, skip_reason = self._prepare_target(crash_id, info, policy)
-            choice = None
             triage_job = None
-            if skip_reason is None:
+            if skip_reason is not None:
+                self.catalog.update(crash_id, skip_reason=skip_reason)
+                self.catalog.log(crash_id, "dump-skipped", skip_reason)
+                dlog.info("dump skipped: %s", skip_reason)
+            else:
+                assert names is not None
                 choice = self.hold.choose(crash_id, dom, info, policy, action)
+                self.catalog.advance(crash_id, S.CAPTURING, capture={"planned": _planned(names, staged),
+                                                                     "choice": choice.to_dict()})
                 if choice.mode.value in ("hold", "copy"):
                     held, choice = self.hold.hold(crash_id, dom, info, choice, self.cfg.dump_dir, dlog)
                     if held is not None:
                         staged = None
                         triage_job = self.hold.start_triage(held)
-            if skip_reason is not None:
-                self.catalog.update(crash_id, skip_reason=skip_reason)
-                self.catalog.log(crash_id, "dump-skipped", skip_reason)
-                dlog.warning("dump skipped: %s", skip_reason)
-            else:
-                assert names is not None and choice is not None
                 if held is None:
                     stats, dump_error = self._dump(crash_id, dom, info, policy, names, staged, dlog,
                                                    mode=choice.mode.value, choice=choice.to_dict())
             recovered, dom = self._recover_holding(crash_id, hv, dom, action, report, dlog, held)
+            lost = False  # a held image that could not be written: the capture is lost, and said so
             if held is not None and not self.hold.registry.holds(crash_id):
-                held = None  # released so the guest could start; its dump is given up
+                held, lost = None, True  # released so the guest could start; its dump is given up
                 dump_error = "held image released so the guest could start again; no dump"
-            if held is not None and names is not None and choice is not None and triage_job is not None:
+            if held is not None and names is not None and triage_job is not None:
                 self.hold.record_triage(crash_id, *triage_job)
                 stats, dump_error = self.hold.write_behind(crash_id, held, choice, names, dlog)
-                held = None
+                held, lost = None, stats is None
             clock_thread = self._start_clock(crash_id, dom, info, recovered)
             if stats is not None and names is not None:
                 self._finalize(crash_id, info, report, policy, names, staged, stats, recovered, dlog)
-            if clock_thread is not None:
-                while clock_thread.is_alive():
-                    clock_thread.join(0.2)
-                    if self.stop.is_set() and clock_thread.is_alive():
-                        self.catalog.log(crash_id, "clock", "clock correction left running at shutdown")
-                        break
-            final_state = "failed" if dump_error else "done"
-            self.catalog.update(crash_id, state=final_state, error=dump_error)
-            self.catalog.log(crash_id, final_state, dump_error or "handled")
+            self._join_clock(crash_id, clock_thread)
+            if dump_error:
+                final = S.LOST if lost else S.FAILED
+                self.catalog.advance(crash_id, final, error=dump_error)
+                self.catalog.log(crash_id, final.value, dump_error)
+            else:
+                self.catalog.advance(crash_id, S.DONE, error=None)
+                self.catalog.log(crash_id, "done", "handled")
             self._apply_retention()
             return crash_id
         except LibvirtUnavailable:
@@ -227,21 +179,32 @@ class CrashHandler:
             internal = not isinstance(exc, VmcrashError)
             msg = f"internal error: {type(exc).__name__}: {exc}" if internal else str(exc)
             dlog.error("handling failed: %s", msg, exc_info=internal)
-            self.catalog.update(crash_id, state="failed", error=msg)
-            self.catalog.log(crash_id, "failed", msg)
             if held is not None:
                 self.hold.release(crash_id, f"held image released after a failure: {msg}")
                 held = None
             if recovered is None:
                 self._recover_anyway(crash_id, hv, dom, policy, report, dlog)
+            row = self.catalog.get(crash_id)
+            if row is not None and row.state not in FINAL_STATES:
+                self.catalog.advance(crash_id, S.FAILED, error=msg)
+            self.catalog.log(crash_id, "failed", msg)
             return crash_id
         finally:
             if held is not None:
                 self.hold.release(crash_id, "held image released")
-            if self.on_finished:
-                self.on_finished(crash_id)
 
-    # -- steps -----------------------------------------------------------------------------
+    # -- stages ----------------------------------------------------------------------------
+
+    def _open_row(self, report: PanicReport, info: Any, dom: libvirt.virDomain, policy: DomainPolicy) -> int:
+        """State ``event``: a new row, or an interrupted one taken up again (attempts + 1)."""
+        if report.resume_crash_id is None:
+            return self.catalog.new_crash(domain=info.name, uuid=info.uuid, domain_id=domain_id(dom),
+                                          source=report.source, panic_ns=report.panic_ns, policy=asdict(policy))
+        crash_id = report.resume_crash_id
+        row = self.catalog.get(crash_id)
+        self.catalog.advance(crash_id, S.EVENT, attempts=(row.attempts + 1) if row else 2, dump_temp_path=None)
+        self.catalog.log(crash_id, "resumed", "handling resumed after an interruption")
+        return crash_id
 
     def _decide(self, crash_id: int, uuid: str, policy: DomainPolicy,
                 report: PanicReport) -> tuple[str, str | None]:
@@ -299,10 +262,9 @@ class CrashHandler:
               names: files.DumpName, staged: Path | None, dlog: logging.Logger, *,
               mode: str | None = None, choice: dict[str, Any] | None = None,
               ) -> tuple[DumpStats | None, str | None]:
+        """State ``capturing`` → ``captured``: stream (or let libvirt write) the dump into its temp file."""
         target = staged or names.partial
-        planned = {"final": str(names.final), "partial": str(names.partial), "sidecar": str(names.sidecar),
-                   "target": str(target)}
-        self.catalog.update(crash_id, state="detected", capture={"planned": planned, "choice": choice})
+        planned = _planned(names, staged)
         mode = mode or self.cfg.staging.mode
         last_log = [0.0]
 
@@ -315,7 +277,7 @@ class CrashHandler:
                           p.total_bytes >> 20, p.elapsed_s)
 
         self.dump_slots.acquire()
-        self.catalog.update(crash_id, state="dumping", dump_temp_path=str(target), dump_format=policy.format,
+        self.catalog.update(crash_id, dump_temp_path=str(target), dump_format=policy.format,
                             dump_started_ns=time.time_ns())
         with self._count_lock:
             self.active_dumps += 1
@@ -329,7 +291,7 @@ class CrashHandler:
             if isinstance(exc, LibvirtUnavailable):
                 raise
             msg = f"dump failed: {exc}"
-            self.catalog.update(crash_id, state="recovering", dump_temp_path=None)
+            self.catalog.update(crash_id, dump_temp_path=None)
             self.catalog.log(crash_id, "dump-failed", msg)
             dlog.error("%s", msg)
             return None, msg
@@ -341,24 +303,28 @@ class CrashHandler:
             stats.staged_in = str(staged.parent)
         if choice is not None:
             stats.extra["choice"] = choice
-        self.catalog.update(crash_id, state="dumped", dump_ended_ns=stats.ended_ns,
-                            capture={**stats.to_dict(), "planned": planned})
+        self.catalog.advance(crash_id, S.CAPTURED, dump_ended_ns=stats.ended_ns,
+                             capture={**stats.to_dict(), "planned": planned})
         self.catalog.log(crash_id, "dumped", f"{stats.stream_bytes} bytes in {stats.seconds:.2f} s "
                                              f"({stats.mode}, {stats.written_bytes} written)")
-        dlog.warning("dump written: %d MiB in %.2f s", stats.stream_bytes >> 20, stats.seconds)
+        dlog.info("dump written: %d MiB in %.2f s", stats.stream_bytes >> 20, stats.seconds)
         return stats, None
 
     def _recover(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, action: str,
                  report: PanicReport, dlog: logging.Logger) -> tuple[RecoveryResult, libvirt.virDomain]:
+        """State ``recovering`` → ``recovered``: the policy's action."""
+        row = self.catalog.get(crash_id)
+        if row is None or row.state != S.RECOVERING.value:
+            self.catalog.advance(crash_id, S.RECOVERING)
         result, dom = recover(hv, dom, action)
         freeze_s = (result.running_again_ns - report.panic_ns) / 1e9 if result.running_again_ns else None
-        self.catalog.update(crash_id, state="recovered", recovery_action=action, recovery_result=result.state,
-                            running_again_ns=result.running_again_ns, freeze_s=freeze_s,
-                            domain_id=domain_id(dom))
+        self.catalog.advance(crash_id, S.RECOVERED, recovery_action=action, recovery_result=result.state,
+                             running_again_ns=result.running_again_ns, freeze_s=freeze_s,
+                             domain_id=domain_id(dom))
         self.catalog.log(crash_id, "recovered", f"{action}: {result.detail} (state {result.state})"
                          + (f", frozen {freeze_s:.2f} s" if freeze_s is not None else ""))
-        dlog.warning("recovered: %s -> %s%s", action, result.state,
-                     f" after {freeze_s:.2f} s frozen" if freeze_s is not None else "")
+        dlog.info("recovered: %s -> %s%s", action, result.state,
+                  f" after {freeze_s:.2f} s frozen" if freeze_s is not None else "")
         return result, dom
 
     def _recover_holding(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, action: str,
@@ -379,155 +345,113 @@ class CrashHandler:
             why = f"restart failed: {exc}"
         self.hold.release(crash_id, f"{why}; held image released so the guest can start, retrying")
         dlog.error("%s; released the held image and retrying", why)
+        row = self.catalog.get(crash_id)
+        if row is not None and row.state == S.RECOVERED.value:
+            self.catalog.log(crash_id, "recovering", "recovery tried again")
+            result, dom = recover(hv, dom, action)
+            freeze_s = (result.running_again_ns - report.panic_ns) / 1e9 if result.running_again_ns else None
+            self.catalog.update(crash_id, recovery_result=result.state, running_again_ns=result.running_again_ns,
+                                freeze_s=freeze_s, domain_id=domain_id(dom))
+            self.catalog.log(crash_id, "recovered", f"{action} (again): {result.detail} (state {result.state})")
+            return result, dom
         return self._recover(crash_id, hv, dom, action, report, dlog)
 
     def _recover_anyway(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, policy: DomainPolicy,
                         report: PanicReport, dlog: logging.Logger) -> None:
         try:
             self._recover(crash_id, hv, dom, policy.recovery, report, dlog)
-            self.catalog.update(crash_id, state="failed")
         except VmcrashError as exc:
             self.catalog.log(crash_id, "recovery-failed", str(exc))
             dlog.error("recovery failed too: %s", exc)
 
     def _start_clock(self, crash_id: int, dom: libvirt.virDomain, info: Any,
                      recovered: RecoveryResult) -> threading.Thread | None:
+        """State ``clock``: the guest runs again; its clock is corrected in a thread (it overlaps
+        the dump's finalization)."""
         clk = self.cfg.clock
         if not recovered.running:
             return None
         if self.stop.is_set():
             self.catalog.log(crash_id, "clock", "clock correction skipped: daemon stopping")
             return None
+        self.catalog.advance(crash_id, S.CLOCK)
 
         def run() -> None:
-            result = clock_after_freeze(dom, target_ms=clk.target_ms, agent_wait_s=clk.agent_wait_s,
-                                        sync=clk.sync_after_recovery)
-            self.catalog.update(crash_id, clock=result)
-            self.catalog.record_clock_sync(domain=info.name, uuid=info.uuid, reason="after-crash",
-                                           ok=bool(result.get("ok")), before_ms=result.get("before_ms"),
-                                           after_ms=result.get("after_ms"), result=result,
-                                           error=result.get("error"), crash_id=crash_id)
-            self.catalog.log(crash_id, "clock", (f"offset {result['before_ms']:+.1f} ms -> "
-                                                 f"{result['after_ms']:+.1f} ms")
-                             if "before_ms" in result else f"clock: {result.get('error')}")
+            outcome = clock_after_freeze(dom, target_ms=clk.target_ms, agent_wait_s=clk.agent_wait_s,
+                                         sync=clk.sync_after_recovery)
+            record_after_crash(self.catalog, crash_id, domain=info.name, uuid=info.uuid, outcome=outcome)
 
         t = threading.Thread(target=run, name=f"clock:{info.name}", daemon=True)
         t.start()
         return t
 
+    def _join_clock(self, crash_id: int, clock_thread: threading.Thread | None) -> None:
+        if clock_thread is None:
+            return
+        while clock_thread.is_alive():
+            clock_thread.join(0.2)
+            if self.stop.is_set() and clock_thread.is_alive():
+                self.catalog.log(crash_id, "clock", "clock correction left running at shutdown")
+                return
+
     def _finalize(self, crash_id: int, info: Any, report: PanicReport, policy: DomainPolicy,
                   names: files.DumpName, staged: Path | None, stats: DumpStats,
                   recovered: RecoveryResult, dlog: logging.Logger) -> None:
+        """State ``triaged``: the complete dump published under its final name with its sidecar, triaged."""
         try:
             if staged is not None:
                 move_sparse(staged, names.partial)
                 self.catalog.update(crash_id, dump_temp_path=str(names.partial))
-            files.finalize(names.partial, names.final)
+            has_vmcoreinfo, triage, triage_error = triage_dump(names.partial)
+            freeze_s = ((recovered.running_again_ns - report.panic_ns) / 1e9
+                        if recovered.running_again_ns else None)
+            doc = sidecar.describe(
+                names.partial, crash_id=crash_id, domain=info.name, uuid=info.uuid, format=policy.format,
+                file=names.final.name, panic_time=files.iso_utc(report.panic_ns), panic_source=report.source,
+                dump_start=files.iso_utc(stats.started_ns), dump_end=files.iso_utc(stats.ended_ns),
+                dump_seconds=round(stats.seconds, 3),
+                freeze_seconds=round(freeze_s, 3) if freeze_s is not None else None,
+                vmcoreinfo=has_vmcoreinfo, capture=stats.to_dict(),
+                recovery={"action": recovered.action, "state": recovered.state}, triage_error=triage_error)
+            sidecar.publish(names.partial, names.final, names.sidecar, doc)
         except VmcrashError:
             files.remove_quietly(names.partial)
             files.remove_quietly(staged)
             self.catalog.update(crash_id, dump_temp_path=None)
             raise
-        size = names.final.stat().st_size
-        self.catalog.update(crash_id, dump_path=str(names.final), dump_temp_path=None, dump_size=size)
-        sha = files.sha256_file(names.final)
-        has_vmcoreinfo, triage, triage_error = triage_dump(names.final)
-        freeze_s = ((recovered.running_again_ns - report.panic_ns) / 1e9
-                    if recovered.running_again_ns else None)
-        sidecar = {
-            "crash_id": crash_id,
-            "domain": info.name,
-            "uuid": info.uuid,
-            "panic_time": files.iso_utc(report.panic_ns),
-            "panic_source": report.source,
-            "dump_start": files.iso_utc(stats.started_ns),
-            "dump_end": files.iso_utc(stats.ended_ns),
-            "dump_seconds": round(stats.seconds, 3),
-            "freeze_seconds": round(freeze_s, 3) if freeze_s is not None else None,
-            "format": policy.format,
-            "file": names.final.name,
-            "size_bytes": size,
-            "allocated_bytes": retention.disk_usage_bytes(names.final),
-            "sha256": sha,
-            "vmcoreinfo": has_vmcoreinfo,
-            "capture": stats.to_dict(),
-            "recovery": {"action": recovered.action, "state": recovered.state},
-            "triage_error": triage_error,
-        }
-        files.write_sidecar(names.sidecar, sidecar)
-        self.catalog.update(crash_id, dump_sha256=sha, vmcoreinfo=has_vmcoreinfo,
-                            sidecar_path=str(names.sidecar), triage=triage)
+        row = self.catalog.get(crash_id)
+        fields: dict[str, Any] = {"dump_path": str(names.final), "dump_temp_path": None,
+                                  "dump_size": doc.size_bytes, "dump_sha256": doc.sha256,
+                                  "vmcoreinfo": has_vmcoreinfo, "sidecar_path": str(names.sidecar)}
+        if triage is not None or not (row and row.triage):  # keep the held image's triage if this one failed
+            fields["triage"] = triage
+        self.catalog.advance(crash_id, S.TRIAGED, **fields)
         if triage_error:
             self.catalog.log(crash_id, "triage", f"triage: {triage_error}")
         elif triage:
             self.catalog.log(crash_id, "triage", str(triage.get("panic_line") or "no panic line found"))
         if policy.format.startswith("kdump") or self.cfg.staging.compact:
-            self.catalog.update(crash_id, compact_state="pending")
-            self.catalog.log(crash_id, "compaction", "queued (runs after the guest is back, at low priority)")
-        dlog.warning("dump finalized: %s (%d MiB, sha256 %s…)", names.final, size >> 20, sha[:12])
+            queue_compaction(self.catalog, crash_id, "queued (runs after the guest is back, at low priority)")
+        dlog.info("dump finalized: %s (%d MiB, sha256 %s…)", names.final, doc.size_bytes >> 20, doc.sha256[:12])
 
-    # -- compaction ------------------------------------------------------------------------
+    # -- compaction and retention ----------------------------------------------------------
 
-    def compact(self, crash_id: int) -> dict[str, Any] | None:
-        """Compact a finished dump in a low-priority worker process and record the outcome.
-
-        Returns the worker's result, or None when there is nothing (left) to compact.
-        """
-        from vmcrash.capture.compact import plan_compaction, run_compaction
-
-        row = self.catalog.get(crash_id)
-        if row is None or not row.dump_path or row.compact_state not in ("pending", "running", "waiting-space"):
-            return None
-        src = Path(row.dump_path)
-        if not src.exists():
-            self.catalog.update(crash_id, compact_state="failed", compact={"error": "dump file is gone"})
-            return None
-        plan = plan_compaction(src, row.dump_format or "elf", keep_elf=self.cfg.staging.keep_elf)
-        if (row.capture or {}).get("compact_dst"):  # an adopted dump left in libvirt's directory
-            plan = replace(plan, dst=Path(row.capture["compact_dst"]))  # type: ignore[index]
-        self.catalog.update(crash_id, compact_state="running")
-        self.catalog.log(crash_id, "compaction", f"{plan.kind} {src.name} -> {plan.dst.name}")
-        result = run_compaction(plan, codec=self.cfg.staging.compact_codec,
-                                reserve_bytes=self.cfg.min_free_bytes,
-                                exclude_free=self.cfg.staging.compact_exclude_free)
-        if not result.get("ok"):
-            # killed (daemon stopping) or short of space: resumable; anything else: failed
-            state = ("pending" if result.get("interrupted") else
-                     "waiting-space" if result.get("retry") else "failed")
-            self.catalog.update(crash_id, compact_state=state, compact=result)
-            self.catalog.log(crash_id, "compaction", f"{state}: {result.get('error')}")
-            return result
-        updates: dict[str, Any] = {"compact_state": "done", "compact_path": str(plan.dst), "compact": result}
-        sidecar: dict[str, Any] = {}
-        if row.sidecar_path and Path(row.sidecar_path).exists():
-            import json as _json
-
-            sidecar = _json.loads(Path(row.sidecar_path).read_text())
-        sidecar["compaction"] = result
-        if plan.drop_src:
-            sha = files.sha256_file(plan.dst)
-            files.fsync_path(plan.dst)
-            files.remove_quietly(plan.src)
-            updates.update(dump_path=str(plan.dst), dump_size=plan.dst.stat().st_size, dump_sha256=sha)
-            sidecar.update(original_file=src.name, original_sha256=row.dump_sha256, file=plan.dst.name,
-                           size_bytes=plan.dst.stat().st_size, allocated_bytes=retention.disk_usage_bytes(plan.dst),
-                           sha256=sha, format="kdump-" + str(result.get("codec")) if plan.kind == "convert"
-                           else row.dump_format)
-        if row.sidecar_path:
-            files.write_sidecar(Path(row.sidecar_path), sidecar)
-        self.catalog.update(crash_id, **updates)
-        self.catalog.log(crash_id, "compaction", f"done: {plan.dst.name}, {result.get('output_bytes', 0) >> 20} MiB "
-                                                 f"(ratio {result.get('ratio')}), {result.get('seconds')} s")
-        return result
-
-    # -- retention -------------------------------------------------------------------------
-
-    def _delete_dump(self, crash_id: int, why: str) -> None:
-        prune.delete_dump(self.catalog, crash_id, why)
+    def compact(self, crash_id: int) -> Any:
+        """Compact a finished dump (see :class:`~vmcrash.capture.compaction.Compactor`)."""
+        return self.compactor.compact(crash_id)
 
     def apply_retention(self) -> None:
         """Delete dumps beyond the retention limits (also used for adopted dumps)."""
         self._apply_retention()
 
+    def _delete_dump(self, crash_id: int, why: str) -> None:
+        prune.delete_dump(self.catalog, crash_id, why)
+
     def _apply_retention(self) -> None:
         prune.apply_retention(self.catalog, self.cfg.retention, time.time_ns())
+
+
+def _planned(names: files.DumpName, staged: Path | None) -> dict[str, str]:
+    """Where a dump goes, kept in the row so that reconciliation can finish it."""
+    return {"final": str(names.final), "partial": str(names.partial), "sidecar": str(names.sidecar),
+            "target": str(staged or names.partial)}

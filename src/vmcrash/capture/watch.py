@@ -6,10 +6,13 @@ to 30 s), re-registers the events and reconciles.
 
 Reconciliation (at start and after every reconnect) makes sure nothing is lost:
 
-1. catalogue rows whose handling was interrupted are finished: the panicked guest is handled
-   again (same row), or a dump that was complete is finalized;
+1. catalogue rows whose handling was interrupted are resumed or closed, as the state machine's
+   resume table says (:mod:`vmcrash.capture.reconcile`);
 2. leftover ``.partial`` files that nobody is writing are removed;
 3. every watched domain that is crashed (or paused) by a panic and not yet handled is handled.
+
+Metrics observe the catalogue's state changes (:meth:`~vmcrash.store.catalog.Catalog.observe`);
+no stage calls them.
 
 Clock resyncs after freezes (restores, snapshot reverts, migrations, wake-ups, pauses, host sleeps)
 are :mod:`vmcrash.capture.freezewatch`'s: every watched lifecycle event goes through it.
@@ -29,23 +32,24 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import libvirt
 
 from vmcrash.capture import files
-from vmcrash.capture.adopt import Adopter, is_adoption
+from vmcrash.capture.adopt import Adopter
+from vmcrash.capture.clockstep import clock_after_freeze, measure_offset_ms
+from vmcrash.capture.compaction import wants_compaction
 from vmcrash.capture.daemon_lock import CrashLocks
 from vmcrash.capture.freezewatch import FreezeResyncs
-from vmcrash.capture.hold import lost_image_note
-from vmcrash.capture.pipeline import CrashHandler, PanicReport, clock_after_freeze
-from vmcrash.capture.staging import STAGING_SUBDIR, move_sparse
+from vmcrash.capture.pipeline import CrashHandler, PanicReport
+from vmcrash.capture.reconcile import Reconciler, all_infos
 from vmcrash.config import Config
 from vmcrash.errors import LibvirtUnavailable, VmcrashError
 from vmcrash.host.connection import DomainInfo, Hypervisor, domain_id
 from vmcrash.host.events import AgentEvent, ConnectionClosed, Event, LifecycleEvent, Subscription
-from vmcrash.store.catalog import Catalog, CrashRow
+from vmcrash.store.catalog import FINAL_STATES, UNFINISHED_STATES, Catalog
+from vmcrash.store.states import StateChange
 
 __all__ = ["Runstate", "Watcher", "sd_notify"]
 
@@ -92,6 +96,7 @@ class Watcher:
         self.handler = CrashHandler(cfg, self._current_hv, self.catalog, stop=self.stop_requested)
         #: routes each panic to its owner: the handler, or adoption of libvirt's own handling (issue 16)
         self.adopter = Adopter(cfg, self._current_hv, self.catalog, self.handler)
+        self.reconciler = Reconciler(cfg, self.catalog, self._current_hv, self._watched)
         self.active: set[str] = set()
         self.clock_busy: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -109,7 +114,7 @@ class Watcher:
             from vmcrash.capture.metrics import Metrics
 
             self.metrics = Metrics()
-            self.handler.on_finished = self._record_metrics
+            self.catalog.observe(self._record_metrics)
         # Clock resyncs after restores, snapshot reverts, migrations, wake-ups, pauses, host sleeps.
         self.freezes = FreezeResyncs(cfg, hv=self._current_hv, catalog=self.catalog,
                                      crash_busy=self.active.__contains__, metrics=self.metrics)
@@ -349,33 +354,28 @@ class Watcher:
                             return
                         await asyncio.sleep(0.1)
                     row = self.catalog.latest_for(report.uuid)
-                    if row is None or row.state not in ("detected", "dumping", "dumped", "recovering",
-                                                        "recovered"):
+                    if row is None or row.state not in UNFINISHED_STATES:
                         return
-                    if is_adoption(row):  # libvirt's crash: the adopter resumes whatever the state
-                        report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
-                        continue
                     try:
                         info = await self._in_thread(self._info_of, report.uuid)
                     except LibvirtUnavailable:
                         continue
                     except VmcrashError:
                         info = None
-                    if info is None or not info.panicked:
-                        # recovered before the connection dropped: keep what is complete, close the row
-                        await self._in_thread(self._finish_interrupted, row, info)
-                        return
-                    await self._in_thread(self._wait_no_job, report.uuid)
-                    self._cleanup_temp(row)
-                    report = PanicReport(report.domain, report.uuid, row.panic_ns, row.source, row.id)
+                    again = await self._in_thread(self.reconciler.resume, row, info)
+                    if again is None:
+                        return  # recovered before the connection dropped: what was complete is kept
+                    report = again
         finally:
             if lock is not None:
                 lock.release()
             self.active.discard(report.uuid)
 
-    def _record_metrics(self, crash_id: int) -> None:
-        """Called by the handler when a panic's handling ends (in its worker thread)."""
-        m, row = self.metrics, self.catalog.get(crash_id)
+    def _record_metrics(self, change: StateChange) -> None:
+        """Observes the catalogue: a crash's handling ended (in the writer's thread)."""
+        if not change.final:
+            return
+        m, row = self.metrics, self.catalog.get(change.crash_id)
         if m is None or row is None:
             return
         m.panics.labels(source=row.source).inc()
@@ -396,7 +396,7 @@ class Watcher:
     def schedule_compaction(self, crash_id: int) -> None:
         """Compact a finished dump in the background (one at a time, low priority, resumable)."""
         row = self.catalog.get(crash_id)
-        if row is None or row.compact_state not in ("pending", "running", "waiting-space"):
+        if row is None or not wants_compaction(row.compact_state):
             return
         if crash_id in self.compacting or self.stop_requested.is_set():
             return
@@ -411,7 +411,7 @@ class Watcher:
                 result = await self._in_thread(self.handler.compact, crash_id)
                 if result is not None:
                     log.info("crash #%d: compaction %s", crash_id,
-                             "done" if result.get("ok") else f"not done: {result.get('error')}")
+                             "done" if result.ok else f"{result.state.value}: {result.error}")
         finally:
             self.compacting.discard(crash_id)
 
@@ -424,9 +424,10 @@ class Watcher:
         try:
             hv = self._current_hv()
             dom = hv.lookup(uuid)
-            result = await self._in_thread(
+            outcome = await self._in_thread(
                 lambda: clock_after_freeze(dom, target_ms=self.cfg.clock.target_ms,
                                            agent_wait_s=min(self.cfg.clock.agent_wait_s, 30.0)))
+            result = outcome.to_dict()
             if paused_s is not None:
                 result["paused_s"] = round(paused_s, 3)
             self.catalog.record_clock_sync(domain=name, uuid=uuid, reason=reason, ok=bool(result.get("ok")),
@@ -458,7 +459,7 @@ class Watcher:
 
     async def _sweep_once(self) -> None:
         hv = self._current_hv()
-        infos = await self._in_thread(self._all_infos, hv)
+        infos = await self._in_thread(all_infos, hv)
         seen: set[str] = set()
         for info in infos:
             if info.state != "running" or not self._watched(info.name) or info.uuid in self.active \
@@ -466,7 +467,7 @@ class Watcher:
                 continue
             try:
                 dom = hv.lookup(info.uuid)
-                offset_ms = await self._in_thread(_measure_ms, dom)
+                offset_ms = await self._in_thread(measure_offset_ms, dom)
             except VmcrashError as exc:
                 log.debug("%s: sweep skipped: %s", info.name, exc)
                 continue
@@ -482,16 +483,9 @@ class Watcher:
 
     # -- reconciliation --------------------------------------------------------------------
 
-    def _cleanup_temp(self, row: CrashRow) -> None:
-        if row.dump_temp_path:
-            p = Path(row.dump_temp_path)
-            if files.remove_quietly(p):
-                self.catalog.log(row.id, "cleanup", f"removed unfinished temp file {p.name}")
-            files.remove_quietly(p.with_name(p.name + ".fifo"))
-
     async def _reconcile(self) -> None:
         hv = self._current_hv()
-        infos: list[DomainInfo] = await self._in_thread(self._all_infos, hv)
+        infos: list[DomainInfo] = await self._in_thread(all_infos, hv)
         by_uuid = {i.uuid: i for i in infos}
         covered: set[str] = set()
         for row in self.catalog.unfinished():
@@ -500,22 +494,15 @@ class Watcher:
             if row.uuid in self.active:
                 covered.add(row.uuid)
                 continue
-            covered.add(row.uuid)
-            info = by_uuid.get(row.uuid)
-            if is_adoption(row) and info is not None and self._watched(info.name):
-                self.catalog.log(row.id, "reconcile", "interrupted adoption found; resuming it")
-                self.submit(PanicReport(info.name, info.uuid, row.panic_ns, row.source, row.id))
-            elif info is not None and info.panicked and self._watched(info.name):
-                await self._in_thread(self._wait_no_job, row.uuid)
-                self._cleanup_temp(row)
-                self.catalog.log(row.id, "reconcile", "interrupted handling found; guest still panicked")
-                self.submit(PanicReport(info.name, info.uuid, row.panic_ns, row.source, row.id))
-            else:
-                await self._in_thread(self._finish_interrupted, row, info)
-        self._remove_orphan_partials()
+            again = await self._in_thread(self.reconciler.resume, row, by_uuid.get(row.uuid))
+            if again is not None:
+                covered.add(row.uuid)
+                self.submit(again)
+        keep = {r.dump_temp_path for r in self.catalog.unfinished() if r.uuid in self.active and r.dump_temp_path}
+        self.reconciler.remove_orphan_partials(keep)
         self.freezes.at_reconcile(infos, self._watched)  # freezes that ended while nobody watched
         for row in self.catalog.crashes(limit=10000):
-            if row.compact_state in ("pending", "running", "waiting-space"):
+            if wants_compaction(row.compact_state):
                 self.schedule_compaction(row.id)
         for info in infos:
             if not info.panicked or info.uuid in covered or info.uuid in self.active:
@@ -524,7 +511,7 @@ class Watcher:
                 continue
             latest = self.catalog.latest_for(info.uuid)
             dom_id = await self._in_thread(_safe_id, hv, info.uuid)
-            if latest is not None and latest.state in ("done", "failed") and latest.domain_id == dom_id \
+            if latest is not None and latest.state in FINAL_STATES and latest.domain_id == dom_id \
                     and latest.recovery_result != "running":
                 continue  # this very panic was handled (e.g. preserved) already
             log.warning("%s: found %s by a panic at start-up; handling it", info.name, info.state)
@@ -538,101 +525,9 @@ class Watcher:
         hv = self._current_hv()
         return hv.info(hv.lookup(uuid))
 
-    @staticmethod
-    def _all_infos(hv: Hypervisor) -> list[DomainInfo]:
-        """Every domain's info; domains that vanish meanwhile are skipped."""
-        out = []
-        for dom in hv.domains():
-            try:
-                out.append(hv.info(dom))
-            except LibvirtUnavailable:
-                raise
-            except VmcrashError:
-                continue
-        return out
-
-    def _wait_no_job(self, uuid: str, timeout_s: float = 600.0) -> None:
-        """A killed daemon may leave libvirt still writing a direct dump: wait for that job to end."""
-        hv = self._current_hv()
-        dom = hv.lookup(uuid)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
-                    return
-            except libvirt.libvirtError:
-                return
-            time.sleep(0.2)
-
-    def _finish_interrupted(self, row: CrashRow, info: DomainInfo | None) -> None:
-        """An interrupted handling whose guest is no longer panicked: keep a complete dump, close the row."""
-        planned = (row.capture or {}).get("planned") or {}
-        temp = Path(row.dump_temp_path) if row.dump_temp_path else None
-        state_now = info.state if info else "gone"
-        lost = lost_image_note(row)  # capture mode hold: the image died with the daemon
-        if lost is not None:
-            self._cleanup_temp(row)
-            self.catalog.update(row.id, state="failed", dump_temp_path=None, error=lost)
-            self.catalog.log(row.id, "reconcile", f"{lost}; guest {state_now}")
-            return
-        if row.state in ("dumped", "recovered") and temp is not None and temp.exists() and planned.get("final"):
-            final = Path(planned["final"])
-            partial = Path(planned["partial"])
-            try:
-                if temp != partial:
-                    move_sparse(temp, partial)
-                files.finalize(partial, final)
-                size = final.stat().st_size
-                sha = files.sha256_file(final)
-                files.write_sidecar(Path(planned["sidecar"]), {
-                    "crash_id": row.id, "domain": row.domain, "uuid": row.uuid, "format": row.dump_format,
-                    "file": final.name, "size_bytes": size, "sha256": sha,
-                    "note": "finalized after the daemon was interrupted"})
-                self.catalog.update(row.id, state="done", dump_path=str(final), dump_temp_path=None,
-                                    dump_size=size, dump_sha256=sha, sidecar_path=planned["sidecar"],
-                                    error=None)
-                self.catalog.log(row.id, "reconcile", f"complete dump finalized after interruption; guest {state_now}")
-                return
-            except VmcrashError as exc:
-                self.catalog.log(row.id, "reconcile", f"could not finalize interrupted dump: {exc}")
-        self._cleanup_temp(row)
-        self.catalog.update(row.id, state="failed", dump_temp_path=None,
-                            error=f"handling interrupted in state {row.state}; guest found {state_now}")
-        self.catalog.log(row.id, "reconcile", f"closed interrupted handling; guest {state_now}")
-
-    def _remove_orphan_partials(self) -> None:
-        keep = {r.dump_temp_path for r in self.catalog.unfinished() if r.uuid in self.active}
-        dirs = [self.cfg.dump_dir, Path(self.cfg.staging.tmpfs_dir) / STAGING_SUBDIR]
-        for d in dirs:
-            for p in files.leftover_partials(d):
-                if str(p) in keep:
-                    continue
-                files.remove_quietly(p)
-                log.warning("removed leftover partial dump %s", p)
-            try:
-                for p in d.glob(".*.fifo"):
-                    files.remove_quietly(p)
-            except OSError:
-                pass
-
 
 def _safe_id(hv: Hypervisor, uuid: str) -> int | None:
     try:
         return domain_id(hv.lookup(uuid))
     except VmcrashError:
         return None
-
-
-def _measure_ms(dom: libvirt.virDomain) -> float:
-    from vmcrash.host.agent import Agent
-
-    agent = Agent(dom, timeout_s=3)
-    try:
-        from vmcrash import clock
-
-        return clock.measure(agent).offset_ns / 1e6
-    except ImportError:
-        t0 = time.time_ns()
-        g = agent.get_time_ns()
-        t1 = time.time_ns()
-        return (g - (t0 + t1) / 2) / 1e6

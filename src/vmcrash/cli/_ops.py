@@ -31,16 +31,20 @@ class Companions:
             self.replicator.stop()
 
 
-def start_companions(cfg: Config, catalog: Catalog, registry: Any,
-                     chain_finished: Callable[[Callable[[int], None]], None]) -> Companions:
-    """Start what the config asks for. ``chain_finished`` adds a crash-finished callback."""
+def start_companions(cfg: Config, catalog: Catalog, registry: Any) -> Companions:
+    """Start what the config asks for; they observe the catalogue's state changes (a crash that
+    ends wakes the replicator and queues its notifications)."""
     comp = Companions()
+
+    def on_final(fn: Callable[[int], None]) -> None:
+        catalog.observe(lambda change: fn(change.crash_id) if change.final else None)
+
     if cfg.fleet_url:
         from vmcrash.store.replicate import Replicator
 
         comp.replicator = Replicator(catalog, cfg.fleet_url, host=cfg.host_name)
         comp.replicator.start()
-        chain_finished(lambda _cid: comp.replicator.wake())
+        on_final(lambda _cid: comp.replicator.wake())
     else:
         catalog.disable_spool()  # replicated once, not any more: stop marking rows nobody will push
     if cfg.notify:
@@ -48,7 +52,7 @@ def start_companions(cfg: Config, catalog: Catalog, registry: Any,
 
         comp.notifier = Notifier(catalog, cfg.notify)
         comp.notifier.start()
-        chain_finished(comp.notifier.crash_finished)
+        on_final(comp.notifier.crash_finished)
     if registry is not None:
         from vmcrash.metrics.collector import CatalogCollector, HealthProbe
 

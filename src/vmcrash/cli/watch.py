@@ -71,21 +71,7 @@ def watch(ctx: click.Context, standby: bool) -> int:
     if stopping.is_set():
         w.request_stop()
 
-    def chain_finished(fn: Any) -> None:
-        before = w.handler.on_finished
-
-        def both(crash_id: int) -> None:
-            if before is not None:
-                before(crash_id)
-            try:
-                fn(crash_id)
-            except Exception:  # a companion must never break crash handling
-                logging.getLogger("vmcrash.ops").exception("crash #%d: companion hook failed", crash_id)
-
-        w.handler.on_finished = both
-
-    companions = start_companions(cfg, w.catalog, w.metrics.registry if w.metrics is not None else None,
-                                  chain_finished)
+    companions = start_companions(cfg, w.catalog, w.metrics.registry if w.metrics is not None else None)
     log.warning("vmcrash watch: %s (%s), dumps in %s, catalogue %s%s", cfg.libvirt_uri, key, cfg.dump_dir,
                 cfg.catalog_path, " (replicated to the fleet catalogue)" if cfg.fleet_url else "")
     fut = aio.submit(w.run())

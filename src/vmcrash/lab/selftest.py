@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vmcrash.errors import VmcrashError
+from vmcrash.store.catalog import FINAL_STATES
 
 __all__ = ["SelftestOptions", "StepResult", "SelftestReport", "SelftestRun", "STEPS", "run_selftest"]
 
@@ -205,7 +206,7 @@ def _crash_row(run: SelftestRun, timeout_s: float = 300.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         rows = watcher.catalog.crashes(domain=run.guest.name)
-        if rows and rows[0].state in ("done", "failed") and run.guest.name not in watcher.active \
+        if rows and rows[0].state in FINAL_STATES and run.guest.name not in watcher.active \
                 and rows[0].uuid not in watcher.active:
             run.data["row"] = rows[0]
             return rows[0]

@@ -31,14 +31,15 @@ from typing import Any
 
 from vmcrash.config import NotifyTarget
 from vmcrash.errors import StorageError
-from vmcrash.store.catalog import Catalog, CrashRow, OutboxEntry
+from vmcrash.store.catalog import FINAL_STATES, Catalog, CrashRow, OutboxEntry
 
 __all__ = ["Notifier", "NotifierState", "Delivery", "crash_document", "sign", "deliver", "next_delay_s"]
 
 log = logging.getLogger(__name__)
 
 #: crash states after which a crash's handling (and triage) is over
-FINISHED_STATES = ("done", "failed")
+FINISHED_STATES = FINAL_STATES
+_marks = ",".join("?" * len(FINAL_STATES))
 #: longest text field put in a document (guest data is hostile: bounded)
 _MAX_TEXT = 4096
 SIGNATURE_HEADER = "X-Vmcrash-Signature"
@@ -186,7 +187,7 @@ class Notifier:
         rows = self.catalog.read("SELECT COALESCE(MAX(id), 0) AS m FROM crashes")
         self._max_id_at_start = int(rows[0]["m"])
         self._unfinished_at_start = {int(r["id"]) for r in self.catalog.read(
-            "SELECT id FROM crashes WHERE state NOT IN ('done', 'failed')")}
+            f"SELECT id FROM crashes WHERE state NOT IN ({_marks})", FINAL_STATES)}
 
     def sweep_finished(self) -> int:
         """Queue this run's finished crashes that no hook announced (e.g. closed by the daemon's
@@ -194,8 +195,9 @@ class Notifier:
         n = 0
         for name in self.targets:
             for r in self.catalog.read(
-                    "SELECT id FROM crashes WHERE state IN ('done', 'failed') AND id NOT IN "
-                    "(SELECT crash_id FROM outbox WHERE target = ?) ORDER BY id DESC LIMIT 1000", (name,)):
+                    f"SELECT id FROM crashes WHERE state IN ({_marks}) AND id NOT IN "
+                    "(SELECT crash_id FROM outbox WHERE target = ?) ORDER BY id DESC LIMIT 1000",
+                    (*FINAL_STATES, name)):
                 cid = int(r["id"])
                 if cid > self._max_id_at_start or cid in self._unfinished_at_start:
                     n += int(self.catalog.outbox_add(cid, name))

@@ -3,9 +3,12 @@
 Schema changes are numbered migrations applied in order inside one transaction each; the
 ``schema_version`` table records which ran. Never edit a released migration: add one.
 
-A crash row moves through ``state``: ``detected`` → ``dumping`` → ``dumped`` (or ``recovering``
-when the dump failed) → ``recovered`` → ``done`` (or ``failed``). The ``events`` table keeps a
-timestamped log of each crash's handling.
+A crash row moves through ``state`` along the one transition table of :mod:`vmcrash.store.states`
+(``event`` → ``capturing`` → ``captured`` → ``recovering`` → ``recovered`` → ``clock`` → ``triaged``
+→ ``done``, or ``skipped``/``failed``/``lost``); :meth:`Catalog.advance` is the only way the
+capture pipeline moves a row, refuses a move the table does not allow, and tells the observers
+(metrics, notifications) about each committed change. The ``events`` table keeps a timestamped
+log of each crash's handling.
 Every write commits at once, so a killed daemon leaves a consistent catalogue that the next
 start reconciles.
 """
@@ -13,20 +16,33 @@ start reconciles.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmcrash.errors import StorageError, UsageError
+from vmcrash.store.states import (
+    FINAL,
+    LEGACY,
+    UNFINISHED,
+    CrashState,
+    InvalidTransition,
+    StateChange,
+    can_move,
+    parse_state,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Catalog", "CrashRow", "MIGRATIONS", "REPLICATED_TABLES", "SpoolEntry", "OutboxEntry",
-           "UNFINISHED_STATES", "row_to_crash"]
+           "UNFINISHED_STATES", "FINAL_STATES", "row_to_crash"]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: crashes and their event log
@@ -133,6 +149,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX outbox_crash_target ON outbox(crash_id, target);
     CREATE INDEX outbox_state ON outbox(state, next_ns);
     """,
+    # 5: crash states of the one state machine (vmcrash.store.states); older names mapped forward
+    "".join(f"UPDATE crashes SET state = '{new.value}' WHERE state = '{old}';" for old, new in LEGACY.items()),
 )
 
 #: Tables whose rows a fleet catalogue replicates (the order parents first).
@@ -146,8 +164,10 @@ _SPOOL_TRIGGERS = tuple(
     f"ON CONFLICT(tbl, local_id) DO UPDATE SET rev = rev + 1; END"
     for table in REPLICATED_TABLES for op in ("INSERT", "UPDATE", "DELETE"))
 
-#: States of a crash whose handling has not finished.
-UNFINISHED_STATES = ("detected", "dumping", "dumped", "recovering", "recovered", "held")
+#: States of a crash whose handling has not finished (the values stored in ``crashes.state``).
+UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(s.value for s in UNFINISHED))
+#: States of a crash whose handling has ended.
+FINAL_STATES: tuple[str, ...] = tuple(sorted(s.value for s in FINAL))
 
 _JSON_COLUMNS = ("policy_json", "clock_json", "triage_json", "capture_json", "compact_json")
 
@@ -264,6 +284,8 @@ class Catalog:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open catalogue: {exc}", path=str(self.path)) from exc
         self._lock = threading.RLock()
+        #: called with each committed :class:`~vmcrash.store.states.StateChange` (in the writer's thread)
+        self._observers: list[Callable[[StateChange], None]] = []
         self.migrate()
 
     # -- schema ------------------------------------------------------------------------------
@@ -318,17 +340,49 @@ class Catalog:
         cur = self._exec(
             "INSERT INTO crashes(domain, uuid, domain_id, source, state, panic_ns, detected_ns, updated_ns,"
             " policy_json, host) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (domain, uuid, domain_id, source, "detected", panic_ns, now, now,
+            (domain, uuid, domain_id, source, CrashState.EVENT.value, panic_ns, now, now,
              json.dumps(policy) if policy is not None else None, self.host),
         )
         crash_id = int(cur.lastrowid or 0)
         self.log(crash_id, "detected", f"panic of {domain} ({source})")
         return crash_id
 
+    def observe(self, callback: Callable[[StateChange], None]) -> None:
+        """Call ``callback`` after every committed state change of a crash (an observer must not raise)."""
+        self._observers.append(callback)
+
+    def advance(self, crash_id: int, new: CrashState, **values: Any) -> StateChange:
+        """Move a crash to state ``new`` (setting ``values`` in the same write) along the table.
+
+        :raises InvalidTransition: the table does not allow the move from the row's current state.
+        :raises StorageError: the write failed.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT state FROM crashes WHERE id = ?", (crash_id,)).fetchone()
+            if row is None:
+                raise InvalidTransition(f"crash #{crash_id} does not exist")
+            old = parse_state(row[0])
+            if not can_move(old, new):
+                raise InvalidTransition(f"crash #{crash_id}: {old.value} -> {new.value} is not a transition")
+            self.update(crash_id, state=new, **values)
+        change = StateChange(crash_id, old, new)
+        for callback in list(self._observers):
+            try:
+                callback(change)
+            except Exception:  # an observer's trouble never stops the handling
+                log.exception("state observer failed for crash #%d", crash_id)
+        return change
+
     def update(self, crash_id: int, **values: Any) -> None:
-        """Set columns of a crash. Dict/list values go to the matching ``*_json`` column."""
+        """Set columns of a crash. Dict/list values go to the matching ``*_json`` column.
+
+        A ``state`` given here is stored as is (legacy names mapped forward), without the checks and
+        observers of :meth:`advance` — for fixtures and migrations, not for the pipeline.
+        """
         if not values:
             return
+        if "state" in values:
+            values["state"] = parse_state(str(values["state"])).value
         cols: list[str] = []
         args: list[Any] = []
         for key, value in values.items():
@@ -364,9 +418,6 @@ class Catalog:
              json.dumps(result) if result is not None else None, error, self.host),
         )
         return int(cur.lastrowid or 0)
-
-    def delete_crash(self, crash_id: int) -> None:
-        self._exec("DELETE FROM crashes WHERE id = ?", (crash_id,))
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -26,8 +26,10 @@ handling can go on from where it stopped.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
-__all__ = ["CrashState", "TRANSITIONS", "FINAL", "UNFINISHED", "LEGACY", "RESUME", "can_move", "parse_state"]
+__all__ = ["CrashState", "CompactState", "StateChange", "InvalidTransition", "TRANSITIONS", "FINAL", "UNFINISHED",
+           "LEGACY", "RESUME", "COMPACT_OPEN", "can_move", "parse_state"]
 
 
 class CrashState(enum.StrEnum):
@@ -58,8 +60,9 @@ UNFINISHED: frozenset[CrashState] = frozenset(set(S) - FINAL)
 TRANSITIONS: dict[CrashState, frozenset[CrashState]] = {
     S.EVENT: frozenset({S.EVENT, S.CAPTURING, S.RECOVERING, S.SKIPPED}),
     S.CAPTURING: frozenset({S.EVENT, S.CAPTURED, S.RECOVERING}),
-    S.CAPTURED: frozenset({S.EVENT, S.RECOVERING}),
-    S.RECOVERING: frozenset({S.EVENT, S.RECOVERED}),
+    # captured/recovering -> done: reconciliation made an interrupted handling's complete capture final
+    S.CAPTURED: frozenset({S.EVENT, S.RECOVERING, S.DONE}),
+    S.RECOVERING: frozenset({S.EVENT, S.RECOVERED, S.DONE}),
     S.RECOVERED: frozenset({S.CLOCK, S.TRIAGED, S.DONE}),
     S.CLOCK: frozenset({S.TRIAGED, S.DONE}),
     S.TRIAGED: frozenset({S.DONE}),
@@ -72,18 +75,23 @@ for _state in UNFINISHED:
     TRANSITIONS[_state] = TRANSITIONS[_state] | {S.FAILED, S.LOST}
 
 #: What reconciliation does with an interrupted row, by state and by whether the guest is still
-#: panicked: ``rehandle`` (run the handling again on the same row), ``finalize`` (a complete capture
-#: exists: make it final, recover if needed), ``recover`` (apply the recovery again), ``finish``
-#: (the guest is back: correct its clock, triage, close the row), ``close`` (nothing can be resumed:
-#: end the row failed or lost, saying why).
+#: panicked (:mod:`vmcrash.capture.reconcile` reads this table and nothing else):
+#:
+#: * ``rehandle``: the guest is still panicked and nothing was kept: run the handling again on the
+#:   same row (attempts + 1) — a capture that had not been recovered from is simply taken again;
+#: * ``finalize``: the guest runs again (or is gone); a complete capture may exist: make it final
+#:   with its sidecar and close the row ``done``, else close it ``failed`` (``lost`` for a held image
+#:   that died with the daemon);
+#: * ``finish``: the dump is final already, only bookkeeping was left: close the row ``done``;
+#: * ``close``: nothing was captured and the guest is not panicked any more: close the row ``failed``.
 RESUME: dict[tuple[CrashState, bool], str] = {
     (S.EVENT, True): "rehandle",
     (S.EVENT, False): "close",
     (S.CAPTURING, True): "rehandle",
     (S.CAPTURING, False): "close",
-    (S.CAPTURED, True): "finalize",
+    (S.CAPTURED, True): "rehandle",
     (S.CAPTURED, False): "finalize",
-    (S.RECOVERING, True): "finalize",
+    (S.RECOVERING, True): "rehandle",
     (S.RECOVERING, False): "finalize",
     (S.RECOVERED, True): "finalize",
     (S.RECOVERED, False): "finalize",
@@ -111,3 +119,35 @@ def parse_state(value: str) -> CrashState:
 def can_move(old: CrashState, new: CrashState) -> bool:
     """Whether the table allows ``old`` → ``new``. Pure."""
     return new in TRANSITIONS[old]
+
+
+class CompactState(enum.StrEnum):
+    """A finished dump's background compaction (the ``crashes.compact_state`` column)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING_SPACE = "waiting-space"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: Compaction states that still have work to do (resumed at start, scheduled after a crash).
+COMPACT_OPEN: frozenset[CompactState] = frozenset({CompactState.PENDING, CompactState.RUNNING,
+                                                   CompactState.WAITING_SPACE})
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One committed move of a crash row, as observers (metrics, notifications) see it."""
+
+    crash_id: int
+    old: CrashState
+    new: CrashState
+
+    @property
+    def final(self) -> bool:
+        return self.new in FINAL
+
+
+class InvalidTransition(ValueError):
+    """A move the transition table does not allow (a bug in the caller, never the guest's input)."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmcrash.store.catalog import Catalog
+from vmcrash.store.catalog import FINAL_STATES, Catalog
+from vmcrash.store.states import CrashState
+
+#: the final states as an SQL list (constants of this module, never input)
+_FINAL_SQL = ", ".join(f"'{s}'" for s in FINAL_STATES)
 
 __all__ = ["CatalogStats", "DomainStats", "catalog_stats", "skip_category", "SKIP_CATEGORIES"]
 
@@ -53,10 +57,12 @@ class CatalogStats:
 
 
 def _outcome(state: str, dump_path: str | None, skip: str | None) -> str:
-    if state not in ("done", "failed"):
+    if state not in FINAL_STATES:
         return "in-progress"
-    if state == "failed":
+    if state in (CrashState.FAILED, CrashState.LOST):
         return "failed"
+    if state == CrashState.SKIPPED:
+        return "skipped"
     return "dumped" if dump_path else ("skipped" if skip else "handled")
 
 
@@ -86,8 +92,8 @@ def catalog_stats(cat: Catalog, *, host: str | None, loop_window_ns: int, now_ns
     freezes = tuple(float(r["freeze_s"]) for r in cat.read(
         f"SELECT freeze_s FROM crashes {where} {'AND' if where else 'WHERE'} freeze_s IS NOT NULL", args))
     agg = cat.read(f"SELECT COALESCE(SUM(dump_size), 0) AS b, COALESCE(SUM((dump_ended_ns - dump_started_ns) / 1e9), 0)"
-                   f" AS s, SUM(CASE WHEN state = 'dumping' THEN 1 ELSE 0 END) AS inflight, SUM(CASE WHEN "
-                   f"recovery_action = 'preserve' AND state IN ('done', 'failed') THEN 1 ELSE 0 END) AS held "
+                   f" AS s, SUM(CASE WHEN state = '{CrashState.CAPTURING.value}' THEN 1 ELSE 0 END) AS inflight, "
+                   f"SUM(CASE WHEN recovery_action = 'preserve' AND state IN ({_FINAL_SQL}) THEN 1 ELSE 0 END) AS held "
                    f"FROM crashes {where}", args)[0]
     clock: dict[str, tuple[int, str, float | None, float | None]] = {}
     for r in cat.read(f"SELECT c.domain, c.at_ns, c.reason, c.before_ms, c.after_ms FROM clock_syncs c JOIN "
