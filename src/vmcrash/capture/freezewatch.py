@@ -226,7 +226,7 @@ class FreezeResyncs:
             if result.get("after_ms") is not None:
                 self.metrics.clock_residual_ms.labels(domain=job.name).set(result["after_ms"])
         if ok:
-            log.warning("%s: clock corrected after %s (%s): %+.1f ms -> %+.1f ms", job.name, job.reason,
+            log.info("%s: clock corrected after %s (%s): %+.1f ms -> %+.1f ms", job.name, job.reason,
                         job.event, result["before_ms"], result["after_ms"])
         else:
             log.warning("%s: clock not corrected after %s (%s): %s", job.name, job.reason, job.event,

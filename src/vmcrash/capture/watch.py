@@ -437,9 +437,9 @@ class Watcher:
                 self.metrics.clock_syncs.labels(reason=reason, ok=str(bool(result.get("ok"))).lower()).inc()
                 if result.get("after_ms") is not None:
                     self.metrics.clock_residual_ms.labels(domain=name).set(result["after_ms"])
-            log.warning("%s: clock %s after %s: %s", name, "corrected" if result.get("ok") else "not corrected",
-                        reason, result.get("error") or f"{result.get('before_ms'):+.1f} ms -> "
-                                                       f"{result.get('after_ms'):+.1f} ms")
+            log.log(logging.INFO if result.get("ok") else logging.WARNING, "%s: clock %s after %s: %s", name,
+                    "corrected" if result.get("ok") else "not corrected", reason,
+                    result.get("error") or f"{result.get('before_ms'):+.1f} ms -> {result.get('after_ms'):+.1f} ms")
         except VmcrashError as exc:
             log.warning("%s: clock resync after %s failed: %s", name, reason, exc)
         finally:
