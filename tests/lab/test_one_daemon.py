@@ -114,7 +114,7 @@ def test_manual_dump_refused_while_the_daemon_handles_the_crash(hv, lab_guest, d
     g.crash()
     # the dump is done and the guest restarted; the daemon still owns the crash while it waits for
     # the rebooting guest's agent to correct its clock
-    d.wait_row(g.name, lambda r: r.state == "recovered", 120)
+    d.wait_row(g.name, lambda r: r.state in ("recovered", "clock"), 120)
     refused = d.cli("dump", g.name)
     assert refused.returncode == 3, (refused.returncode, refused.stdout, refused.stderr)
     assert "its crash is being handled by vmcrash watch pid" in refused.stderr

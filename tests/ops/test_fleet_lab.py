@@ -45,10 +45,12 @@ def test_panic_during_database_outage_with_bad_receivers(hv, lab_guest, daemon, 
     good, failing, slow = Sink(), Sink("error"), Sink("slow", delay_s=60)
     down = free_port()
     port = free_port()
+    # the slow receiver's timeout (20 s) outlasts the handling of both crashes: its first request is
+    # still held when the rows are final, so a second one would mean someone waited and retried early
     targets = "".join(
-        f'[[notify]]\nurl = "{url}"\ntimeout_s = 2\nbackoff_s = 0.5\nmax_backoff_s = 2\n' + extra
-        for url, extra in ((f"http://127.0.0.1:{down}/x", ""), (slow.url, ""), (failing.url, ""),
-                           (good.url, 'secret = "lab-secret"\n')))
+        f'[[notify]]\nurl = "{url}"\ntimeout_s = {timeout_s}\nbackoff_s = 0.5\nmax_backoff_s = 2\n' + extra
+        for url, timeout_s, extra in ((f"http://127.0.0.1:{down}/x", 2, ""), (slow.url, 20, ""),
+                                      (failing.url, 2, ""), (good.url, 2, 'secret = "lab-secret"\n')))
     g, g2 = (lab_guest(memory_mib=384, extra_cmdline=BOOT_UNDER_LOAD) for _ in range(2))
     d = fleet_daemon(daemon, pg, "lab-host-a", f'metrics_listen = "127.0.0.1:{port}"\n', [g.name])
     d.config.write_text(d.config.read_text() + targets)
@@ -73,8 +75,8 @@ def test_panic_during_database_outage_with_bad_receivers(hv, lab_guest, daemon, 
                                   text=True).stdout.strip() == "running"
             # the slow receiver is still holding its first request: nothing waited for it
             assert len(slow.requests) <= 1
-            wait_for(lambda: len(good.requests) >= 1, 30, "the good receiver notified")
-            wait_for(lambda: len(failing.requests) >= 2, 30, "the failing receiver retried")
+            wait_for(lambda: len(good.requests) >= 1, 60, "the good receiver notified")
+            wait_for(lambda: len(failing.requests) >= 2, 60, "the failing receiver retried")
             # the database is still down: the rows wait in the spool
             spooled = d.catalog().spool_depth()
             assert spooled > 0
