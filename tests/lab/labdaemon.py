@@ -124,3 +124,27 @@ class Daemon:
 def done(r: CrashRow) -> bool:
     """The row reached a final state (``vmcrash.store.states.FINAL``, spelled out: the test's own truth)."""
     return r.state in ("done", "skipped", "failed", "lost")
+
+
+def start_libvirtd_stable(stable_s: float = 5.0, tries: int = 3) -> list[str]:
+    """Start libvirtd after a test killed it, and make sure it stays up for ``stable_s``.
+
+    A libvirtd that reconnects to a QEMU in the middle of a dump job has been seen to exit seconds
+    after it first answered (CI, stop 20: the socket refused connections for the next 4 minutes).
+    That is libvirt's restart, not vmcrash's; the test needs a libvirtd to go on with, so one that
+    dies at once is started again (at most ``tries`` times). Returns one line per extra start, for
+    the test's failure message.
+    """
+    from vmcrash.lab.daemons import LIBVIRTD, LibvirtDaemons, socket_alive
+
+    notes: list[str] = []
+    for attempt in range(tries):
+        LibvirtDaemons().start()
+        deadline = time.monotonic() + stable_s
+        while time.monotonic() < deadline and socket_alive(LIBVIRTD.socket):
+            time.sleep(0.2)
+        if socket_alive(LIBVIRTD.socket):
+            return notes
+        notes.append(f"libvirtd exited within {stable_s} s of start {attempt + 1}; starting it again")
+        print(notes[-1], file=sys.stderr)
+    raise AssertionError("; ".join(notes))

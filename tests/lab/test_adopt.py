@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labdaemon import Daemon, done
+from labdaemon import Daemon, done, start_libvirtd_stable
 
 from vmcrash.lab.guest import PANIC_LINE, LabGuest
 
@@ -239,7 +239,7 @@ def test_libvirtd_restart_during_libvirts_dump(hv, lab_guest, daemon) -> None:  
             time.sleep(0.02)
         row = d.wait_row(g.name, lambda r: r.state == "capturing", 30)[0]
         stop_daemon(LIBVIRTD, sig=signal.SIGKILL)
-        LibvirtDaemons().start()  # at once: the window in which others see no libvirtd stays short
+        start_libvirtd_stable()  # at once: the window in which others see no libvirtd stays short
         hv.reconnect()
         g.dom = hv.lookup(g.name)
         final = d.wait_row(g.name, done, 240)[0]

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from labdaemon import Daemon, done
+from labdaemon import Daemon, done, start_libvirtd_stable
 
 from vmcrash.lab.guest import PANIC_LINE, LabGuest, unique_name
 
@@ -148,7 +148,7 @@ def test_panic_while_daemon_stopped_is_handled_at_start(hv, lab_guest, daemon) -
 
 
 def test_libvirtd_restart_while_watching(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
-    from vmcrash.lab.daemons import LIBVIRTD, LibvirtDaemons, stop_daemon
+    from vmcrash.lab.daemons import LIBVIRTD, stop_daemon
 
     g = lab_guest(memory_mib=384)
     g.boot()
@@ -156,7 +156,7 @@ def test_libvirtd_restart_while_watching(hv, lab_guest, daemon) -> None:  # type
     d.start()
     stop_daemon(LIBVIRTD, sig=signal.SIGKILL)
     d.wait_log("reconnecting", 30)
-    LibvirtDaemons().start()  # a fresh libvirtd (the session fixture stops whatever runs at the end)
+    start_libvirtd_stable()  # a fresh libvirtd (the session fixture stops whatever runs at the end)
     d.wait_log("reconciled:", 60, count=2)
     # The session's connection died with libvirtd: reconnect it (and the guest's handle).
     hv.reconnect()
