@@ -40,7 +40,8 @@ def delete_dump(catalog: Catalog, crash_id: int, why: str) -> list[Path]:
     if row is None:
         return []
     removed: list[Path] = []
-    for p in (row.dump_path, row.sidecar_path, row.compact_path):
+    # the dumps first, their sidecar last: a dump is never left without the sidecar that describes it
+    for p in (row.dump_path, row.compact_path, row.sidecar_path):
         if p:
             for victim in (Path(p), Path(p + ".part"), Path(p + ".part.ckpt")):
                 if files.remove_quietly(victim):
