@@ -315,7 +315,9 @@ class CrashHandler:
         """State ``recovering`` → ``recovered``: the policy's action."""
         row = self.catalog.get(crash_id)
         if row is None or row.state != S.RECOVERING.value:
-            self.catalog.advance(crash_id, S.RECOVERING)
+            # the action is recorded before it starts: a daemon killed between a restart's destroy and
+            # its start leaves a shut-off guest that reconciliation must start (capture/reconcile.py)
+            self.catalog.advance(crash_id, S.RECOVERING, recovery_action=action)
         result, dom = recover(hv, dom, action)
         freeze_s = (result.running_again_ns - report.panic_ns) / 1e9 if result.running_again_ns else None
         self.catalog.advance(crash_id, S.RECOVERED, recovery_action=action, recovery_result=result.state,

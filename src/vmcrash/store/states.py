@@ -62,7 +62,7 @@ TRANSITIONS: dict[CrashState, frozenset[CrashState]] = {
     S.CAPTURING: frozenset({S.EVENT, S.CAPTURED, S.RECOVERING}),
     # captured/recovering -> done: reconciliation made an interrupted handling's complete capture final
     S.CAPTURED: frozenset({S.EVENT, S.RECOVERING, S.DONE}),
-    S.RECOVERING: frozenset({S.EVENT, S.RECOVERED, S.DONE}),
+    S.RECOVERING: frozenset({S.EVENT, S.RECOVERING, S.RECOVERED, S.DONE}),
     S.RECOVERED: frozenset({S.CLOCK, S.TRIAGED, S.DONE}),
     S.CLOCK: frozenset({S.TRIAGED, S.DONE}),
     S.TRIAGED: frozenset({S.DONE}),
@@ -82,6 +82,8 @@ for _state in UNFINISHED:
 #: * ``finalize``: the guest runs again (or is gone); a complete capture may exist: make it final
 #:   with its sidecar and close the row ``done``, else close it ``failed`` (``lost`` for a held image
 #:   that died with the daemon);
+#: * ``recover``: the recovery was interrupted: a guest a ``restart`` left shut off (killed between
+#:   its destroy and its start) is started, then as ``finalize``;
 #: * ``finish``: the dump is final already, only bookkeeping was left: close the row ``done``;
 #: * ``close``: nothing was captured and the guest is not panicked any more: close the row ``failed``.
 RESUME: dict[tuple[CrashState, bool], str] = {
@@ -92,7 +94,7 @@ RESUME: dict[tuple[CrashState, bool], str] = {
     (S.CAPTURED, True): "rehandle",
     (S.CAPTURED, False): "finalize",
     (S.RECOVERING, True): "rehandle",
-    (S.RECOVERING, False): "finalize",
+    (S.RECOVERING, False): "recover",
     (S.RECOVERED, True): "finalize",
     (S.RECOVERED, False): "finalize",
     (S.CLOCK, True): "finalize",
