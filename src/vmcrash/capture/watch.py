@@ -430,16 +430,17 @@ class Watcher:
             result = outcome.to_dict()
             if paused_s is not None:
                 result["paused_s"] = round(paused_s, 3)
-            self.catalog.record_clock_sync(domain=name, uuid=uuid, reason=reason, ok=bool(result.get("ok")),
-                                           before_ms=result.get("before_ms"), after_ms=result.get("after_ms"),
-                                           result=result, error=result.get("error"))
+            self.catalog.record_clock_sync(domain=name, uuid=uuid, reason=reason, ok=outcome.ok,
+                                           before_ms=outcome.before_ms, after_ms=outcome.after_ms,
+                                           result=result, error=outcome.error)
             if self.metrics is not None:
-                self.metrics.clock_syncs.labels(reason=reason, ok=str(bool(result.get("ok"))).lower()).inc()
-                if result.get("after_ms") is not None:
-                    self.metrics.clock_residual_ms.labels(domain=name).set(result["after_ms"])
-            log.log(logging.INFO if result.get("ok") else logging.WARNING, "%s: clock %s after %s: %s", name,
-                    "corrected" if result.get("ok") else "not corrected", reason,
-                    result.get("error") or f"{result.get('before_ms'):+.1f} ms -> {result.get('after_ms'):+.1f} ms")
+                self.metrics.clock_syncs.labels(reason=reason, ok=str(outcome.ok).lower()).inc()
+                if outcome.after_ms is not None:
+                    self.metrics.clock_residual_ms.labels(domain=name).set(outcome.after_ms)
+            if outcome.ok:
+                log.info("%s: clock corrected after %s: %s", name, reason, outcome.describe())
+            else:
+                log.warning("%s: clock not corrected after %s: %s", name, reason, outcome.error or outcome.describe())
         except VmcrashError as exc:
             log.warning("%s: clock resync after %s failed: %s", name, reason, exc)
         finally:
