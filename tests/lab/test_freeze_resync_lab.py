@@ -156,7 +156,9 @@ class Freezes:
         # sets may leave a little more, which is what the 20 ms bound is for)
         assert row["result"]["synced"] is True and row["error"] is None, row
         assert row["result"]["event"] == event, row["result"]
-        assert row["before_ms"] <= -frozen_min_s * 1000, row  # the guest had fallen behind by the freeze
+        # the guest had fallen behind by the freeze (less what it may have been ahead before it: the
+        # last correction's residual and TCG drift, seen up to +36 ms in CI)
+        assert row["before_ms"] <= -frozen_min_s * 1000 + 100, row
         assert abs(row["after_ms"]) <= TOLERANCE_MS, row
         assert abs(offset) <= TOLERANCE_MS, (reason, offset)
         assert probed_after_s <= WITHIN_S
