@@ -148,3 +148,20 @@ def start_libvirtd_stable(stable_s: float = 5.0, tries: int = 3) -> list[str]:
         notes.append(f"libvirtd exited within {stable_s} s of start {attempt + 1}; starting it again")
         print(notes[-1], file=sys.stderr)
     raise AssertionError("; ".join(notes))
+
+
+def virsh(*args: str) -> str:
+    """``virsh -c qemu:///system ARGS`` (the test's own look at libvirt); its stdout, stripped."""
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def sha256_of(path: Path) -> str:
+    """The test's own checksum of a file (never the daemon's)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -9,18 +9,16 @@ final-named dump never existed without its sidecar, not even between two events.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from dirwatch import DirWatch, replay
-from labdaemon import Daemon
+from labdaemon import Daemon, sha256_of, virsh
 
 pytestmark = pytest.mark.lab
 
@@ -41,19 +39,6 @@ def kill_plan(rng: random.Random, n: int, late_order: list[str]) -> list[str]:
             + ["compacting"] * rng.choice((1, 2)))
 FINAL = ("done", "skipped", "failed", "lost")
 DUMP_SUFFIXES = (".elf", ".flat", ".kdump")
-
-
-def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def latest(db: Path, domain: str) -> tuple[int, str, str | None] | None:
@@ -163,7 +148,7 @@ def test_sigkill_at_seeded_points_loses_nothing(hv, lab_guest, daemon) -> None: 
         path = Path(r.dump_path)
         assert path.name in dumps, (r.id, path, names)
         side = json.loads(Path(r.sidecar_path).read_text())
-        assert side["file"] == path.name and side["sha256"] == sha256(path), (r.id, side)
+        assert side["file"] == path.name and side["sha256"] == sha256_of(path), (r.id, side)
         assert side["size_bytes"] == path.stat().st_size
         if r.compact_path:  # the compacted copy next to it (staging.keep_elf): complete as well
             compact = Path(r.compact_path)

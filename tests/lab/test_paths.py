@@ -6,29 +6,15 @@ guest (compared byte for byte with ``cmp``), ``readelf``, the test's own sha256,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from labdaemon import Daemon, done
+from labdaemon import Daemon, done, sha256_of, virsh
 
 pytestmark = pytest.mark.lab
-
-
-def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def test_tmpfs_staging_gives_the_same_file_as_libvirt(hv, lab_guest, daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +37,7 @@ def test_tmpfs_staging_gives_the_same_file_as_libvirt(hv, lab_guest, daemon, tmp
     assert path.parent == d.dump_dir
     cmp = subprocess.run(["cmp", str(reference), str(path)], capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
-    assert sha256(path) == row.dump_sha256 == json.loads(Path(row.sidecar_path).read_text())["sha256"]
+    assert sha256_of(path) == row.dump_sha256 == json.loads(Path(row.sidecar_path).read_text())["sha256"]
     assert list((d.staging / "vmcrash-staging").iterdir()) == []  # nothing left in RAM
     assert virsh("domstate", g.name) == "running"
     assert d.stop() == 0
@@ -75,7 +61,7 @@ def test_sigterm_with_shutdown_dump_finish_completes_the_dump(hv, lab_guest, dae
     assert row.state == "done", (row.state, row.error)
     assert row.recovery_result == "running"
     path = Path(row.dump_path)
-    assert path.exists() and sha256(path) == row.dump_sha256
+    assert path.exists() and sha256_of(path) == row.dump_sha256
     side = json.loads(Path(row.sidecar_path).read_text())
     assert side["sha256"] == row.dump_sha256 and side["size_bytes"] == path.stat().st_size
     # QEMU wrote it to a pipe: makedumpfile's flattened format, which makedumpfile itself reassembles
