@@ -162,7 +162,7 @@ def part2(n: int, memory_mib: int) -> None:
         print(f"booted {n} guests in {time.monotonic() - t:.1f} s")
         cfg = work / "vmcrash.toml"
         catalog = work / "catalog.sqlite"
-        cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{catalog}"\nmin_free_mb = 64\n'
+        cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{catalog}"\nmin_free_mib = 64\n'
                        '[clock]\nsweep_interval_s = 0\nagent_wait_s = 90\n[domains."*"]\nwatch = false\n'
                        + "".join(f'[domains."{g.name}"]\nwatch = true\n' for g in guests))
         log = open(work / "watch.log", "wb")

@@ -137,7 +137,7 @@ def run_vmcrash(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *, stag
     shm = Path("/dev/shm") / f"vmcrash-bench-{os.getpid()}"
     shm.mkdir(exist_ok=True)
     cfg = work / "vmcrash.toml"
-    cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mb = 64\n'
+    cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mib = 64\n'
                    f'[clock]\nsweep_interval_s = 0\nsync_after_recovery = false\n'
                    f'[staging]\ntmpfs_dir = "{shm}"\ntmpfs = "{"always" if staged else "never"}"\n'
                    f'compact = true\n'
@@ -194,7 +194,7 @@ def run_vmcrash_mode(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *,
     shm = Path("/dev/shm") / f"vmcrash-bench-{os.getpid()}"
     shm.mkdir(exist_ok=True)
     cfg = work / "vmcrash.toml"
-    cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mb = 64\n'
+    cfg.write_text(f'dump_dir = "{work / "dumps"}"\ncatalog = "{work / "catalog.sqlite"}"\nmin_free_mib = 64\n'
                    f'[clock]\nsweep_interval_s = 0\nsync_after_recovery = false\n'
                    f'[staging]\ntmpfs_dir = "{shm}"\ncompact = false\n'
                    f'[domains."*"]\nwatch = false\n[domains."{guest.name}"]\nwatch = true\n'

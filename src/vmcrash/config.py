@@ -12,13 +12,13 @@ Example::
     catalog_spool = "/var/lib/vmcrash/catalog-spool.sqlite"  # with postgresql: this host's local copy
     host = ""                                       # the name this host's rows carry ("" = hostname)
     max_parallel_dumps = 2
-    min_free_mb = 1024                              # never fill the dump disk below this
+    min_free_mib = 1024                             # never fill the dump disk below this
     metrics_listen = ""                             # e.g. "127.0.0.1:9464" for Prometheus
     run_dir = "/run/vmcrash"                        # one daemon per hypervisor: its lock lives here
 
     [retention]
     max_dumps_per_domain = 5                        # 0 = unlimited
-    max_total_gb = 0                                # 0 = unlimited
+    max_total_gib = 0                               # 0 = unlimited
     max_age_days = 0                                # 0 = unlimited
     keep_min_per_domain = 1                         # pruning for space never goes below this
 
@@ -60,11 +60,17 @@ Example::
 
 Policy tables are merged: defaults, then every glob that matches (in file order), then the
 exact name.
+
+Keys say their unit (``_mib``, ``_gib``, ``_s``, ``_ms``). The names they had before
+(:data:`RENAMED_KEYS`: ``min_free_mb``, ``max_total_gb``, ``ram_headroom_mb``, ``hold_headroom_mb``)
+are still read with the same meaning, with one deprecation line in the log; a file naming both the
+old and the new key is refused.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import socket
 import tomllib
@@ -74,9 +80,12 @@ from typing import Any
 
 from vmcrash.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DUMP_FORMATS",
+    "RENAMED_KEYS",
     "RECOVERY_ACTIONS",
     "Config",
     "DomainPolicy",
@@ -140,13 +149,13 @@ class Retention:
     """Limits on kept dumps; 0 means unlimited."""
 
     max_dumps_per_domain: int = 5
-    max_total_gb: float = 0.0
+    max_total_gib: float = 0.0
     max_age_days: float = 0.0
     keep_min_per_domain: int = 1
 
     @property
     def max_total_bytes(self) -> int:
-        return int(self.max_total_gb * 1024**3)
+        return int(self.max_total_gib * 1024**3)
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ class Staging:
     #: 2 = a reader thread and a writer thread (measured faster here, see bench/stream.py)
     stream_threads: int = 2
     tmpfs_dir: str = "/dev/shm"
-    ram_headroom_mb: int = 2048
+    ram_headroom_mib: int = 2048
     #: "auto": stage in tmpfs when the page cache cannot absorb the dump without throttling and RAM
     #: allows; "always": whenever RAM allows; "never": straight to the dump dir.
     tmpfs: str = "auto"
@@ -193,7 +202,7 @@ class Staging:
     compact_exclude_free: bool = True
     keep_elf: bool = True
     #: capture ``hold``: keep this much MemAvailable with the recovered guest's whole RAM counted
-    hold_headroom_mb: int = 1024
+    hold_headroom_mib: int = 1024
     #: at most this many crashed images held at once (more: stream)
     max_held_images: int = 2
     #: on SIGTERM, writing held images may take this long; then what is left is given up (recorded)
@@ -243,7 +252,7 @@ class Config:
     dump_dir: Path = Path("/var/lib/vmcrash/dumps")
     catalog: str = "/var/lib/vmcrash/catalog.sqlite"
     max_parallel_dumps: int = 2
-    min_free_mb: int = 1024
+    min_free_mib: int = 1024
     shutdown_dump: str = "abort"
     metrics_listen: str = ""
     #: where the one-daemon-per-hypervisor and per-crash locks live (see capture/daemon_lock.py)
@@ -283,7 +292,7 @@ class Config:
 
     @property
     def min_free_bytes(self) -> int:
-        return self.min_free_mb * 1024 * 1024
+        return self.min_free_mib * 1024 * 1024
 
     def has_exact(self, name: str) -> bool:
         """True when a policy table is keyed by exactly ``name`` (not a glob)."""
@@ -315,9 +324,36 @@ class Config:
 
 # -- parsing ---------------------------------------------------------------------------------
 
-_TOP_KEYS = {"libvirt_uri", "dump_dir", "catalog", "max_parallel_dumps", "min_free_mb", "shutdown_dump",
+#: Keys renamed to say their unit: (section, old name) -> new name ("" = the top level). The old
+#: name is still read with the same meaning (one deprecation line in the log); naming both is refused.
+RENAMED_KEYS: dict[tuple[str, str], str] = {
+    ("", "min_free_mb"): "min_free_mib",
+    ("retention", "max_total_gb"): "max_total_gib",
+    ("staging", "ram_headroom_mb"): "ram_headroom_mib",
+    ("staging", "hold_headroom_mb"): "hold_headroom_mib",
+}
+
+_TOP_KEYS = {"libvirt_uri", "dump_dir", "catalog", "max_parallel_dumps", "min_free_mib", "shutdown_dump",
              "metrics_listen", "run_dir", "catalog_spool", "host", "notify",
              "retention", "crash_loop", "clock", "staging", "domains", "web", "libvirt_dumps"}
+
+
+def _key_names(table: dict[str, Any], section: str, path: str | None) -> dict[str, str]:
+    """The setting each key of ``table`` (of ``section``; "" = top level) names: itself, or the new
+    name of a renamed key (logged once as deprecated).
+
+    :raises ConfigError: the table names both the old and the new key of one setting.
+    """
+    names = {key: key for key in table}
+    for (in_section, old), new in RENAMED_KEYS.items():
+        if in_section != section or old not in table:
+            continue
+        written = f"{section}.{old}" if section else old
+        if new in table:
+            raise ConfigError(f"old name of {new}, which is set too: keep only {new}", path=path, key=written)
+        log.warning("%s: %s is deprecated, read as %s (same meaning)", path or "configuration", written, new)
+        names[old] = new
+    return names
 
 
 def _check_type(value: Any, expected: type | tuple[type, ...], path: str | None, key: str) -> Any:
@@ -335,17 +371,19 @@ def _section(cls: type, table: Any, path: str | None, prefix: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError("expected a table", path=path, key=prefix)
     known = {f.name: f for f in fields(cls)}
+    names = _key_names(table, prefix, path)
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in known:
+        name = names[key]
+        if name not in known:
             raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", path=path,
                               key=f"{prefix}.{key}")
-        default = known[key].default
+        default = known[name].default
         expected: type | tuple[type, ...] = (int, float) if isinstance(default, (int, float)) and not \
             isinstance(default, bool) else type(default)
-        values[key] = _check_type(value, expected, path, f"{prefix}.{key}")
+        values[name] = _check_type(value, expected, path, f"{prefix}.{key}")
         if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
-                and key not in ("max_total_gb", "max_age_days", "window_minutes"):
+                and name not in ("max_total_gib", "max_age_days", "window_minutes"):
             raise ConfigError(f"expected an integer, got {value!r}", path=path, key=f"{prefix}.{key}")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError("must not be negative", path=path, key=f"{prefix}.{key}")
@@ -388,8 +426,9 @@ def _notify_target(table: Any, index: int, path: str | None) -> NotifyTarget:
 def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     """Validate a parsed TOML document. :raises ConfigError: naming the file and the key."""
     p = str(path) if path else None
-    for key in doc:
-        if key not in _TOP_KEYS:
+    names = _key_names(doc, "", p)
+    for key, name in names.items():
+        if name not in _TOP_KEYS:
             raise ConfigError(f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})", path=p, key=key)
     values: dict[str, Any] = {"path": path}
     if "libvirt_uri" in doc:
@@ -418,11 +457,11 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         if not 1 <= n <= 64:
             raise ConfigError("must be between 1 and 64", path=p, key="max_parallel_dumps")
         values["max_parallel_dumps"] = n
-    if "min_free_mb" in doc:
-        n = _check_type(doc["min_free_mb"], int, p, "min_free_mb")
+    for key in [k for k in doc if names[k] == "min_free_mib"]:
+        n = _check_type(doc[key], int, p, key)
         if n < 0:
-            raise ConfigError("must not be negative", path=p, key="min_free_mb")
-        values["min_free_mb"] = n
+            raise ConfigError("must not be negative", path=p, key=key)
+        values["min_free_mib"] = n
     if "shutdown_dump" in doc:
         mode = _check_type(doc["shutdown_dump"], str, p, "shutdown_dump")
         if mode not in ("abort", "finish"):

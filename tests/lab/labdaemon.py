@@ -23,7 +23,7 @@ class Daemon:
     """
 
     def __init__(self, directory: Path, extra: str = "", *, watch: list[str] | None = None,
-                 dump_dir: Path | None = None, min_free_mb: int = 64, staging: str = "",
+                 dump_dir: Path | None = None, min_free_mib: int = 64, staging: str = "",
                  env: dict[str, str] | None = None, run_dir: Path | None = None) -> None:
         self.env = {**os.environ, **(env or {})}
         self.dir = directory
@@ -38,7 +38,7 @@ class Daemon:
         self.config.write_text(
             f'dump_dir = "{self.dump_dir}"\n'
             f'catalog = "{self.catalog_path}"\n'
-            f"min_free_mb = {min_free_mb}\n"
+            f"min_free_mib = {min_free_mib}\n"
             f'run_dir = "{self.run_dir}"\n'
             + extra + "\n"
             # Only this test's guests: other lab guests on the host (other tests, benchmarks) are not ours.

@@ -181,7 +181,7 @@ def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_too_small_dump_dir_skips_dump_but_recovers(hv, lab_guest, daemon, small_fs) -> None:  # type: ignore[no-untyped-def]
     g = lab_guest(memory_mib=384)
-    d = daemon(watch=[g.name], dump_dir=small_fs / "dumps", min_free_mb=8)
+    d = daemon(watch=[g.name], dump_dir=small_fs / "dumps", min_free_mib=8)
     d.start()
     g.boot()
     g.crash()

@@ -190,7 +190,7 @@ def test_hold_memory_guard_and_reset_fall_back_to_stream(hv, lab_guest, daemon) 
     g = lab_guest(memory_mib=384, memory_backing="memfd")
     r = lab_guest(memory_mib=384, memory_backing="memfd")
     d = daemon(f'[domains."{g.name}"]\nwatch = true\n[domains."{r.name}"]\nwatch = true\nrecovery = "reset"\n',
-               staging="hold_headroom_mb = 100000000\n")
+               staging="hold_headroom_mib = 100000000\n")
     d.start()
     g.start()
     r.start()

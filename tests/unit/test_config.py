@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,85 @@ def test_lab_domains_are_watched_only_by_exact_name(tmp_path: Path) -> None:
     assert cfg.watches("web1")
     assert not cfg.watches("vmcrash-lab-2-1-ffff")
     assert cfg.watches("vmcrash-lab-1-1-abcd")
+
+
+Read = Callable[[Config], tuple[float, ...]]
+
+# Keys renamed to say their unit (issue 11): (TOML section, old key, new key, how to read the value).
+RENAMES = [
+    ("", "min_free_mb", "min_free_mib", lambda c: (c.min_free_mib, c.min_free_bytes)),
+    ("retention", "max_total_gb", "max_total_gib", lambda c: (c.retention.max_total_gib,
+                                                              c.retention.max_total_bytes)),
+    ("staging", "ram_headroom_mb", "ram_headroom_mib", lambda c: (c.staging.ram_headroom_mib,)),
+    ("staging", "hold_headroom_mb", "hold_headroom_mib", lambda c: (c.staging.hold_headroom_mib,)),
+]
+# 3 MiB / 3 GiB in bytes, for the settings that have a byte form
+EXPECTED = {"min_free_mb": (3, 3 * 1024 * 1024), "max_total_gb": (3, 3 * 1024**3),
+            "ram_headroom_mb": (3,), "hold_headroom_mb": (3,)}
+
+
+def _doc(section: str, *lines: str) -> str:
+    return (f"[{section}]\n" if section else "") + "".join(f"{line}\n" for line in lines)
+
+
+@pytest.mark.parametrize("section, old, new, read", RENAMES, ids=[r[1] for r in RENAMES])
+def test_old_unit_key_is_read_with_one_deprecation_line(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                        section: str, old: str, new: str, read: Read) -> None:
+    p = _write(tmp_path, _doc(section, f"{old} = 3"))
+    with caplog.at_level("INFO", logger="vmcrash.config"):
+        cfg = load_config(p)
+    assert read(cfg) == EXPECTED[old]
+    records = [r for r in caplog.records if r.name == "vmcrash.config"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    lines = [r.getMessage() for r in records]
+    assert str(p) in lines[0] and old in lines[0] and "deprecated" in lines[0] and new in lines[0]
+
+
+@pytest.mark.parametrize("section, old, new, read", RENAMES, ids=[r[2] for r in RENAMES])
+def test_new_unit_key_is_read_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                      section: str, old: str, new: str, read: Read) -> None:
+    with caplog.at_level("INFO", logger="vmcrash.config"):
+        cfg = load_config(_write(tmp_path, _doc(section, f"{new} = 3")))
+    assert read(cfg) == EXPECTED[old]
+    assert [r for r in caplog.records if r.name == "vmcrash.config"] == []
+
+
+@pytest.mark.parametrize("section, old, new, read", RENAMES, ids=[r[1] for r in RENAMES])
+def test_old_and_new_unit_key_together_are_refused(tmp_path: Path, section: str, old: str, new: str,
+                                                   read: Read) -> None:
+    p = _write(tmp_path, _doc(section, f"{new} = 3", f"{old} = 3"))
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    key = f"{section}.{old}" if section else old
+    assert msg.startswith(f"{p}: {key}: ") and new in msg and "\n" not in msg
+    assert err.value.path == str(p) and err.value.key == key
+
+
+def test_old_unit_key_errors_name_the_key_as_written(tmp_path: Path) -> None:
+    p = _write(tmp_path, "[staging]\nram_headroom_mb = -1\n")
+    with pytest.raises(ConfigError, match=r"staging\.ram_headroom_mb: must not be negative"):
+        load_config(p)
+    p = _write(tmp_path, 'min_free_mb = "lots"\n')
+    with pytest.raises(ConfigError, match=r": min_free_mb: expected int"):
+        load_config(p)
+
+
+def test_default_sizes_are_unchanged() -> None:
+    cfg = Config()
+    assert (cfg.min_free_mib, cfg.retention.max_total_gib, cfg.staging.ram_headroom_mib,
+            cfg.staging.hold_headroom_mib) == (1024, 0, 2048, 1024)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("where", ["README.md", "packaging/vmcrash.toml"])
+def test_documented_configurations_load_without_old_key_names(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                               where: str) -> None:
+    text = (ROOT / where).read_text()
+    if where.endswith(".md"):
+        text = text.split("\n```toml\n", 1)[1].split("\n```", 1)[0]
+    with caplog.at_level("INFO", logger="vmcrash.config"):
+        load_config(_write(tmp_path, text))
+    assert [r.getMessage() for r in caplog.records if r.name == "vmcrash.config"] == []

@@ -70,7 +70,7 @@ def test_count_age_and_total_limits_delete_the_oldest_files(dump_dir: Path, tmp_
     assert prune.apply_retention(cat, Retention(max_dumps_per_domain=0, max_age_days=20), now) == [b]
     assert not [n for n in on_disk(dump_dir) if n.startswith("db1-")]
     # total size: keep at most ~1.5 MiB → only the newest dump survives (the newest is never deleted)
-    assert prune.apply_retention(cat, Retention(max_dumps_per_domain=0, max_total_gb=1.5 / 1024), now) == [a[2]]
+    assert prune.apply_retention(cat, Retention(max_dumps_per_domain=0, max_total_gib=1.5 / 1024), now) == [a[2]]
     assert on_disk(dump_dir) == {f"web1-{a[3]}.elf", f"web1-{a[3]}.elf.json"}
 
 
@@ -91,7 +91,7 @@ def test_a_dump_being_written_and_foreign_files_are_never_deleted(dump_dir: Path
     assert prune.apply_retention(cat, Retention(max_dumps_per_domain=1), now) == []
     assert {partial.name, stranger.name, f"web1-{gone}.elf.json", f"web1-{old}.elf"} <= on_disk(dump_dir)
     # even a limit of one byte keeps the newest finished dump and never the one being written
-    assert prune.apply_retention(cat, Retention(max_dumps_per_domain=0, max_total_gb=1e-9), now) == []
+    assert prune.apply_retention(cat, Retention(max_dumps_per_domain=0, max_total_gib=1e-9), now) == []
     assert partial.exists()
 
 
@@ -112,7 +112,7 @@ def test_pruning_for_space_deletes_oldest_and_keeps_the_minimum_per_domain(small
     now = time.time_ns()
     web = [make_dump(cat, small_fs, "web1", "u-a", size_mib=8, ended_ns=now - (9 - i) * DAY_NS) for i in range(3)]
     db = make_dump(cat, small_fs, "db1", "u-b", size_mib=8, ended_ns=now - 20 * DAY_NS)  # oldest of all
-    cfg = Config(dump_dir=small_fs, min_free_mb=3, retention=Retention(max_dumps_per_domain=0, keep_min_per_domain=1),
+    cfg = Config(dump_dir=small_fs, min_free_mib=3, retention=Retention(max_dumps_per_domain=0, keep_min_per_domain=1),
                  staging=Staging(tmpfs="never"))
     handler = CrashHandler(cfg, lambda: None, cat)  # type: ignore[arg-type,return-value]
     # 16 MiB free; a 4 MiB guest's dump is estimated at 4 + 16 MiB, plus 3 MiB reserve: one 8 MiB dump must go

@@ -40,7 +40,7 @@ def test_retention_limits() -> None:
     kept = [_d(i, "a" if i % 2 else "b", 100, i) for i in range(1, 9)]
     doomed = plan_retention(kept, Retention(max_dumps_per_domain=2), now_ns=100)
     assert sorted(d.crash_id for d in doomed) == [1, 2, 3, 4]
-    doomed = plan_retention(kept, Retention(max_dumps_per_domain=0, max_total_gb=300 * MiB / 1024**3), 100)
+    doomed = plan_retention(kept, Retention(max_dumps_per_domain=0, max_total_gib=300 * MiB / 1024**3), 100)
     assert [d.crash_id for d in doomed] == [1, 2, 3, 4, 5]
     doomed = plan_retention(kept, Retention(max_dumps_per_domain=0, max_age_days=1), now_ns=86400 * 10**9 + 5)
     assert [d.crash_id for d in doomed] == [1, 2, 3, 4]

@@ -817,7 +817,7 @@ MEMFD_TRADEOFFS = (
     "KSM does not merge shared memory (a host relying on KSM page sharing loses it for this guest)",
     "transparent huge pages for shmem follow /sys/kernel/mm/transparent_hugepage/shmem_enabled "
     "(now: {thp}), not the anonymous THP setting",
-    "guest RAM counts as Shmem on the host; the host memory guard keeps staging.hold_headroom_mb free "
+    "guest RAM counts as Shmem on the host; the host memory guard keeps staging.hold_headroom_mib free "
     "while an image is held",
 )
 

@@ -74,7 +74,7 @@ class HoldStage:
         if requested == "copy":
             st = self.cfg.staging
             guard = guard_decision(mem_available_bytes=mem_available_bytes(), new_guest_bytes=info.memory_bytes,
-                                   headroom_bytes=st.hold_headroom_mb << 20, held_now=self.registry.count(),
+                                   headroom_bytes=st.hold_headroom_mib << 20, held_now=self.registry.count(),
                                    max_held=st.max_held_images)
         if requested in ("auto", "hold"):
             try:
@@ -85,7 +85,7 @@ class HoldStage:
                 st = self.cfg.staging
                 guard = guard_decision(mem_available_bytes=mem_available_bytes(),
                                        new_guest_bytes=info.memory_bytes if action == "restart" else 0,
-                                       headroom_bytes=st.hold_headroom_mb << 20,
+                                       headroom_bytes=st.hold_headroom_mib << 20,
                                        held_now=self.registry.count(), max_held=st.max_held_images)
         choice = choose_mode(requested=requested, recovery=action, backing=backing, fallback=fallback,
                              guard=guard)

@@ -249,7 +249,7 @@ class CrashHandler:
                 tmpfs_free = 0
             decision = decide_staging(mode=cfg.staging.tmpfs, tmpfs_dir=Path(cfg.staging.tmpfs_dir),
                                       expected_bytes=need,
-                                      headroom_bytes=cfg.staging.ram_headroom_mb * 1024 * 1024,
+                                      headroom_bytes=cfg.staging.ram_headroom_mib * 1024 * 1024,
                                       mem_available=mem_available_bytes(), tmpfs_free=tmpfs_free,
                                       dirty_allowance=dirty_allowance_bytes())
             self.catalog.log(crash_id, "staging", decision.reason)

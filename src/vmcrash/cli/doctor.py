@@ -63,7 +63,7 @@ def doctor(ctx: click.Context, domains: tuple[str, ...], fix: bool, as_json: boo
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks] + [
                 {"name": "dump-space", "ok": space_ok,
                  "detail": f"{fmt_bytes(free)} free in {cfg.dump_dir}, a dump needs up to {fmt_bytes(need)} "
-                           f"(incl. {cfg.min_free_mb} MiB reserve)"}],
+                           f"(incl. {cfg.min_free_mib} MiB reserve)"}],
         }
         if fix and not all(c.ok for c in checks):
             if not call(dom.isPersistent, domain=name):

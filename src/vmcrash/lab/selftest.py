@@ -170,7 +170,7 @@ def step_watch(run: SelftestRun) -> tuple[str, dict[str, Any]]:
         "libvirt_uri": run.options.uri,
         "dump_dir": str(work / "dumps"),
         "catalog": str(work / "catalog.sqlite"),
-        "min_free_mb": 64,
+        "min_free_mib": 64,
         "clock": {"sweep_interval_s": 0, "agent_wait_s": 120},
         # its own staging dir: never touch the files of a production daemon on this host
         "staging": {"tmpfs_dir": str(Path("/dev/shm") / f"vmcrash-selftest-{work.name}")},
