@@ -43,7 +43,7 @@ def make_dumps(hv: Hypervisor, size_mib: int, out: Path) -> dict[str, Path]:
     for p in paths.values():
         p.unlink(missing_ok=True)
     fill = 1024 if size_mib >= 2048 else 0
-    spec = GuestSpec(memory_mib=size_mib, fill_mb=fill, hostname=f"bench-{size_mib}")
+    spec = GuestSpec(memory_mib=size_mib, fill_mib=fill, hostname=f"bench-{size_mib}")
     with LabGuest(spec, hv=hv, image=build_image()) as g:
         t = time.monotonic()
         g.boot(timeout_s=600)

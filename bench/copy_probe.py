@@ -7,7 +7,7 @@ would be (pagemap scan + copy of present pages) + restart; ``stream``'s is (QEMU
 vmcrash writes the non-zero ones) + restart. This measures both copy steps and a streamed dump of the
 same crashed guest in one process and prints the ratio; the restart is the same for both.
 
-Usage: ``python bench/copy_probe.py [--memory-mib 2048] [--fill-mb 1024]``.
+Usage: ``python bench/copy_probe.py [--memory-mib 2048] [--fill-mib 1024]``.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ def present_runs(pid: int, hva: int, size: int) -> list[tuple[int, int]]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--memory-mib", type=int, default=2048)
-    ap.add_argument("--fill-mb", type=int, default=1024)
+    ap.add_argument("--fill-mib", "--fill-mb", type=int, default=1024)
     args = ap.parse_args()
     with LibvirtDaemons():
         hv = Hypervisor()
-        with LabGuest(GuestSpec(memory_mib=args.memory_mib, fill_mb=args.fill_mb), hv=hv) as g:
+        with LabGuest(GuestSpec(memory_mib=args.memory_mib, fill_mib=args.fill_mib), hv=hv) as g:
             g.boot(900)
             g.crash()
             g.wait_state("crashed", 120)
@@ -90,7 +90,7 @@ def main() -> int:
                 st = take_dump(g.dom, target, "elf", mode="stream", expected_bytes=args.memory_mib << 20,
                                threads=2)
             copy_s = t_map + t_scan + t_copy
-            print(f"guest {args.memory_mib} MiB, {args.fill_mb} MiB random (anonymous RAM)")
+            print(f"guest {args.memory_mib} MiB, {args.fill_mib} MiB random (anonymous RAM)")
             print(f"  copy:   memory map {t_map * 1e3:.0f} ms, pagemap scan {t_scan * 1e3:.0f} ms, "
                   f"{present >> 20} MiB present copied in {t_copy:.2f} s  => {copy_s:.2f} s, holds {present >> 20} MiB")
             print(f"  stream: {st.stream_bytes >> 20} MiB emitted by QEMU, {st.written_bytes >> 20} MiB written "

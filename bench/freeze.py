@@ -281,7 +281,7 @@ def bench_modes(hv: Hypervisor, events: Any, sizes_gib: list[int], tmp: Path, fi
 
 
 def _bench_one(hv: Hypervisor, events: Any, gib: int, fill: str, backing: str, tmp: Path) -> dict[str, Any]:
-    spec = GuestSpec(memory_mib=gib * 1024, fill_mb=gib * 512 if fill == "half" else 0,
+    spec = GuestSpec(memory_mib=gib * 1024, fill_mib=gib * 512 if fill == "half" else 0,
                      memory_backing=backing)  # type: ignore[arg-type]
     print(f"== {gib} GiB {fill} {backing}", flush=True)
     res: dict[str, Any] = {"gib": gib, "fill": fill, "backing": backing, "builtin": run_builtin(hv, spec, events)}
@@ -323,7 +323,7 @@ def median_run(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_profile(hv: Hypervisor, events: Any, name: str, spec: GuestSpec, tmp: Path,
                   repeat: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
-    print(f"== {name}: {spec.memory_mib} MiB guest, {spec.fill_mb} MiB random, {repeat} run(s) each", flush=True)
+    print(f"== {name}: {spec.memory_mib} MiB guest, {spec.fill_mib} MiB random, {repeat} run(s) each", flush=True)
     for _ in range(repeat):
         runs.setdefault("builtin", []).append(run_builtin(hv, spec, events))
     print(f"   builtin: {[round(r['freeze_s'], 2) for r in runs['builtin']]} s", flush=True)
@@ -376,7 +376,7 @@ def main() -> int:
             args.json.write_text(json.dumps(rows, indent=2))
         return 0
     profiles = {"idle 1 GiB": GuestSpec(memory_mib=1024)} if args.quick else {
-        "2 GiB, 1 GiB random": GuestSpec(memory_mib=2048, fill_mb=1024),
+        "2 GiB, 1 GiB random": GuestSpec(memory_mib=2048, fill_mib=1024),
         "idle 2 GiB": GuestSpec(memory_mib=2048),
     }
     with LibvirtDaemons():

@@ -37,7 +37,7 @@ def main() -> int:
     results: dict[str, list[float]] = {}
     with LibvirtDaemons():
         aio.event_loop()
-        with Hypervisor() as hv, LabGuest(GuestSpec(memory_mib=args.memory, fill_mb=args.fill), hv=hv) as g:
+        with Hypervisor() as hv, LabGuest(GuestSpec(memory_mib=args.memory, fill_mib=args.fill), hv=hv) as g:
             g.boot(900)
             g.crash()
             g.wait_state("crashed", 60)

@@ -225,7 +225,7 @@ def test_libvirtd_restart_during_libvirts_dump(hv, lab_guest, daemon) -> None:  
     """
     from vmcrash.lab.daemons import LIBVIRTD, LibvirtDaemons, stop_daemon
 
-    g = lab_guest(memory_mib=1024, fill_mb=300, on_crash="coredump-restart")
+    g = lab_guest(memory_mib=1024, fill_mib=300, on_crash="coredump-restart")
     d: Daemon = daemon(f'[domains."{g.name}"]\nwatch = true\n[libvirt_dumps]\nplace = "move"\n' + CLOCK)
     before_files = {p.name for p in LIBVIRT_DUMPS.iterdir()}
     try:

@@ -198,7 +198,7 @@ def test_too_small_dump_dir_skips_dump_but_recovers(hv, lab_guest, daemon, small
 
 def test_sigkill_mid_dump_then_restart_recovers(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
     # kdump-zlib makes QEMU compress in one thread: slow enough to kill the daemon mid-dump.
-    g = lab_guest(memory_mib=1024, fill_mb=600)
+    g = lab_guest(memory_mib=1024, fill_mib=600)
     d = daemon(f'[domains."{g.name}"]\nwatch = true\nformat = "kdump-zlib"\n')
     d.start()
     g.boot(240)
@@ -224,7 +224,7 @@ def test_sigterm_mid_dump(hv, lab_guest, daemon, mode: str) -> None:  # type: ig
     """SIGTERM mid-dump: a streamed dump is aborted (vmcrash closes the stream); a direct one cannot be
     (libvirt refuses to abort memory-only dumps) and is finished. Either way the guest is recovered and
     no partial file is left."""
-    g = lab_guest(memory_mib=1024, fill_mb=600)
+    g = lab_guest(memory_mib=1024, fill_mib=600)
     # kdump-zlib: QEMU compresses in one thread, slow enough to signal the daemon mid-dump
     d = daemon(f'[domains."{g.name}"]\nwatch = true\nformat = "kdump-zlib"\n', staging=f'mode = "{mode}"\n')
     d.start()
@@ -246,7 +246,7 @@ def test_sigterm_mid_dump(hv, lab_guest, daemon, mode: str) -> None:  # type: ig
 
 
 def test_three_panics_at_once_respect_parallel_limit(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
-    guests = [lab_guest(memory_mib=512, fill_mb=200) for _ in range(3)]
+    guests = [lab_guest(memory_mib=512, fill_mib=200) for _ in range(3)]
     d = daemon("max_parallel_dumps = 1\n", watch=[g.name for g in guests])
     d.start()
     for g in guests:

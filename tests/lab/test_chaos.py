@@ -80,7 +80,7 @@ def test_sigkill_at_seeded_points_loses_nothing(hv, lab_guest, daemon) -> None: 
 
     rng = random.Random(SEED)
     late_order = rng.sample(LATE, len(LATE))  # every late point at least once over the crashes
-    g = lab_guest(memory_mib=384, fill_mb=64)
+    g = lab_guest(memory_mib=384, fill_mib=64)
     # every crash here is one of a loop on purpose: the crash-loop guard must not stop the dumps
     d: Daemon = daemon("[crash_loop]\nmax_panics = 100\n", watch=[g.name])
     d.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

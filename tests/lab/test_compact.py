@@ -35,7 +35,7 @@ def console_kernel_lines(text: str) -> list[str]:
 
 
 def test_streamed_and_compacted_dumps_analyze_like_a_plain_dump(hv, lab_guest, daemon, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    g = lab_guest(memory_mib=512, fill_mb=128)
+    g = lab_guest(memory_mib=512, fill_mib=128)
     d = daemon(f'[domains."{g.name}"]\nwatch = true\nrecovery = "preserve"\n')
     d.start()
     g.boot()
@@ -88,7 +88,7 @@ def test_kdump_capture_is_rearranged_to_seekable(hv, lab_guest, daemon) -> None:
 
 
 def test_sigkill_during_compaction_resumes_and_never_leaves_a_false_complete_file(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
-    g = lab_guest(memory_mib=1024, fill_mb=700)
+    g = lab_guest(memory_mib=1024, fill_mib=700)
     d = daemon(f'[domains."{g.name}"]\nwatch = true\n', staging='compact_codec = "zlib"\nkeep_elf = false\n')
     d.start()
     g.boot(240)
@@ -129,7 +129,7 @@ def test_free_pages_excluded_match_the_guests_own_count(hv, lab_guest, tmp_path)
     guest kernel's own MemFree, and the kernel log read from the compact file is unchanged."""
     from vmcrash import vmcore
 
-    g = lab_guest(memory_mib=512, fill_mb=64)
+    g = lab_guest(memory_mib=512, fill_mib=64)
     g.boot()
     agent = g.agent()
     pid = agent.exec("/bin/cat", ["/proc/meminfo"], capture=True)

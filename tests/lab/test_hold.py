@@ -58,7 +58,7 @@ def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path, backing) -> None
     from vmcrash.capture.hold import copy_image, grab_dump_header, hold_image, triage_held, write_held
     from vmcrash.capture.recovery import recover
 
-    g = lab_guest(memory_mib=512, vcpus=2, fill_mb=64, memory_backing=backing)
+    g = lab_guest(memory_mib=512, vcpus=2, fill_mib=64, memory_backing=backing)
     g.boot(240)
     old_pid = qemu_pid(g.name)
     g.crash()
@@ -129,7 +129,7 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
     """Default policy (auto, restart) on a memfd guest: hold → fresh QEMU → triage → dump written behind."""
     import os
 
-    g = lab_guest(memory_mib=768, fill_mb=64, memory_backing="memfd")
+    g = lab_guest(memory_mib=768, fill_mib=64, memory_backing="memfd")
     anon = lab_guest(memory_mib=384)  # anonymous RAM: auto streams it, and says why
     cp = lab_guest(memory_mib=384)  # anonymous RAM, capture = "copy" by policy
     d = daemon(watch=[g.name, anon.name], extra=f'[domains."{cp.name}"]\nwatch = true\ncapture = "copy"\n')
@@ -218,7 +218,7 @@ def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> No
     """SIGTERM: bounded, what was given up is recorded. SIGKILL: next start says the image was lost."""
     from vmcrash.lab.guest import READY_MARK
 
-    g = lab_guest(memory_mib=512, fill_mb=96, memory_backing="memfd")
+    g = lab_guest(memory_mib=512, fill_mib=96, memory_backing="memfd")
     # a slow write-behind (4 MiB/s) keeps the image held long enough to stop the daemon meanwhile
     d = daemon(watch=[g.name], staging="hold_write_mib_s = 4\nhold_shutdown_s = 1\n")
     d.start()

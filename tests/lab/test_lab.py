@@ -84,7 +84,7 @@ def test_lab_cli_builds_and_boots_2gib_filled_guest_and_crashes_it(tmp_path: Pat
     image = json.loads(build.stdout)
     assert Path(image["kernel"]).exists() and Path(image["initrd"]).exists()
     serial = tmp_path / "console.log"
-    run = subprocess.run([*VMCRASH, "lab", "boot", "--memory", "2048", "--fill-mb", "1024", "--crash",
+    run = subprocess.run([*VMCRASH, "lab", "boot", "--memory", "2048", "--fill-mib", "1024", "--crash",
                           "--serial", str(serial), "--json"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)

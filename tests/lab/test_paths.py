@@ -20,7 +20,7 @@ pytestmark = pytest.mark.lab
 def test_tmpfs_staging_gives_the_same_file_as_libvirt(hv, lab_guest, daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A panic found at start-up is streamed into the tmpfs, then moved into the dump dir: the file
     is byte for byte what libvirt's own memory-only dump of the same frozen guest gives."""
-    g = lab_guest(memory_mib=384, fill_mb=64)
+    g = lab_guest(memory_mib=384, fill_mib=64)
     d: Daemon = daemon(f'[domains."{g.name}"]\nwatch = true\nformat = "elf"\n',
                        staging='tmpfs = "always"\ncompact = false\n')
     g.boot()
@@ -47,7 +47,7 @@ def test_sigterm_with_shutdown_dump_finish_completes_the_dump(hv, lab_guest, dae
                                                               tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """``shutdown_dump = "finish"``: SIGTERM mid-stream lets the dump complete, then the daemon exits 0
     with the guest recovered and the dump final with its sidecar."""
-    g = lab_guest(memory_mib=1024, fill_mb=600)
+    g = lab_guest(memory_mib=1024, fill_mib=600)
     # kdump-zlib: QEMU compresses in one thread, slow enough to signal the daemon mid-dump
     d: Daemon = daemon('shutdown_dump = "finish"\n'
                        f'[domains."{g.name}"]\nwatch = true\nformat = "kdump-zlib"\n',

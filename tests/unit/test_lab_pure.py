@@ -1,12 +1,17 @@
-"""Pure parts of the lab: the cpio writer (checked by GNU cpio) and the domain XML (checked by libvirt's schema)."""
+"""Pure parts of the lab: the cpio writer (checked by GNU cpio), the domain XML (checked by libvirt's schema)
+and the ``--fill-mib`` option of the lab verbs."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
+from vmcrash.cli._common import fill_mib_option
 from vmcrash.lab.cpio import CpioEntry, write_newc
 from vmcrash.lab.guest import GuestSpec, domain_xml, unique_name
 from vmcrash.lab.image import LabImage
@@ -40,7 +45,7 @@ def _image(tmp_path: Path) -> LabImage:
 
 @pytest.mark.parametrize("spec", [
     GuestSpec(),
-    GuestSpec(panic_model="pci", rtc="guest", vmcoreinfo=False, agent=False, memory_mib=2048, fill_mb=1024),
+    GuestSpec(panic_model="pci", rtc="guest", vmcoreinfo=False, agent=False, memory_mib=2048, fill_mib=1024),
     GuestSpec(clock_offset_s=-600, vcpus=2, on_crash="coredump-restart", panic_model="none"),
 ])
 def test_domain_xml_passes_libvirt_schema(tmp_path: Path, spec: GuestSpec) -> None:
@@ -54,9 +59,41 @@ def test_domain_xml_passes_libvirt_schema(tmp_path: Path, spec: GuestSpec) -> No
     assert ("pvpanic-pci" in xml) == (spec.panic_model == "pci")
     assert ("<panic model=\"isa\">" in xml) == (spec.panic_model == "isa")
     assert ("track=\"guest\"" in xml) == (spec.rtc == "guest")
-    assert f"fill_mb={spec.fill_mb}" in xml if spec.fill_mb else "fill_mb" not in xml
+    assert f"fill_mb={spec.fill_mib}" in xml if spec.fill_mib else "fill_mb" not in xml
 
 
 def test_unique_names_differ() -> None:
     names = {unique_name() for _ in range(100)}
     assert len(names) == 100
+
+
+def _fill_command() -> click.Command:
+    @click.command()
+    @fill_mib_option("MiB of random data.")
+    def cmd(fill_mib: int) -> None:
+        click.echo(f"fill_mib={fill_mib}")
+
+    return cmd
+
+
+@pytest.mark.parametrize("args, out", [([], "fill_mib=0"), (["--fill-mib", "7"], "fill_mib=7"),
+                                       (["--fill-mb", "7"], "fill_mib=7")])
+def test_fill_mib_option_and_its_old_spelling(args: list[str], out: str) -> None:
+    res = CliRunner().invoke(_fill_command(), args)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == out
+
+
+def test_fill_mib_and_fill_mb_together_are_a_usage_error() -> None:
+    res = CliRunner().invoke(_fill_command(), ["--fill-mib", "7", "--fill-mb", "7"])
+    assert res.exit_code == 2 and "--fill-mb is the older spelling of --fill-mib" in res.output
+
+
+@pytest.mark.parametrize("verb", [["lab", "boot"], ["selftest"]])
+def test_lab_verbs_show_fill_mib_and_hide_fill_mb(verb: list[str]) -> None:
+    run = [sys.executable, "-m", "vmcrash.cli.main", *verb]
+    shown = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "--fill-mib" in shown.stdout and "--fill-mb" not in shown.stdout
+    # refused while parsing, before any guest is booted
+    both = subprocess.run([*run, "--fill-mib", "1", "--fill-mb", "1"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "older spelling of --fill-mib" in both.stderr

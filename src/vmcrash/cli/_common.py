@@ -1,18 +1,22 @@
-"""Helpers shared by the verbs: the configuration from the group's --config, JSON output, durations."""
+"""Helpers shared by the verbs: the configuration from the group's --config, JSON output, durations,
+and the ``--fill-mib`` option of the lab verbs (with its older spelling ``--fill-mb``)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from vmcrash.config import Config, load_config
 
-__all__ = ["config_of", "echo_json", "fmt_ns", "fmt_bytes", "stderr_console", "log_handler"]
+__all__ = ["config_of", "echo_json", "fmt_ns", "fmt_bytes", "stderr_console", "log_handler", "fill_mib_option"]
 
 _console: Any = None
 
@@ -49,6 +53,28 @@ def config_of(ctx: click.Context) -> Config:
     root = ctx.find_root()
     path = (root.obj or {}).get("config_path") if root.obj else None
     return load_config(path)
+
+
+def fill_mib_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--fill-mib N`` option (MiB of random data a lab guest writes to RAM; 0-65536, default 0)
+    passed as ``fill_mib``, and its older spelling ``--fill-mb``, hidden, with the same meaning.
+
+    Giving both is a usage error (exit 2).
+    """
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(*args: Any, fill_mb: int | None, **kwargs: Any) -> Any:
+            if fill_mb is not None:
+                if click.get_current_context().get_parameter_source("fill_mib") is ParameterSource.COMMANDLINE:
+                    raise click.UsageError("--fill-mb is the older spelling of --fill-mib: give one of them")
+                kwargs["fill_mib"] = fill_mb
+            return f(*args, **kwargs)
+
+        command = click.option("--fill-mb", type=click.IntRange(0, 65536), default=None, hidden=True)(command)
+        return click.option("--fill-mib", type=click.IntRange(0, 65536), default=0, show_default=True,
+                            help=help_text)(command)
+
+    return decorate
 
 
 def echo_json(doc: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from vmcrash.cli._common import fill_mib_option
 from vmcrash.errors import EXIT_FINDINGS, EXIT_OK
 
 __all__ = ["lab"]
@@ -55,8 +56,7 @@ def probe(as_json: bool) -> None:
 @click.option("--memory", "memory_mib", type=click.IntRange(128, 65536), default=512, show_default=True,
               help="Guest memory in MiB.")
 @click.option("--vcpus", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option("--fill-mb", type=click.IntRange(0, 65536), default=0, show_default=True,
-              help="MiB of random data written to guest RAM before ready.")
+@fill_mib_option("MiB of random data written to guest RAM before ready.")
 @click.option("--panic-model", type=click.Choice(["isa", "pci", "none"]), default="isa", show_default=True)
 @click.option("--rtc", type=click.Choice(["host", "guest"]), default="host", show_default=True,
               help="host: RTC follows host time; guest: RTC stops while the guest is frozen.")
@@ -69,7 +69,7 @@ def probe(as_json: bool) -> None:
 @click.option("--on-crash", default="preserve", show_default=True, help="libvirt <on_crash> action.")
 @click.option("--name", default=None, help="Domain name (default: unique vmcrash-lab-...).")
 @click.option("--json", "as_json", is_flag=True)
-def boot(memory_mib: int, vcpus: int, fill_mb: int, panic_model: str, rtc: str, vmcoreinfo: bool,
+def boot(memory_mib: int, vcpus: int, fill_mib: int, panic_model: str, rtc: str, vmcoreinfo: bool,
          agent: bool, serial_path: str | None, crash: bool, keep: bool, on_crash: str, name: str | None,
          as_json: bool) -> int:
     """Boot one lab guest, optionally crash it, report, and (unless --keep) destroy it."""
@@ -80,7 +80,7 @@ def boot(memory_mib: int, vcpus: int, fill_mb: int, panic_model: str, rtc: str, 
     from vmcrash.lab.daemons import LibvirtDaemons
     from vmcrash.lab.guest import PANIC_LINE, GuestSpec, LabGuest, unique_name
 
-    spec = GuestSpec(memory_mib=memory_mib, vcpus=vcpus, fill_mb=fill_mb, panic_model=panic_model,  # type: ignore[arg-type]
+    spec = GuestSpec(memory_mib=memory_mib, vcpus=vcpus, fill_mib=fill_mib, panic_model=panic_model,  # type: ignore[arg-type]
                      rtc=rtc, vmcoreinfo=vmcoreinfo, agent=agent, on_crash=on_crash)  # type: ignore[arg-type]
     result: dict[str, Any] = {}
     daemons = LibvirtDaemons()

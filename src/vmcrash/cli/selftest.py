@@ -6,6 +6,7 @@ import json
 
 import click
 
+from vmcrash.cli._common import fill_mib_option
 from vmcrash.errors import EXIT_FINDINGS, EXIT_OK
 
 __all__ = ["selftest"]
@@ -16,12 +17,11 @@ __all__ = ["selftest"]
 @click.option("--memory", "memory_mib", type=click.IntRange(256, 65536), default=512, show_default=True,
               help="Guest memory in MiB.")
 @click.option("--vcpus", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option("--fill-mb", type=click.IntRange(0, 65536), default=0, show_default=True,
-              help="MiB of random data the guest writes to RAM before the crash.")
+@fill_mib_option("MiB of random data the guest writes to RAM before the crash.")
 @click.option("--panic-model", type=click.Choice(["isa", "pci"]), default="isa", show_default=True)
 @click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True, help="libvirt URI.")
 @click.pass_context
-def selftest(ctx: click.Context, as_json: bool, memory_mib: int, vcpus: int, fill_mb: int,
+def selftest(ctx: click.Context, as_json: bool, memory_mib: int, vcpus: int, fill_mib: int,
              panic_model: str, uri: str) -> int:
     """Boot a throwaway guest, crash it, and check that every step of the handling works.
 
@@ -29,7 +29,7 @@ def selftest(ctx: click.Context, as_json: bool, memory_mib: int, vcpus: int, fil
     """
     from vmcrash.lab.selftest import SelftestOptions, StepResult, run_selftest
 
-    options = SelftestOptions(memory_mib=memory_mib, vcpus=vcpus, fill_mb=fill_mb,
+    options = SelftestOptions(memory_mib=memory_mib, vcpus=vcpus, fill_mib=fill_mib,
                               panic_model=panic_model, uri=uri)
 
     def show(res: StepResult) -> None:

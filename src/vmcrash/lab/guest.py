@@ -58,7 +58,7 @@ class GuestSpec:
     """Parameters of a lab guest.
 
     :ivar memory_mib: guest RAM. :ivar vcpus: virtual CPUs.
-    :ivar fill_mb: MiB of random data written into a guest tmpfs before it reports ready.
+    :ivar fill_mib: MiB of random data written into a guest tmpfs before it reports ready.
     :ivar panic_model: ``"isa"`` (pvpanic at 0x505, via ACPI) or ``"pci"`` (pvpanic-pci).
     :ivar rtc: ``"host"`` (RTC follows host time) or ``"guest"`` (RTC stops with the guest).
     :ivar clock_offset_s: start the guest clock this many seconds off (``offset='variable'``).
@@ -74,7 +74,7 @@ class GuestSpec:
 
     memory_mib: int = 512
     vcpus: int = 1
-    fill_mb: int = 0
+    fill_mib: int = 0
     panic_model: Literal["isa", "pci", "none"] = "isa"
     rtc: Literal["host", "guest"] = "host"
     clock_offset_s: int | None = None
@@ -91,8 +91,9 @@ class GuestSpec:
     def cmdline(self) -> str:
         """The guest kernel command line."""
         words = ["console=ttyS0", "panic=0", "ignore_loglevel", "printk.time=1"]
-        if self.fill_mb:
-            words.append(f"fill_mb={int(self.fill_mb)}")
+        if self.fill_mib:
+            # the init script's own word (lab/image.py), kept as the guest image knows it
+            words.append(f"fill_mb={int(self.fill_mib)}")
         # The init starts the agent whenever the channel exists (so `doctor --fix` adding it works).
         words.append(f"vmcrash.agent={self.agent_mode}")
         if not self.hwclock:

@@ -28,7 +28,7 @@ class SelftestOptions:
 
     memory_mib: int = 512
     vcpus: int = 1
-    fill_mb: int = 0
+    fill_mib: int = 0
     panic_model: str = "isa"
     boot_timeout_s: float = 180.0
     panic_timeout_s: float = 60.0
@@ -99,7 +99,7 @@ def step_boot(run: SelftestRun) -> tuple[str, dict[str, Any]]:
     sweep_stale(run.hv)
     image = build_image()
     o = run.options
-    spec = GuestSpec(memory_mib=o.memory_mib, vcpus=o.vcpus, fill_mb=o.fill_mb,
+    spec = GuestSpec(memory_mib=o.memory_mib, vcpus=o.vcpus, fill_mib=o.fill_mib,
                      panic_model=o.panic_model)  # type: ignore[arg-type]
     run.guest = LabGuest(spec, hv=run.hv, image=image)
     run.cleanups.append(run.guest.cleanup)
