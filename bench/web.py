@@ -59,7 +59,7 @@ def fill(path: Path, crashes: int) -> None:
             cat.log(cid, kind, f"{kind} of crash {cid}")
         freeze = 2 + rng.random() * 4
         cat.update(cid, triage=docs[i % len(docs)], state="done", dump_path=f"/nonexistent/{domain}-{i}.elf",
-                   dump_size=537137547, dump_format="elf", dump_sha256="ab" * 32, freeze_s=freeze,
+                   dump_size_bytes=537137547, dump_format="elf", dump_sha256="ab" * 32, freeze_s=freeze,
                    recovery_action="restart", recovery_result="running", compact_state="done",
                    compact_path=f"/nonexistent/{domain}-{i}.kdump", compact={"codec": "zstd", "output_bytes": 2 << 24,
                                                                             "ratio": 0.045},

@@ -105,7 +105,7 @@ def check_adopted(row, g: LabGuest, src: Path) -> dict:  # type: ignore[no-untyp
     """The catalogued dump is libvirt's file: same bytes, 0600, an ELF core; triage matches the console."""
     path = Path(row.dump_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert row.dump_size == path.stat().st_size
+    assert row.dump_size_bytes == path.stat().st_size
     assert row.dump_sha256 == sha256(path)
     assert "CORE (Core file)" in subprocess.run(["readelf", "-h", str(path)], capture_output=True, text=True,
                                                 check=True).stdout

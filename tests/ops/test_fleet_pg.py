@@ -22,7 +22,7 @@ def _crash(cat: Catalog, domain: str, n: int) -> int:
     cid = cat.new_crash(domain=domain, uuid=f"uuid-{domain}", domain_id=n, source="event",
                         panic_ns=1_700_000_000 * 10**9 + n)
     cat.update(cid, state="dumping", dump_temp_path=f"/d/{domain}.partial")
-    cat.update(cid, state="done", dump_path=f"/d/{domain}-{n}.elf", dump_size=1234 + n, freeze_s=1.5,
+    cat.update(cid, state="done", dump_path=f"/d/{domain}-{n}.elf", dump_size_bytes=1234 + n, freeze_s=1.5,
                clock={"before_ms": -5000.0, "after_ms": 1.0, "synced": True},
                triage={"panic_line": "Kernel panic - not syncing: sysrq", "signature": "sig-a"})
     cat.record_clock_sync(domain=domain, uuid=f"uuid-{domain}", reason="after-crash", ok=True, before_ms=-5000.0,

@@ -20,7 +20,7 @@ from vmcrash.store.catalog import Catalog
 def _finished_crash(cat: Catalog, domain: str = "web-1") -> int:
     cid = cat.new_crash(domain=domain, uuid="6a1f0000-0000-4000-8000-000000000001", domain_id=3, source="event",
                         panic_ns=1_800_000_000_000_000_000)
-    cat.update(cid, state="done", dump_path=f"/var/lib/vmcrash/dumps/{domain}.elf", dump_size=4096, freeze_s=2.25,
+    cat.update(cid, state="done", dump_path=f"/var/lib/vmcrash/dumps/{domain}.elf", dump_size_bytes=4096, freeze_s=2.25,
                recovery_action="restart", recovery_result="running",
                clock={"before_ms": -3000.5, "after_ms": 0.7, "synced": True},
                triage={"panic_line": "Kernel panic - not syncing: sysrq triggered crash"})

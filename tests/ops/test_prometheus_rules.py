@@ -54,7 +54,7 @@ def test_metrics_from_the_catalogue(tmp_path: Path) -> None:
     for i in range(4):  # a crash loop: 4 panics within the window
         cid = cat.new_crash(domain="loop-vm", uuid="u1", domain_id=i, source="event", panic_ns=now - i * 10**9)
         cat.update(cid, state="done", freeze_s=1.5 + i, skip_reason="crash loop: 3 panics" if i == 3 else None,
-                   dump_path=None if i == 3 else f"/d/{i}.elf", dump_size=1000, dump_started_ns=0,
+                   dump_path=None if i == 3 else f"/d/{i}.elf", dump_size_bytes=1000, dump_started_ns=0,
                    dump_ended_ns=2 * 10**9)
     cid = cat.new_crash(domain="web", uuid="u2", domain_id=1, source="event", panic_ns=now)
     cat.update(cid, state="dumping")

@@ -104,3 +104,17 @@ def test_advance_follows_the_table_and_tells_observers(tmp_path: Path) -> None:
                     (cid, "recovered", "done", True)]
     with pytest.raises(InvalidTransition, match="does not exist"):
         cat.advance(9999, CrashState.CAPTURING)
+
+
+def test_dump_size_bytes_is_the_dump_size_column(tmp_path: Path) -> None:
+    """The Python side says the unit; the column and the JSON of ``list --json`` keep ``dump_size``."""
+    cat = Catalog(tmp_path / "c.sqlite")
+    cid = cat.new_crash(domain="vm", uuid="u", domain_id=1, source="event", panic_ns=1)
+    cat.update(cid, dump_path="/d/vm.elf", dump_size_bytes=4096)
+    db = sqlite3.connect(tmp_path / "c.sqlite")
+    assert db.execute("SELECT dump_size FROM crashes WHERE id = ?", (cid,)).fetchone() == (4096,)
+    db.close()
+    row = cat.get(cid)
+    assert row is not None and row.dump_size_bytes == 4096
+    doc = row.to_dict()
+    assert doc["dump_size"] == 4096 and "dump_size_bytes" not in doc

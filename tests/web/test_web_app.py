@@ -39,7 +39,7 @@ def filled(tmp_path: Path) -> tuple[Path, Path, dict[str, int]]:
         doc["dmesg_tail"] = ["[    8.483526] CPU: 0 PID: 94 Comm: <b id=pwn>X</b> Not tainted"]
         dump = dumps / f"d{i}.elf"
         dump.write_bytes(b"ELF" * 100)
-        cat.update(cid, triage=doc, state="done", dump_path=str(dump), dump_size=300, dump_format="elf",
+        cat.update(cid, triage=doc, state="done", dump_path=str(dump), dump_size_bytes=300, dump_format="elf",
                    dump_sha256="ab" * 32, freeze_s=1.25 + i, recovery_action="restart", recovery_result="running",
                    clock={"before_ms": -5000.0 - i, "after_ms": 0.4, "synced": True})
         cat.record_clock_sync(domain=domain, uuid=f"u{i}", reason="crash", ok=True, before_ms=-5000.0 - i,

@@ -450,7 +450,7 @@ class Adopter:
             files.write_sidecar(names.sidecar, doc.to_dict())
             self.catalog.log(crash_id, "adopted", f"libvirt's dump {src} left in place")
         self.catalog.advance(crash_id, CrashState.CAPTURED, dump_path=str(path), dump_temp_path=None,
-                             dump_format=dump_fmt, dump_size=size, dump_sha256=doc.sha256, dump_ended_ns=ended_ns,
+                             dump_format=dump_fmt, dump_size_bytes=size, dump_sha256=doc.sha256, dump_ended_ns=ended_ns,
                              vmcoreinfo=has_vmcoreinfo, sidecar_path=str(names.sidecar), triage=triage, capture=cap)
         if triage_error:
             self.catalog.log(crash_id, "triage", f"triage: {triage_error}")

@@ -90,7 +90,7 @@ class Compactor:
             # the sidecar names the compacted file before the original goes
             sidecar.amend(row.sidecar_path, **changes)
             files.remove_quietly(plan.src)
-            updates.update(dump_path=str(plan.dst), dump_size=size, dump_sha256=sha)
+            updates.update(dump_path=str(plan.dst), dump_size_bytes=size, dump_sha256=sha)
         else:
             sidecar.amend(row.sidecar_path, **changes)
         self.catalog.update(crash_id, **updates)

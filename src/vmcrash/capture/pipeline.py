@@ -423,7 +423,7 @@ class CrashHandler:
             raise
         row = self.catalog.get(crash_id)
         fields: dict[str, Any] = {"dump_path": str(names.final), "dump_temp_path": None,
-                                  "dump_size": doc.size_bytes, "dump_sha256": doc.sha256,
+                                  "dump_size_bytes": doc.size_bytes, "dump_sha256": doc.sha256,
                                   "vmcoreinfo": has_vmcoreinfo, "sidecar_path": str(names.sidecar)}
         if triage is not None or not (row and row.triage):  # keep the held image's triage if this one failed
             fields["triage"] = triage

@@ -181,7 +181,7 @@ class Reconciler:
 
     def _done(self, row: CrashRow, final: Path, side: Path, size: int, sha: str, note: str, **fields: Any) -> None:
         """Close the row on its published dump, and queue that dump's compaction as the pipeline would."""
-        self.catalog.advance(row.id, S.DONE, dump_path=str(final), dump_temp_path=None, dump_size=size,
+        self.catalog.advance(row.id, S.DONE, dump_path=str(final), dump_temp_path=None, dump_size_bytes=size,
                              dump_sha256=sha or None, sidecar_path=str(side), error=None, **fields)
         self.catalog.log(row.id, "reconcile", note)
         if (row.dump_format or "").startswith("kdump") or self.cfg.staging.compact:

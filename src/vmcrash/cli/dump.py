@@ -135,7 +135,7 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
         if row.dump_path:
             cap = row.capture or {}
             click.echo(f"crash #{row.id}: {row.dump_path}")
-            click.echo(f"  {fmt_bytes(row.dump_size)} ({fmt_bytes(cap.get('written_bytes'))} written) in "
+            click.echo(f"  {fmt_bytes(row.dump_size_bytes)} ({fmt_bytes(cap.get('written_bytes'))} written) in "
                        f"{cap.get('seconds', 0):.2f} s; guest paused {row.freeze_s or 0:.2f} s, now "
                        f"{row.recovery_result}")
         else:

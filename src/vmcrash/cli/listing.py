@@ -86,7 +86,7 @@ def list_crashes(ctx: click.Context, domain: str | None, limit: int, clock: bool
         return
     click.echo(f"{'ID':>4}  {'PANIC (UTC)':<19}  {'DOMAIN':<28} {'STATE':<9} {'DUMP':>10} {'FREEZE':>8}  RECOVERY")
     for r in rows:
-        dump = fmt_bytes(r.dump_size) if r.dump_path else ("skipped" if r.skip_reason else "-")
+        dump = fmt_bytes(r.dump_size_bytes) if r.dump_path else ("skipped" if r.skip_reason else "-")
         freeze = f"{r.freeze_s:.2f}s" if r.freeze_s is not None else "-"
         rec = f"{r.recovery_action or '-'}->{r.recovery_result or '-'}"
         click.echo(f"{r.id:>4}  {fmt_ns(r.panic_ns):<19}  {r.domain[:28]:<28} {r.state:<9} {dump:>10} "
@@ -114,7 +114,7 @@ def _list_with_hosts(rows: list[Any]) -> None:
     click.echo(f"{'ID':>5}  {'HOST':<16} {'PANIC (UTC)':<19}  {'DOMAIN':<28} {'STATE':<9} {'DUMP':>10} "
                f"{'FREEZE':>8}  RECOVERY")
     for r in rows:
-        dump = fmt_bytes(r.dump_size) if r.dump_path else ("skipped" if r.skip_reason else "-")
+        dump = fmt_bytes(r.dump_size_bytes) if r.dump_path else ("skipped" if r.skip_reason else "-")
         freeze = f"{r.freeze_s:.2f}s" if r.freeze_s is not None else "-"
         rec = f"{r.recovery_action or '-'}->{r.recovery_result or '-'}"
         click.echo(f"{r.id:>5}  {(r.host or '-')[:16]:<16} {fmt_ns(r.panic_ns):<19}  {r.domain[:28]:<28} "

@@ -61,7 +61,7 @@ def show(ctx: click.Context, crash_id: int, as_json: bool) -> None:
         out.append(f"  {'capture':<12} {choice.get('mode')} ({choice.get('requested')}): {choice.get('reason')}{held}")
     if row.dump_path:
         out.append(f"  {'dump':<12} {row.dump_path}")
-        out.append(f"  {'':<12} {row.dump_format}, {fmt_bytes(row.dump_size)}"
+        out.append(f"  {'':<12} {row.dump_format}, {fmt_bytes(row.dump_size_bytes)}"
                    + (f", {fmt_bytes(cap.get('written_bytes'))} written" if cap.get("written_bytes") else "")
                    + (f", {cap.get('zero_pages_skipped')} zero pages skipped" if cap.get("zero_pages_skipped")
                       else "")

@@ -89,7 +89,7 @@ def crash_document(row: CrashRow) -> dict[str, Any]:
         "signature": _text(row.signature),
         "freeze_s": row.freeze_s,
         "recovery": {"action": row.recovery_action, "result": row.recovery_result},
-        "dump": {"path": row.dump_path, "format": row.dump_format, "size_bytes": row.dump_size,
+        "dump": {"path": row.dump_path, "format": row.dump_format, "size_bytes": row.dump_size_bytes,
                  "sha256": row.dump_sha256, "skipped": _text(row.skip_reason)},
         "clock": {"before_ms": clock.get("before_ms"), "after_ms": clock.get("after_ms"),
                   "corrected": clock.get("synced"), "error": _text(clock.get("error"))},

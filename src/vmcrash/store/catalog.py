@@ -170,6 +170,10 @@ UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(s.value for s in UNFINISHED))
 FINAL_STATES: tuple[str, ...] = tuple(sorted(s.value for s in FINAL))
 
 _JSON_COLUMNS = ("policy_json", "clock_json", "triage_json", "capture_json", "compact_json")
+#: :class:`CrashRow` attributes whose column has another name (the Python side says the unit; the
+#: column keeps its name, so no migration). ``list --json``/``show --json`` keep the column names.
+_COLUMN_OF = {"dump_size_bytes": "dump_size"}
+_ATTRIBUTE_OF = {column: attribute for attribute, column in _COLUMN_OF.items()}
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,8 @@ class CrashRow:
     dump_path: str | None
     dump_temp_path: str | None
     dump_format: str | None
-    dump_size: int | None
+    #: size of the dump file as written (bytes; column ``dump_size``)
+    dump_size_bytes: int | None
     dump_sha256: str | None
     dump_started_ns: int | None
     dump_ended_ns: int | None
@@ -216,10 +221,10 @@ class CrashRow:
     origin_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (used by ``list --json`` / ``show --json``)."""
+        """JSON-ready form (used by ``list --json`` / ``show --json``), keyed by the column names."""
         from dataclasses import asdict
 
-        return asdict(self)
+        return {_COLUMN_OF.get(k, k): v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -249,7 +254,7 @@ class OutboxEntry:
 
 def row_to_crash(row: Any) -> CrashRow:
     """A crash from a database row (a mapping of column → value, SQLite or PostgreSQL)."""
-    d = dict(row)
+    d: dict[str, Any] = {_ATTRIBUTE_OF.get(str(k), str(k)): v for k, v in dict(row).items()}
     known = CrashRow.__dataclass_fields__
     for extra in [k for k in d if k not in known and k not in _JSON_COLUMNS]:
         d.pop(extra)  # a column added by a newer migration than this reader knows
@@ -374,7 +379,8 @@ class Catalog:
         return change
 
     def update(self, crash_id: int, **values: Any) -> None:
-        """Set columns of a crash. Dict/list values go to the matching ``*_json`` column.
+        """Set columns of a crash, named as :class:`CrashRow` attributes (``dump_size_bytes`` is the
+        ``dump_size`` column). Dict/list values go to the matching ``*_json`` column.
 
         A ``state`` given here is stored as is (legacy names mapped forward), without the checks and
         observers of :meth:`advance` — for fixtures and migrations, not for the pipeline.
@@ -393,6 +399,7 @@ class Catalog:
                 key, value = f"{key}_json", None if value is None else json.dumps(value)
             if key == "vmcoreinfo" and value is not None:
                 value = int(bool(value))
+            key = _COLUMN_OF.get(key, key)
             if not key.replace("_", "").isalnum():
                 raise ValueError(key)
             cols.append(f"{key} = ?")
@@ -547,7 +554,6 @@ class Catalog:
             rows = self._db.execute("SELECT * FROM crashes WHERE signature = ? ORDER BY id DESC LIMIT ?",
                                     (signature, max(1, min(limit, 1_000_000)))).fetchall()
         return [row_to_crash(r) for r in rows]
-        return (row_to_crash(r) for r in rows)
 
     def hosts(self) -> list[str]:
         """Every host that has crashes or clock checks recorded here, sorted."""

@@ -48,7 +48,7 @@ def crash_summary(row: CrashRow) -> dict[str, Any]:
             "panic_line": str(panic)[:MAX_LINE_CHARS] if panic else None,
             "signature": row.signature, "signature_id": signature_id(row.signature) if row.signature else None,
             "freeze_s": row.freeze_s, "recovery_action": row.recovery_action,
-            "recovery_result": row.recovery_result, "dump_size_bytes": row.dump_size, "error": row.error}
+            "recovery_result": row.recovery_result, "dump_size_bytes": row.dump_size_bytes, "error": row.error}
 
 
 def dump_files(row: CrashRow) -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ def dump_files(row: CrashRow) -> list[dict[str, Any]]:
     if row.dump_path:
         p = Path(row.dump_path)
         out.append({"kind": "dump", "name": p.name, "path": row.dump_path, "format": row.dump_format,
-                    "size_bytes": row.dump_size, "sha256": row.dump_sha256, "present": p.exists(),
+                    "size_bytes": row.dump_size_bytes, "sha256": row.dump_sha256, "present": p.exists(),
                     "vmcoreinfo": row.vmcoreinfo})
     comp = row.compact if isinstance(row.compact, dict) else {}
     if row.compact_path or row.compact_state:
