@@ -15,7 +15,7 @@ version of this script: ``runs.jsonl`` records the commit of each run):
 ``kallsyms``   built kallsyms tables, mutated -> ``decode_kallsyms``, ``lookup``, ``addresses_of``
 ``vmcoreinfo`` mutated VMCOREINFO text -> ``parse_vmcoreinfo`` and the code that reads it first
 ``oops``       kernel log lines (guest-written text) around a crash report -> ``find_crash``, ``parse_frame``
-``agent``      guest-agent reply text -> ``host/agent.py`` decoders, ``Agent`` methods over a replay
+``agent``      guest-agent reply text -> ``host/agent_protocol.py`` decoders, ``Agent`` methods over a replay
                transport, ``clock/_transport.py`` validators
 ``unitfile``   generated/mutated unit files -> ``decode_unit_bytes``, ``parse_unit_text``
 ``units``      small generated unit trees (links, masks, drop-ins, .wants) -> ``UnitLoader``, ``BootGraph``
@@ -985,6 +985,7 @@ class _ReplayAgent:
 def run_agent(case: Case) -> None:
     from vmcrash.clock import _transport as tr
     from vmcrash.host import agent as ag
+    from vmcrash.host import agent_protocol as proto
 
     op = case.data[0] if case.data else 0
     reply = case.data[1:].decode("utf-8", "replace")
@@ -995,11 +996,11 @@ def run_agent(case: Case) -> None:
     which = op % 10
     try:
         if which == 0:
-            ag.decode_reply(reply, command="guest-x", domain="fuzz")
+            proto.decode_reply(reply, command="guest-x", domain="fuzz")
         elif which == 1:
-            ag.parse_time_ns(ag.decode_reply(reply, command="guest-get-time"))
+            proto.parse_time_ns(proto.decode_reply(reply, command="guest-get-time"))
         elif which == 2:
-            ag.parse_exec_status(ag.decode_reply(reply, command="guest-exec-status"), max_output=1024)
+            proto.parse_exec_status(proto.decode_reply(reply, command="guest-exec-status"), max_output=1024)
         elif which == 3:
             real.exec("/bin/true", [], capture=True)
         elif which == 4:
@@ -1246,6 +1247,7 @@ def _warm_imports() -> None:
     import vmcrash.clock._transport
     import vmcrash.guest.graph
     import vmcrash.host.agent
+    import vmcrash.host.agent_protocol
     import vmcrash.vmcore  # noqa: F401
 
 

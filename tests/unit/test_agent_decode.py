@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vmcrash.errors import AgentProtocolError, AgentRefused
-from vmcrash.host.agent import decode_reply, encode_command, parse_exec_status, parse_time_ns
+from vmcrash.host.agent_protocol import decode_reply, encode_command, parse_exec_status, parse_time_ns
 
 
 def test_encode() -> None:

@@ -40,3 +40,13 @@ def test_the_pipeline_moves_crash_states_only_through_advance() -> None:
                     and any(k.arg == "state" for k in node.keywords):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_clock_package_does_not_import_libvirt() -> None:
+    """`vmcrash.clock` reaches the agent through a narrow protocol and the pure reply checks of
+    `vmcrash.host.agent_protocol`: importing it must not pull libvirt."""
+    code = ("import sys, vmcrash.clock, vmcrash.clock.fleet, vmcrash.clock.freezes, vmcrash.clock.hostsleep; "
+            "bad = [m for m in ('libvirt', 'libvirt_qemu') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,7 +1,7 @@
 """The clock's agent boundary: timed ``guest-get-time``/``guest-set-time`` and their validation.
 
 Replies come from the guest and are untrusted. Each reply is size-bounded (a time reply is a few
-dozen bytes; we accept :data:`MAX_TIME_REPLY_BYTES`), decoded by :func:`vmcrash.host.agent.decode_reply`
+dozen bytes; we accept :data:`MAX_TIME_REPLY_BYTES`), decoded by :func:`vmcrash.host.agent_protocol.decode_reply`
 and type/range-checked (an ``int``, not a ``bool`` or float, ``0 < t < 2**63``) *after* the
 closing host stamp, so validation never widens the bracket. A probe whose round trip exceeds
 ``max_rtt_ns`` is dropped as too slow to say anything; if every probe is, that is an error.
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from vmcrash.clock._estimate import Probe, probe_rtt_ns
 from vmcrash.errors import AgentProtocolError, AgentRefused
-from vmcrash.host.agent import decode_reply, parse_time_ns
+from vmcrash.host.agent_protocol import MAX_TIME_NS, decode_reply, parse_time_ns
 
 __all__ = [
     "DEFAULT_MAX_RTT_NS",
@@ -50,10 +50,6 @@ GET_TIMEOUT_S = 2
 SET_TIMEOUT_S = 10
 
 ClockNs = Callable[[], int]
-
-#: Largest time ``guest-set-time`` is asked to set: the int64 nanosecond limit.
-_MAX_TIME_NS = 2**63 - 1
-
 
 class ClockAgent(Protocol):
     """What the clock needs of a guest agent (:class:`vmcrash.host.agent.Agent` is one)."""
@@ -102,7 +98,7 @@ def parse_get_time_reply(reply: object, *, domain: str | None = None) -> int:
     :raises AgentRefused: the agent answered with an error.
     """
     value = decode_reply(reply, command="guest-get-time", domain=domain, max_bytes=MAX_TIME_REPLY_BYTES)
-    if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= _MAX_TIME_NS:
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= MAX_TIME_NS:
         # Checked here too because parse_time_ns quotes the whole number (up to ~4000 digits) in its message.
         shown = str(value) if value.bit_length() <= 128 else f"a {value.bit_length()}-bit integer,"
         raise AgentProtocolError(f"guest-get-time: {shown} ns is out of range", domain=domain)
@@ -191,7 +187,7 @@ def timed_set_time(agent: ClockAgent, lead_ns: int, *, clock_ns: ClockNs = time.
     """
     t_send = clock_ns()
     value = t_send + lead_ns
-    if not 0 < value <= _MAX_TIME_NS:
+    if not 0 < value <= MAX_TIME_NS:
         raise ValueError(f"time to set is out of range: {value} ns")
     try:
         reply = call_agent(agent, "guest-set-time", {"time": value}, timeout_s=timeout_s)

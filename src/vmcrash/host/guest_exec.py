@@ -29,7 +29,8 @@ from typing import Any
 import libvirt
 
 from vmcrash.errors import AgentProtocolError, AgentRefused, EnvironmentProblem, VmcrashError
-from vmcrash.host.agent import Agent, parse_exec_status
+from vmcrash.host.agent import Agent
+from vmcrash.host.agent_protocol import parse_exec_status
 
 __all__ = ["BOOTSTRAP", "GuestRun", "decode_result", "doctor_check", "guest_payload", "run_guest_cli"]
 
