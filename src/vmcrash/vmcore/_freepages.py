@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 from vmcrash.errors import GuestMemoryError
 
+from ._io import MASK64
 from ._vmcoreinfo import VmcoreInfo
 from ._x86 import KernelMemory
 
 __all__ = ["FreePages", "free_page_bitmap"]
 
-MASK64 = (1 << 64) - 1
 #: Low bits of ``section_mem_map`` that are flags, not address (SECTION_MAP_LAST_BIT is bit 5 in 6.1;
 #: older kernels use fewer bits, and masking more of a 64-byte-aligned address changes nothing).
 _SECTION_FLAGS = 0x3F

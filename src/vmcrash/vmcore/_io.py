@@ -15,7 +15,10 @@ from typing import Any, Protocol, Self
 
 from vmcrash.errors import DumpFormatError, StorageError
 
-__all__ = ["MAX_SINGLE_READ_BYTES", "ByteSource", "DumpFile", "unpack_from"]
+__all__ = ["MASK64", "MAX_SINGLE_READ_BYTES", "ByteSource", "DumpFile", "unpack_from"]
+
+#: Guest words and addresses are 64-bit (x86-64): a value taken from a dump is masked to this.
+MASK64 = (1 << 64) - 1
 
 #: No single read asked of a dump file may exceed this (a hostile size field cannot make us
 #: allocate more); real structures are far smaller (notes, bitmaps chunks, page data).

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from vmcrash.errors import GuestMemoryError
 
+from ._io import MASK64
 from ._vmcoreinfo import VmcoreInfo
-from ._x86 import MASK64, KernelMemory
+from ._x86 import KernelMemory
 
 __all__ = ["REQUIRED_SYMBOLS", "Kallsyms", "Symbol", "decode_kallsyms"]
 

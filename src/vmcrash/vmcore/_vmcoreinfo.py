@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from vmcrash.errors import GuestMemoryError
 
+from ._io import MASK64
+
 __all__ = ["MAX_VMCOREINFO_BYTES", "VmcoreInfo", "parse_vmcoreinfo"]
 
 #: The kernel reserves one page for it (VMCOREINFO_BYTES); be generous but bounded.
@@ -120,7 +122,7 @@ def parse_vmcoreinfo(raw: bytes) -> VmcoreInfo:
                 bad += 1
                 continue
             if kind == b"SYMBOL":
-                number &= (1 << 64) - 1
+                number &= MASK64
             typed[kind][name] = number
             continue
         if not _PLAIN_KEY_RE.match(key):

@@ -37,7 +37,7 @@ from vmcrash.errors import DumpFormatError, GuestMemoryError, StorageError, Usag
 from ._base import DumpReader
 from ._codecs import CODEC_FLAGS, available_codecs, get_codec
 from ._flat import FLAT_HEADER_BYTES, check_flat_header, iter_flat_records
-from ._io import DumpFile
+from ._io import MASK64, DumpFile
 from ._kdump import DISK_DUMP_HEADER, PAGE_DESC, SUB_HEADER, KdumpReader
 from ._notes import NT_PRSTATUS, Note
 from ._open import open_dump
@@ -300,7 +300,7 @@ def _headers(reader: DumpReader, lay: _Layout, codec_flag: int, notes: list[Note
         lay.bitmap_blocks, min(lay.max_mapnr, 0xFFFFFFFF), 0, 0, 0, 0, nr_cpus)
     phys_base = 0
     if vi is not None and "phys_base" in vi.numbers:
-        phys_base = vi.numbers["phys_base"] & ((1 << 64) - 1)
+        phys_base = vi.numbers["phys_base"] & MASK64
     elif isinstance(reader, KdumpReader):
         phys_base = reader.header.phys_base
     dump_level = (1 if exclude_zero else 0) | (16 if exclude_free else 0)

@@ -15,11 +15,11 @@ from collections import OrderedDict
 from vmcrash.errors import GuestMemoryError
 
 from ._base import DumpReader
+from ._io import MASK64
 from ._vmcoreinfo import VmcoreInfo
 
-__all__ = ["MASK64", "START_KERNEL_MAP", "KernelMemory", "to_signed64"]
+__all__ = ["START_KERNEL_MAP", "KernelMemory", "to_signed64"]
 
-MASK64 = (1 << 64) - 1
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 _DEFAULT_IMAGE_SIZE = 1 << 30  # KERNEL_IMAGE_SIZE with KASLR (512 MiB without)
 _PRESENT = 1 << 0
