@@ -68,3 +68,18 @@ def test_storage_errors_are_translated(tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="cannot finalize"):
         files.finalize(tmp_path / "missing.partial", tmp_path / "final")
+
+
+def test_fsync_by_path_of_a_file_its_directory_and_a_missing_name(tmp_path: Path) -> None:
+    from vmcrash.durable import fsync_parent, fsync_path
+    from vmcrash.errors import StorageError
+
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    fsync_path(f)
+    fsync_path(tmp_path)
+    fsync_parent(f)
+    fsync_parent(str(tmp_path / "not-yet"))  # the directory exists, the name need not
+    with pytest.raises(StorageError, match="fsync failed: No such file or directory") as err:
+        fsync_path(tmp_path / "gone")
+    assert err.value.path == str(tmp_path / "gone")

@@ -15,6 +15,7 @@ from typing import Any
 from vmcrash.capture import files, retention, sidecar
 from vmcrash.capture.compact import plan_compaction, run_compaction
 from vmcrash.config import Config
+from vmcrash.durable import fsync_path
 from vmcrash.store.catalog import Catalog
 from vmcrash.store.states import COMPACT_OPEN, CompactState
 
@@ -82,7 +83,7 @@ class Compactor:
         changes: dict[str, Any] = {"compaction": doc}
         if plan.drop_src:
             sha = files.sha256_file(plan.dst)
-            files.fsync_path(plan.dst)
+            fsync_path(plan.dst)
             size = plan.dst.stat().st_size
             changes.update(original_file=src.name, original_sha256=row.dump_sha256, file=plan.dst.name,
                            size_bytes=size, allocated_bytes=retention.disk_usage_bytes(plan.dst), sha256=sha,

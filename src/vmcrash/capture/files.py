@@ -6,8 +6,8 @@ to a safe ASCII component, and every final path is checked to be directly inside
 
 A dump is complete only under its final name ``<domain>-<uuid8>-<UTC time>.<ext>``; while it is
 written it is ``.<final name>.partial``. A file with ``.partial`` is never complete, so a killed
-daemon can never leave a file that looks complete but is not. This is the one place where
-``OSError`` is translated into :class:`~vmcrash.errors.StorageError`.
+daemon can never leave a file that looks complete but is not. ``OSError`` becomes
+:class:`~vmcrash.errors.StorageError` through the one translation, :func:`vmcrash.errors.storage_errors`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmcrash.durable import fsync_path
 from vmcrash.errors import StorageError, storage_errors
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "dump_name",
     "ensure_dump_dir",
     "inside",
-    "fsync_path",
     "iso_utc",
     "finalize",
     "write_sidecar",
@@ -116,16 +116,6 @@ def ensure_dump_dir(dump_dir: Path) -> Path:
         dump_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(dump_dir, 0o700)
     return dump_dir
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file (or directory) by path."""
-    with storage_errors("fsync failed", path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def finalize(partial: Path, final: Path) -> None:

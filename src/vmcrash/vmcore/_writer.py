@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vmcrash.durable import fsync_parent
 from vmcrash.errors import DumpFormatError, GuestMemoryError, StorageError, UsageError, VmcrashError, storage_errors
 
 from ._base import DumpReader
@@ -107,14 +108,6 @@ def _identity(path: str) -> dict[str, int | str]:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Part:
     """``<dst>.part`` opened for writing, locked against a second writer, OSError -> StorageError."""
 
@@ -173,7 +166,7 @@ class _Part:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.ckpt_path)
-            _fsync_dir(self.ckpt_path)
+            fsync_parent(self.ckpt_path)
 
     def drop_checkpoint(self) -> None:
         for p in (self.ckpt_path, self.ckpt_path + ".tmp"):
@@ -186,7 +179,7 @@ class _Part:
         size = os.fstat(self.fd).st_size
         with storage_errors("cannot rename into place", self.dst):
             os.replace(self.path, self.dst)
-            _fsync_dir(self.dst)
+            fsync_parent(self.dst)
         self.drop_checkpoint()
         return size
 
