@@ -100,7 +100,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/vmcrash/vmcrash.toml")
-#: Name prefix of throwaway lab domains (see :mod:`vmcrash.lab.guest`).
+#: Name prefix of throwaway lab domains, ``vmcrash-lab-<pid>-<n>-<hex4>`` (made by
+#: :func:`vmcrash.lab.guest.unique_name`); a daemon watches them only when named exactly.
 LAB_PREFIX = "vmcrash-lab-"
 
 #: Dump formats QEMU offers through libvirt (lzo/snappy only when QEMU was built with them).

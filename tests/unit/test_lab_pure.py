@@ -3,6 +3,8 @@ and the ``--fill-mib`` option of the lab verbs."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,16 @@ def test_domain_xml_passes_libvirt_schema(tmp_path: Path, spec: GuestSpec) -> No
 def test_unique_names_differ() -> None:
     names = {unique_name() for _ in range(100)}
     assert len(names) == 100
+
+
+def test_lab_names_are_the_ones_a_daemon_leaves_alone() -> None:
+    """One prefix: the names the lab makes are the ones the daemon's config does not watch by glob."""
+    from vmcrash.config import Config
+
+    name = unique_name()
+    assert re.fullmatch(rf"vmcrash-lab-{os.getpid()}-\d+-[0-9a-f]{{4}}", name)
+    assert not Config(domains=(("*", (("watch", True),)),)).watches(name)
+    assert Config(domains=((name, (("watch", True),)),)).watches(name)
 
 
 def _fill_command() -> click.Command:

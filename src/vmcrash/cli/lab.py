@@ -125,14 +125,15 @@ def boot(memory_mib: int, vcpus: int, fill_mib: int, panic_model: str, rtc: str,
 @click.option("--all", "everything", is_flag=True, help="Remove every vmcrash-lab-* domain, not just stale ones.")
 def clean(everything: bool) -> None:
     """Destroy and undefine lab domains left behind (by dead processes, or all with --all)."""
+    from vmcrash.config import LAB_PREFIX
     from vmcrash.host.connection import Hypervisor
-    from vmcrash.lab.guest import NAME_PREFIX, destroy_and_undefine, sweep_stale
+    from vmcrash.lab.guest import destroy_and_undefine, sweep_stale
 
     with Hypervisor() as hv:
         removed = sweep_stale(hv)
         if everything:
             for dom in hv.domains():
-                if dom.name().startswith(NAME_PREFIX + "-"):
+                if dom.name().startswith(LAB_PREFIX):
                     destroy_and_undefine(dom)
                     removed.append(dom.name())
     click.echo(f"removed {len(removed)} domain(s)" + (": " + ", ".join(removed) if removed else ""))

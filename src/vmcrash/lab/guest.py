@@ -20,6 +20,7 @@ from typing import Literal
 
 import libvirt
 
+from vmcrash.config import LAB_PREFIX
 from vmcrash.errors import AgentUnavailable, EnvironmentProblem, VmcrashError
 from vmcrash.host.agent import Agent
 from vmcrash.host.connection import Hypervisor, call, state_name
@@ -27,7 +28,6 @@ from vmcrash.lab import kvm
 from vmcrash.lab.image import LAB_DIR, LabImage, build_image
 
 __all__ = [
-    "NAME_PREFIX",
     "GuestSpec",
     "LabGuest",
     "domain_xml",
@@ -40,7 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NAME_PREFIX = "vmcrash-lab"
 READY_MARK = "vmcrash-lab: ready"
 #: What the guest kernel prints when it panics (checked on the serial console).
 PANIC_LINE = "Kernel panic - not syncing"
@@ -48,9 +47,9 @@ QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _counter = itertools.count(1)
 
 
-def unique_name(prefix: str = NAME_PREFIX) -> str:
-    """A domain name unique to this process and call: ``<prefix>-<pid>-<n>-<hex4>``."""
-    return f"{prefix}-{os.getpid()}-{next(_counter)}-{secrets.token_hex(2)}"
+def unique_name() -> str:
+    """A domain name unique to this process and call: ``vmcrash-lab-<pid>-<n>-<hex4>`` (:data:`LAB_PREFIX`)."""
+    return f"{LAB_PREFIX}{os.getpid()}-{next(_counter)}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
     return ET.tostring(dom, encoding="unicode")
 
 
-_NAME_RE = re.compile(rf"^{NAME_PREFIX}-(\d+)-\d+-[0-9a-f]{{4}}$")
+_NAME_RE = re.compile(rf"^{re.escape(LAB_PREFIX)}(\d+)-\d+-[0-9a-f]{{4}}$")
 
 
 def destroy_and_undefine(dom: libvirt.virDomain) -> None:
