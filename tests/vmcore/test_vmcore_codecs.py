@@ -7,9 +7,9 @@ import zlib
 
 import pytest
 
-from vmcrash.errors import DumpFormatError, MissingCodec
+from vmcrash.errors import DumpFormatError, MissingCodec, UsageError
 from vmcrash.vmcore import _codecs
-from vmcrash.vmcore._codecs import available_codecs, codec_for_flags, get_codec
+from vmcrash.vmcore._codecs import available_codecs, codec_for_flags, get_codec, resolve_codec
 
 PAGE = 4096
 
@@ -39,6 +39,21 @@ def test_missing_library_names_the_codec(monkeypatch: pytest.MonkeyPatch) -> Non
             codec_for_flags(_codecs.CODEC_FLAGS[name])
         assert err.value.codec == name
     assert available_codecs() == ["zlib"]
+
+
+def test_auto_is_one_order_smallest_fast_codec_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` (convert_to_kdump and compaction alike) picks zstd when installed, as the README says;
+    without zstd the next of lzo, snappy; zlib when nothing else is installed."""
+    assert resolve_codec("auto") == "zstd"
+    assert resolve_codec("lzo") == "lzo"
+    with pytest.raises(UsageError, match="unknown codec 'brotli'"):
+        resolve_codec("brotli")
+    monkeypatch.setattr(_codecs, "_cache", {})
+    monkeypatch.setattr(_codecs, "_FACTORIES", {**_codecs._FACTORIES, "zstd": lambda: None})
+    assert resolve_codec("auto") == "lzo"
+    monkeypatch.setattr(_codecs, "_cache", {})
+    monkeypatch.setattr(_codecs, "_import", lambda name: None)
+    assert resolve_codec("auto") == "zlib"
 
 
 def test_flags() -> None:

@@ -57,22 +57,6 @@ def plan_compaction(dump_path: Path, fmt: str, *, keep_elf: bool) -> CompactionP
     return CompactionPlan("rearrange", dump_path, dst, drop_src=True)
 
 
-#: ``compact_codec = "auto"``: compaction runs in the background after the guest is back, so the
-#: smallest file among the fast codecs wins: zstd (measured on a 2 GiB dump: lzo 3.2 s, zstd 8.4 s,
-#: zlib 26 s; zstd's output is the smallest of the fast ones), then lzo, snappy, zlib.
-COMPACTION_CODEC_ORDER = ("zstd", "lzo", "snappy", "zlib")
-
-
-def pick_codec(codec: str) -> str:
-    """Resolve ``"auto"`` to the first installed codec of :data:`COMPACTION_CODEC_ORDER`."""
-    if codec != "auto":
-        return codec
-    from vmcrash.vmcore._codecs import available_codecs
-
-    have = available_codecs()
-    return next((c for c in COMPACTION_CODEC_ORDER if c in have), "zlib")
-
-
 def set_low_priority() -> None:
     """nice 19 and the idle I/O class for the calling process (Linux; best effort)."""
     try:
@@ -155,7 +139,7 @@ def _work(kind: str, src: Path, dst: Path, codec: str, reserve_bytes: int,
 
     t0 = time.monotonic()
     if kind == "convert":
-        result = vmcore.convert_to_kdump(src, dst, codec=pick_codec(codec), progress=progress,
+        result = vmcore.convert_to_kdump(src, dst, codec=codec, progress=progress,
                                          exclude_free=exclude_free)
     else:
         result = vmcore.rearrange_flattened(src, dst, progress=progress)

@@ -36,7 +36,7 @@ from vmcrash.durable import fsync_parent
 from vmcrash.errors import DumpFormatError, GuestMemoryError, StorageError, UsageError, VmcrashError, storage_errors
 
 from ._base import DumpReader
-from ._codecs import CODEC_FLAGS, available_codecs, get_codec
+from ._codecs import get_codec, resolve_codec
 from ._flat import FLAT_HEADER_BYTES, check_flat_header, iter_flat_records
 from ._io import MASK64, DumpFile
 from ._kdump import DISK_DUMP_HEADER, PAGE_DESC, SUB_HEADER, KdumpReader
@@ -45,7 +45,6 @@ from ._open import open_dump
 from ._vmcoreinfo import VmcoreInfo
 
 __all__ = [
-    "AUTO_CODEC_ORDER",
     "DEFAULT_CHECKPOINT_BYTES",
     "ConvertResult",
     "convert_to_kdump",
@@ -54,9 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``codec="auto"`` takes the first available: fastest per page first (measured here: lzo and
-#: snappy ~2x faster than zstd at level 1, zlib ~5x slower than zstd; see bench/analyze.py).
-AUTO_CODEC_ORDER = ("lzo", "snappy", "zstd", "zlib")
 DEFAULT_CHECKPOINT_BYTES = 256 << 20
 _CKPT_VERSION = 1
 _BATCH_PAGES = 256
@@ -190,16 +186,6 @@ class _Part:
 
 
 # -- convert ----------------------------------------------------------------------------------
-
-
-def _pick_codec(codec: str) -> str:
-    if codec == "auto":
-        have = available_codecs()
-        return next(c for c in AUTO_CODEC_ORDER if c in have)
-    if codec not in CODEC_FLAGS:
-        raise UsageError(f"unknown codec {codec!r}; choose auto, {', '.join(CODEC_FLAGS)}")
-    get_codec(codec)  # raises MissingCodec
-    return codec
 
 
 def serialize_notes(notes: list[Note]) -> bytes:
@@ -340,7 +326,7 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
                      checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES, exclude_free: bool = False) -> ConvertResult:
     """Convert any readable dump (ELF, kdump, flattened kdump) to seekable kdump-compressed.
 
-    :param codec: ``"auto"`` (first available of :data:`AUTO_CODEC_ORDER`), ``"zstd"``,
+    :param codec: ``"auto"`` (first installed of :data:`._codecs.AUTO_CODEC_ORDER`), ``"zstd"``,
         ``"zlib"``, ``"lzo"`` or ``"snappy"``.
     :param progress: called as ``progress(done_bytes, total_bytes)`` of guest memory processed.
     :param exclude_zero: leave all-zero pages out (bitmap 2 clear, dump_level 1; vmcrash reads them
@@ -356,7 +342,7 @@ def convert_to_kdump(src: str | os.PathLike[str], dst: str | os.PathLike[str], *
     """
     t0 = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
-    codec_name = _pick_codec(codec)
+    codec_name = resolve_codec(codec)
     comp = get_codec(codec_name)
     ident = _identity(src)
     part = _Part(dst)
