@@ -86,7 +86,6 @@ class Metrics:
         self.clock_residual_ms = _MillisecondGauge(Gauge(
             "vmcrash_clock_residual_seconds", "Guest clock error after the last correction", ["domain"], registry=r))
         self.connected = Gauge("vmcrash_libvirt_connected", "1 while connected to libvirt", registry=r)
-        self.active = Gauge("vmcrash_active_handlings", "Panics being handled now", registry=r)
         self.sweep_offset = Gauge("vmcrash_sweep_clock_offset_seconds", "Guest clock minus host clock, measured "
                                   "by the latest sweep (before any correction)", ["domain"], registry=r)
         self.last_sweep = Gauge("vmcrash_last_sweep_timestamp_seconds", "When the latest clock sweep ended",
