@@ -1,5 +1,10 @@
 """Crash triage from a guest dump alone (no debuginfo, no libvirt): readers, VMCOREINFO, kernel log.
 
+Writing the seekable kdump-compressed format takes four private modules, one job each:
+``_layout`` (where everything goes, the header bytes), ``_partfile`` (the resumable, atomic
+output file), ``_convert`` (any dump to kdump-compressed) and ``_rearrange`` (a flattened stream
+to the seekable file); ``_result`` is what both report.
+
 Public surface::
 
     open_dump(path) -> Dump              # ELF, kdump, flattened kdump (FORMATS); by content
@@ -18,14 +23,16 @@ are :class:`~vmcrash.errors.VmcrashError` subclasses only.
 
 from __future__ import annotations
 
+from ._convert import convert_to_kdump
 from ._kallsyms import Kallsyms, Symbol
 from ._notes import CpuState, Note
 from ._oops import Frame
 from ._open import FORMATS, Dump, open_dump
 from ._printk import PrintkRecord, for_each_record
+from ._rearrange import rearrange_flattened
+from ._result import ConvertResult
 from ._triage import SCHEMA_VERSION, Triage, analyze, analyze_dump, has_vmcoreinfo
 from ._vmcoreinfo import VmcoreInfo, parse_vmcoreinfo
-from ._writer import ConvertResult, convert_to_kdump, rearrange_flattened
 from ._x86 import KernelMemory
 
 __all__ = [
