@@ -12,7 +12,8 @@ from typing import Any
 
 import libvirt
 
-from vmcrash.capture.freezewatch import FreezeResyncs
+from vmcrash.capture.clockstep import ClockOutcome
+from vmcrash.capture.freezewatch import FreezeResyncs, FreezeSync
 from vmcrash.clock.fleet import Outcome, ResyncJob, ResyncOutcome
 from vmcrash.config import parse_config
 from vmcrash.host.connection import DomainInfo
@@ -20,6 +21,11 @@ from vmcrash.host.events import LifecycleEvent
 from vmcrash.store.catalog import Catalog
 
 S = 1_000_000_000
+
+
+def one_round(**kw: Any) -> FreezeSync:
+    """A resync of one round of the clock stage."""
+    return FreezeSync((ClockOutcome(**kw),))
 
 
 class Submitted:
@@ -79,13 +85,36 @@ def test_states_are_per_domain_and_forgotten_on_undefine(tmp_path: Path) -> None
 def test_an_outcome_is_recorded_like_the_post_crash_correction(tmp_path: Path) -> None:
     fr, _, cat = make(tmp_path)
     job = ResyncJob("u1", "vm1", "restore", "started/restored", 15.0, merged=("resumed/unpaused",))
-    result = {"ok": True, "synced": True, "before_ms": -15012.5, "after_ms": 0.7, "attempts": 1}
+    result = one_round(ok=True, synced=True, before_ms=-15012.5, after_ms=0.7, attempts=1)
     fr._record(ResyncOutcome(job, Outcome.SYNCED, result, None, 1.2, 1.5, 4))
     (row,) = cat.clock_syncs()
     assert (row["reason"], row["ok"], row["before_ms"], row["after_ms"], row["error"]) == \
         ("restore", 1, -15012.5, 0.7, None)
-    assert row["result"]["event"] == "started/restored" and row["result"]["frozen_s"] == 15.0
-    assert row["result"]["agent_waited_s"] == 1.2 and row["result"]["merged_events"] == ["resumed/unpaused"]
+    assert row["result"] == {"ok": True, "synced": True, "before_ms": -15012.5, "after_ms": 0.7, "attempts": 1,
+                             "event": "started/restored", "frozen_s": 15.0, "agent_waited_s": 1.2, "took_s": 1.5,
+                             "merged_events": ["resumed/unpaused"]}
+
+
+def test_rounds_keep_the_first_offset_found_and_all_attempts(tmp_path: Path) -> None:
+    """Three rounds at a busy moment: the row says what the first found, what the last left, and how
+    many guest-set-time calls all rounds took (the JSON that clock_syncs kept before FreezeSync)."""
+    fr, _, cat = make(tmp_path)
+    missed = ClockOutcome(False, True, -9000.0, -31.0, 0.2, 5, detail={"result": {"ok": False}})
+    again = ClockOutcome(False, True, -31.0, -12.0, 0.0, 5, detail={"result": {"ok": False}})
+    hit = ClockOutcome(True, True, -12.0, 0.6, 0.0, 2, detail={"result": {"ok": True}})
+    sync = FreezeSync((missed, again, hit))
+    assert (sync.ok, sync.before_ms, sync.after_ms, sync.attempts, sync.error) == (True, -9000.0, 0.6, 12, None)
+    assert sync.to_dict() == {"ok": True, "synced": True, "before_ms": -9000.0, "after_ms": 0.6, "waited_s": 0.0,
+                              "attempts": 12, "result": {"ok": True}, "rounds": 3}
+    fr._record(ResyncOutcome(ResyncJob("u1", "vm1", "restore", "started/restored"), Outcome.SYNCED, sync,
+                             None, 0.5, 3.0, 2))
+    (row,) = cat.clock_syncs()
+    assert (row["ok"], row["before_ms"], row["after_ms"], row["error"]) == (1, -9000.0, 0.6, None)
+    assert row["result"]["rounds"] == 3 and row["result"]["attempts"] == 12
+    # a first round that could not measure (agent error) is not merged: the last round speaks alone
+    failed = ClockOutcome(False, True, error="guest agent refused")
+    alone = FreezeSync((failed, hit))
+    assert alone.to_dict() == hit.to_dict() and (alone.before_ms, alone.attempts) == (-12.0, 2)
 
 
 def test_failures_are_recorded_and_drops_are_not(tmp_path: Path) -> None:
@@ -116,10 +145,10 @@ def test_startup_check_records_only_a_clock_that_was_off(tmp_path: Path) -> None
         ("reverted", "snapshot", "startup:running/from-snapshot", False),
         ("migrated", "migration", "startup:running/migrated", False),
         ("woken", "pm-wakeup", "startup:running/wakeup", False)]
-    within = {"ok": True, "synced": True, "before_ms": 0.4, "after_ms": 0.4, "attempts": 0}
+    within = one_round(ok=True, synced=True, before_ms=0.4, after_ms=0.4, attempts=0)
     fr._record(ResyncOutcome(sub.jobs[0], Outcome.SYNCED, within, None, 0.0, 0.1, 1))
     assert cat.clock_syncs() == []
-    off = {"ok": True, "synced": True, "before_ms": -9000.0, "after_ms": 0.4, "attempts": 1}
+    off = one_round(ok=True, synced=True, before_ms=-9000.0, after_ms=0.4, attempts=1)
     fr._record(ResyncOutcome(sub.jobs[1], Outcome.SYNCED, off, None, 0.0, 0.1, 1))
     assert [r["reason"] for r in cat.clock_syncs()] == ["snapshot"]
 
@@ -129,10 +158,10 @@ def test_list_clock_shows_reason_and_cause(tmp_path: Path) -> None:
     import sys
 
     fr, _, cat = make(tmp_path)
-    res = {"ok": True, "synced": True, "before_ms": -7010.0, "after_ms": -0.4, "attempts": 1}
+    res = one_round(ok=True, synced=True, before_ms=-7010.0, after_ms=-0.4, attempts=1)
     fr._record(ResyncOutcome(ResyncJob("u1", "vm1", "restore", "started/restored"), Outcome.SYNCED, res,
                              None, 0.1, 0.9, 1))
-    missed = {"ok": False, "synced": True, "before_ms": -5850.0, "after_ms": -14.8, "attempts": 5}
+    missed = one_round(ok=False, synced=True, before_ms=-5850.0, after_ms=-14.8, attempts=5)
     fr._record(ResyncOutcome(ResyncJob("u1", "vm1", "host-resume", "host-resume", 5.0), Outcome.SYNCED,
                              missed, None, 0.1, 2.0, 1))
     cat.record_clock_sync(domain="vm1", uuid="u1", reason="after-crash", ok=True, before_ms=-400.0,

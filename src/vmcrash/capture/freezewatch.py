@@ -5,9 +5,10 @@ Glue between libvirt and the pure clock parts: each watched domain's lifecycle e
 guest wake-up, a pause past the threshold) becomes a :class:`~vmcrash.clock.fleet.ResyncJob` on
 the bounded :class:`~vmcrash.clock.fleet.ResyncScheduler`; a host resume seen by
 :class:`~vmcrash.clock.hostsleep.SleepDetector` makes one job per watched running domain. Each
-correction is recorded in ``clock_syncs`` with its reason, the event that caused it, the offset
-found and the offset left — the same result dict as the post-crash correction
-(:func:`~vmcrash.capture.clockstep.clock_after_freeze`).
+correction is a :class:`FreezeSync` (the rounds of
+:func:`~vmcrash.capture.clockstep.clock_after_freeze` it took) and is recorded in ``clock_syncs``
+with its reason, the event that caused it, the offset found and the offset left — the same JSON as
+the post-crash correction.
 
 :class:`Watcher` hands in what this needs (a hypervisor getter, the catalogue, the watch rule, the
 set of domains whose panic is being handled), so nothing here reaches into the daemon.
@@ -19,11 +20,12 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
-from vmcrash.capture.clockstep import clock_after_freeze
+from vmcrash.capture.clockstep import ClockOutcome, clock_after_freeze
 from vmcrash.clock._sync import agent_not_configured
 from vmcrash.clock._transport import ping
 from vmcrash.clock.fleet import AgentReadiness, Outcome, ResyncJob, ResyncOutcome, ResyncScheduler
@@ -36,7 +38,7 @@ from vmcrash.host.connection import DomainInfo, Hypervisor, call
 from vmcrash.host.events import LifecycleEvent
 from vmcrash.store.catalog import Catalog
 
-__all__ = ["FreezeResyncs"]
+__all__ = ["FreezeResyncs", "FreezeSync"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,54 @@ _REASON_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class FreezeSync:
+    """One freeze resync: the rounds of the clock stage it took (at most :data:`SYNC_ROUNDS`), the
+    last one deciding; offsets in ms. Several rounds that began with a measurement report the
+    offset the first round found and the guest-set-time attempts of all rounds."""
+
+    rounds: tuple[ClockOutcome, ...]
+
+    @property
+    def last(self) -> ClockOutcome:
+        return self.rounds[-1]
+
+    @property
+    def _merged(self) -> bool:
+        return len(self.rounds) > 1 and self.rounds[0].before_ms is not None
+
+    @property
+    def ok(self) -> bool:
+        """The last round reached the target."""
+        return self.last.ok
+
+    @property
+    def before_ms(self) -> float | None:
+        """The offset found (by the first round, when merged)."""
+        return self.rounds[0].before_ms if self._merged else self.last.before_ms
+
+    @property
+    def after_ms(self) -> float | None:
+        """The offset left by the last round."""
+        return self.last.after_ms
+
+    @property
+    def attempts(self) -> int | None:
+        """guest-set-time calls made (of all rounds, when merged); ``None``: no sync ran."""
+        return sum(r.attempts or 0 for r in self.rounds) if self._merged else self.last.attempts
+
+    @property
+    def error(self) -> str | None:
+        return self.last.error
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON kept in ``clock_syncs.result_json``: the last round's, plus ``rounds`` when merged."""
+        d = self.last.to_dict()
+        if self._merged:
+            d = {**d, "before_ms": self.before_ms, "rounds": len(self.rounds), "attempts": self.attempts}
+        return d
+
+
 class FreezeResyncs:
     """Clock resyncs after every freeze the daemon sees end; one instance per daemon, on its loop."""
 
@@ -73,9 +123,9 @@ class FreezeResyncs:
         self.metrics = metrics
         self._clock_pair = clock_pair
         self.states: dict[str, State] = {}
-        self.scheduler = ResyncScheduler(probe=self._probe, sync=self._sync, on_done=self._record,
-                                         max_parallel=cfg.clock.max_parallel_syncs,
-                                         agent_wait_s=cfg.clock.agent_wait_s)
+        self.scheduler: ResyncScheduler[FreezeSync] = ResyncScheduler(
+            probe=self._probe, sync=self._sync, on_done=self._record, max_parallel=cfg.clock.max_parallel_syncs,
+            agent_wait_s=cfg.clock.agent_wait_s)
 
     def busy(self, uuid: str) -> bool:
         """True while a freeze resync of ``uuid`` is waiting or running."""
@@ -176,7 +226,7 @@ class FreezeResyncs:
             return AgentReadiness.NOT_YET
         return AgentReadiness.READY
 
-    def _sync(self, job: ResyncJob) -> dict[str, Any]:
+    def _sync(self, job: ResyncJob) -> FreezeSync:
         """The same correction as after a crash (the agent answered a moment ago: a short wait).
 
         A freeze resync often runs while the host is at its busiest (every guest restoring at once),
@@ -185,52 +235,48 @@ class FreezeResyncs:
         offset found and the last one left.
         """
         dom = self._hv().lookup(job.key)
-        rounds: list[dict[str, Any]] = []
+        rounds: list[ClockOutcome] = []
         while len(rounds) < SYNC_ROUNDS:
-            rounds.append(clock_after_freeze(dom, target_ms=self.cfg.clock.target_ms, agent_wait_s=10.0).to_dict())
-            if rounds[-1].get("ok") or not rounds[-1].get("synced"):
+            rounds.append(clock_after_freeze(dom, target_ms=self.cfg.clock.target_ms, agent_wait_s=10.0))
+            if rounds[-1].ok or not rounds[-1].synced:
                 break
-        result = rounds[-1]
-        if len(rounds) > 1 and "before_ms" in rounds[0]:
-            result = {**result, "before_ms": rounds[0]["before_ms"], "rounds": len(rounds),
-                      "attempts": sum(int(r.get("attempts") or 0) for r in rounds)}
-        return result
+        return FreezeSync(tuple(rounds))
 
     # -- recording (on the loop) ---------------------------------------------------------------
 
-    def _record(self, out: ResyncOutcome) -> None:
+    def _record(self, out: ResyncOutcome[FreezeSync]) -> None:
         job = out.job
         if out.outcome is Outcome.DROPPED:
             log.info("%s: clock resync after %s dropped: the domain did not run again within %g s "
                      "(the event that ends this freeze will ask again)", job.name, job.event,
                      self.cfg.clock.agent_wait_s)
             return
-        result = dict(out.result or {})
-        if not job.record_unchanged and out.outcome is Outcome.SYNCED and result.get("ok") \
-                and not result.get("attempts"):
-            log.info("%s: clock within target (%+.1f ms) after %s", job.name, result.get("before_ms") or 0.0,
-                     job.event)
+        sync = out.result if out.outcome is Outcome.SYNCED else None
+        if not job.record_unchanged and sync is not None and sync.ok and not sync.attempts:
+            log.info("%s: clock within target (%+.1f ms) after %s", job.name, sync.before_ms or 0.0, job.event)
             return
+        ok = sync is not None and sync.ok
+        error = sync.error if sync is not None else out.error
+        before_ms = sync.before_ms if sync is not None else None
+        after_ms = sync.after_ms if sync is not None else None
+        result = sync.to_dict() if sync is not None else {}
         result.update(event=job.event, frozen_s=job.frozen_s, agent_waited_s=out.waited_s, took_s=out.took_s)
         if job.merged:
             result["merged_events"] = list(job.merged)
-        error = out.error if out.outcome is Outcome.FAILED else result.get("error")
-        ok = out.outcome is Outcome.SYNCED and bool(result.get("ok"))
         if error and "error" not in result:
             result["error"] = error
         self.catalog.record_clock_sync(domain=job.name, uuid=job.key, reason=job.reason, ok=ok,
-                                       before_ms=result.get("before_ms"), after_ms=result.get("after_ms"),
-                                       result=result, error=error)
+                                       before_ms=before_ms, after_ms=after_ms, result=result, error=error)
         if self.metrics is not None:
             self.metrics.clock_syncs.labels(reason=job.reason, ok=str(ok).lower()).inc()
-            if result.get("after_ms") is not None:
-                self.metrics.clock_residual_ms.labels(domain=job.name).set(result["after_ms"])
+            if after_ms is not None:
+                self.metrics.clock_residual_ms.labels(domain=job.name).set(after_ms)
         if ok:
             log.info("%s: clock corrected after %s (%s): %+.1f ms -> %+.1f ms", job.name, job.reason,
-                        job.event, result["before_ms"], result["after_ms"])
+                     job.event, before_ms, after_ms)
         else:
             log.warning("%s: clock not corrected after %s (%s): %s", job.name, job.reason, job.event,
-                        error or f"{result.get('before_ms')} ms -> {result.get('after_ms')} ms")
+                        error or f"{before_ms} ms -> {after_ms} ms")
 
 
 def _running_domains(hv: Hypervisor) -> list[tuple[str, str]]:

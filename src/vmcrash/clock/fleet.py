@@ -14,7 +14,8 @@ agent replaces that job's description (one correction covers both); one that end
 already syncing runs again afterwards (the guest may have been frozen after it was measured).
 
 The scheduler knows nothing of libvirt: the caller hands in ``probe`` (is the agent there yet?)
-and ``sync`` (measure and correct, return a JSON-ready dict), blocking functions of a job.
+and ``sync`` (measure and correct, returning the caller's own result, which the scheduler only
+hands on), blocking functions of a job.
 ``bench/fleet.py`` drives it with 200 fake agents, ``tests/clock/test_clock_fleet.py`` with fakes.
 """
 
@@ -26,7 +27,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from vmcrash.errors import VmcrashError
 
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: What the caller's ``sync`` returns (the daemon: :class:`vmcrash.capture.freezewatch.FreezeSync`).
+R = TypeVar("R")
 
 #: The agent backoff, the same as :func:`vmcrash.clock.wait_for_agent`'s defaults (seconds).
 FIRST_DELAY_S = 0.1
@@ -61,7 +65,7 @@ class AgentReadiness(enum.Enum):
 
 
 class Outcome(enum.Enum):
-    SYNCED = "synced"      # the sync ran (its dict says whether the target was reached)
+    SYNCED = "synced"      # the sync ran (its result says whether the target was reached)
     FAILED = "failed"      # agent never answered, refused, or the sync raised
     DROPPED = "dropped"    # the domain did not run again within the wait (its freeze goes on)
 
@@ -87,12 +91,14 @@ class ResyncJob:
 
 
 @dataclass(frozen=True)
-class ResyncOutcome:
-    """How a job ended. ``waited_s``: waiting for the agent; ``took_s``: submit to end."""
+class ResyncOutcome(Generic[R]):
+    """How a job ended. ``result``: what ``sync`` returned (``SYNCED`` only); ``error``: why it
+    ``FAILED`` or was ``DROPPED`` (``None`` when the sync ran: its result says how that went);
+    ``waited_s``: waiting for the agent; ``took_s``: submit to end."""
 
     job: ResyncJob
     outcome: Outcome
-    result: dict[str, Any] | None
+    result: R | None
     error: str | None
     waited_s: float
     took_s: float
@@ -115,12 +121,12 @@ class _Slot:
     task: asyncio.Task[Any] | None = field(default=None, repr=False)
 
 
-class ResyncScheduler:
+class ResyncScheduler(Generic[R]):
     """Bounded, per-domain-serial clock resyncs on the running asyncio loop.
 
     :param probe: blocking; is the job's agent there? Raises :class:`~vmcrash.errors.VmcrashError`
         when waiting cannot help (no agent channel, domain gone): the job fails with that message.
-    :param sync: blocking; measure and correct; a JSON-ready dict (``ok``, ``before_ms``, ``after_ms``).
+    :param sync: blocking; measure and correct; its result goes to ``on_done`` untouched.
         A :class:`~vmcrash.errors.VmcrashError` fails the job with its message.
     :param on_done: called on the loop with every :class:`ResyncOutcome` (record it, count it).
     :param max_parallel: agent calls in flight at most (1..256).
@@ -128,8 +134,8 @@ class ResyncScheduler:
     """
 
     def __init__(self, *, probe: Callable[[ResyncJob], AgentReadiness],
-                 sync: Callable[[ResyncJob], dict[str, Any]],
-                 on_done: Callable[[ResyncOutcome], None], max_parallel: int = 8,
+                 sync: Callable[[ResyncJob], R],
+                 on_done: Callable[[ResyncOutcome[R]], None], max_parallel: int = 8,
                  agent_wait_s: float = 90.0, first_delay_s: float = FIRST_DELAY_S,
                  max_delay_s: float = MAX_DELAY_S) -> None:
         if not 1 <= max_parallel <= 256:
@@ -211,7 +217,7 @@ class ResyncScheduler:
         finally:
             self._slots.pop(slot.job.key, None)
 
-    async def _one(self, slot: _Slot) -> ResyncOutcome:
+    async def _one(self, slot: _Slot) -> ResyncOutcome[R]:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self.agent_wait_s
@@ -241,10 +247,10 @@ class ResyncScheduler:
             result = await self._call(self._sync, job)
         except VmcrashError as exc:
             return self._outcome(job, Outcome.FAILED, None, str(exc), start, answered, probes)
-        return self._outcome(job, Outcome.SYNCED, result, result.get("error"), start, answered, probes)
+        return self._outcome(job, Outcome.SYNCED, result, None, start, answered, probes)
 
-    def _outcome(self, job: ResyncJob, outcome: Outcome, result: dict[str, Any] | None, error: str | None,
-                 start: float, answered: float, probes: int) -> ResyncOutcome:
+    def _outcome(self, job: ResyncJob, outcome: Outcome, result: R | None, error: str | None,
+                 start: float, answered: float, probes: int) -> ResyncOutcome[R]:
         now = asyncio.get_running_loop().time()
         return ResyncOutcome(job, outcome, result, error, round(answered - start, 3), round(now - start, 3),
                              probes)
