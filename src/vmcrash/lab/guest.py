@@ -68,8 +68,13 @@ class GuestSpec:
     :ivar hwclock: keep ``/sbin/hwclock`` in the guest (``guest-set-time`` needs it).
     :ivar on_crash: libvirt's ``<on_crash>`` action; ``preserve`` leaves the guest to vmcrash.
     :ivar accel: ``"kvm"``, ``"qemu"`` (TCG) or ``None`` for the probed best.
-    :ivar memory_backing: ``"anonymous"`` (QEMU's private RAM, the default) or ``"memfd"`` (RAM in
-        one shared memfd the QEMU process holds; what capture mode ``hold`` needs).
+    :ivar memory_backing: ``"anonymous"`` (QEMU's private RAM, the default), or RAM in a shared
+        file the QEMU process holds (what capture mode ``hold`` needs): ``"memfd"`` (one memfd),
+        ``"hugepages"`` (hugetlbfs, 2 MiB pages from the host's pool: ``/proc/sys/vm/nr_hugepages``
+        must have room, and libvirtd must have seen hugetlbfs mounted when it started), ``"file"``
+        (a file in libvirt's ``memory_backing_dir``).
+    :ivar numa_cells: 0 for none, else that many guest NUMA cells splitting the RAM evenly (and the
+        vCPUs round robin): one QEMU memory backend per cell.
     """
 
     memory_mib: int = 512
@@ -86,7 +91,8 @@ class GuestSpec:
     accel: str | None = None
     hostname: str | None = None
     extra_cmdline: str = ""
-    memory_backing: Literal["anonymous", "memfd"] = "anonymous"
+    memory_backing: Literal["anonymous", "memfd", "hugepages", "file"] = "anonymous"
+    numa_cells: int = 0
 
     def cmdline(self) -> str:
         """The guest kernel command line."""
@@ -117,9 +123,12 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
     dom = ET.Element("domain", {"type": accel})
     _sub(dom, "name", name)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
-    if spec.memory_backing == "memfd":
+    if spec.memory_backing != "anonymous":
         backing = _sub(dom, "memoryBacking")
-        _sub(backing, "source", type="memfd")
+        if spec.memory_backing == "hugepages":
+            _sub(backing, "hugepages")
+        else:
+            _sub(backing, "source", type=spec.memory_backing)
         _sub(backing, "access", mode="shared")
     _sub(dom, "vcpu", str(spec.vcpus))
     os_el = _sub(dom, "os")
@@ -132,8 +141,19 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
     _sub(feats, "apic")
     if spec.vmcoreinfo:
         _sub(feats, "vmcoreinfo", state="on")
-    if accel == "kvm":
-        _sub(dom, "cpu", mode="host-passthrough")
+    if accel == "kvm" or spec.numa_cells:
+        cpu = _sub(dom, "cpu", mode="host-passthrough") if accel == "kvm" else _sub(dom, "cpu")
+        if spec.numa_cells:
+            numa = _sub(cpu, "numa")
+            per_cell_mib = spec.memory_mib // spec.numa_cells
+            for cell in range(spec.numa_cells):
+                attrs = {"id": str(cell), "memory": str(per_cell_mib), "unit": "MiB"}
+                cpus = ",".join(str(c) for c in range(spec.vcpus) if c % spec.numa_cells == cell)
+                if cpus:  # a cell without CPUs is a memory-only node (libvirt >= 6.5)
+                    attrs["cpus"] = cpus
+                if spec.memory_backing != "anonymous":
+                    attrs["memAccess"] = "shared"
+                _sub(numa, "cell", **attrs)
     if spec.clock_offset_s is not None:
         clock = _sub(dom, "clock", offset="variable", adjustment=str(int(spec.clock_offset_s)), basis="utc")
     else:
