@@ -125,6 +125,20 @@ def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path, backing, hugepag
         assert "Kernel panic - not syncing" in text
     else:
         assert "PT_LOAD" in mk[1].stdout + mk[1].stderr
+        # the held dump converted to kdump (what compaction does, zero pages kept readable): makedumpfile's
+        # own --dump-dmesg reads it and prints the kernel lines the console showed
+        from vmcrash.vmcore import convert_to_kdump
+
+        kd = tmp_path / "held.kdump"
+        convert_to_kdump(held, kd, codec="zlib", exclude_zero=False)
+        out = tmp_path / "held-kdump.dmesg"
+        r = subprocess.run(["makedumpfile", "--dump-dmesg", str(kd), str(out)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        mk_lines = [ln.rstrip() for ln in out.read_text(errors="replace").splitlines() if ln.strip()]
+        on_console = console_kernel_lines(g.serial_text())
+        assert mk_lines and len([ln for ln in mk_lines if ln in on_console]) >= 0.95 * len(mk_lines)
+        assert any("Kernel panic - not syncing" in ln for ln in mk_lines)
     # vmcrash analyze --dmesg gives the console's kernel lines
     doc = analyze_cli(held)
     console = console_kernel_lines(g.serial_text())
