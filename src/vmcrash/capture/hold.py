@@ -765,14 +765,15 @@ def copy_runs(runs: list[CopyRun], buffer: memoryview, *, threads: int = 2) -> N
 
 
 def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, *,
-               limit_bytes: int, threads: int = COPY_THREADS) -> HeldImage:
+               limit_bytes: int, threads: int = COPY_THREADS, huge_pages: bool = True) -> HeldImage:
     """Capture mode ``copy``: the guest memory the stopped QEMU has, copied into this process.
 
     Guest-physical → host address from QEMU's memory map. Private (anonymous) RAM: the pages
     ``/proc/<pid>/pagemap`` shows present or swapped are read from ``/proc/<pid>/mem``; RAM in a
     shared file (memfd, hugetlbfs, file): the file's ``SEEK_DATA`` extents, read from the file
     itself. Memory never touched reads as zeros and is not copied. The copy lands in one
-    anonymous mapping (transparent huge pages asked for: fewer faults) read by ``threads`` threads.
+    anonymous mapping (transparent huge pages asked for unless ``huge_pages`` is false: fewer
+    faults) read by ``threads`` threads.
 
     :raises EnvironmentProblem: more than ``limit_bytes`` to copy, or ``/proc`` unreadable.
     """
@@ -820,7 +821,7 @@ def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, 
                 runs.append(CopyRun(paddr, size, fd, off))
         if total:
             image.buffer = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            if hasattr(mmap, "MADV_HUGEPAGE"):
+            if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
                 try:
                     image.buffer.madvise(mmap.MADV_HUGEPAGE)
                 except OSError:
