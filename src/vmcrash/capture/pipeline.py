@@ -362,7 +362,8 @@ class CrashHandler:
         except VmcrashError as exc:
             why = f"restart failed: {exc}"
         if triage_job is not None:
-            self.hold.record_triage(crash_id, *triage_job, wait_s=TRIAGE_BEFORE_RELEASE_S)
+            thread, out = triage_job
+            self.hold.record_triage(crash_id, thread, out, wait_s=TRIAGE_BEFORE_RELEASE_S)
         self.hold.release(crash_id, f"{why}; held image released so the guest can start, retrying")
         dlog.error("%s; released the held image and retrying", why)
         row = self.catalog.get(crash_id)
