@@ -44,22 +44,18 @@ from pathlib import Path
 from typing import Any
 
 from vmcrash.errors import StorageError, UnitFileError, UsageError
-from vmcrash.guest.audit import (
+from vmcrash.guest.audit import audit_prerequisites, load_graph
+from vmcrash.guest.clockunits import (
     GENERIC_WAIT_UNIT,
     KNOWN_WAIT_UNITS,
-    TIME_SYNC,
-    audit_prerequisites,
-    chrony_conf_path,
     conflicting_daemons,
     find_clock_units,
-    load_graph,
     time_daemons,
 )
-from vmcrash.guest.audit import _env_value as env_value
-from vmcrash.guest.graph import BootGraph
+from vmcrash.guest.graph import TIME_SYNC, BootGraph
 from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import Link, OverlaySource, RootSource, UnitSource, resolve
-from vmcrash.guest.timecfg import ntpdate_servers, read_chrony
+from vmcrash.guest.timecfg import find_chrony_conf, ntpdate_servers, read_chrony
 from vmcrash.guest.units import UnitLoader
 
 __all__ = [
@@ -314,9 +310,7 @@ def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
 def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change], list[str]]:
     if not any(kind == "chrony" and uid in graph.transaction for uid, kind in time_daemons(graph)):
         return [], []
-    opts = (env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
-            or env_value(source, "/etc/sysconfig/chronyd", "OPTIONS"))
-    path = chrony_conf_path(source, opts)
+    path = find_chrony_conf(source)
     if path is None:
         return [], ["chrony is started at boot but no chrony.conf was found; no snippet written"]
     cfg = read_chrony(source, path)

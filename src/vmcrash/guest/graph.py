@@ -30,10 +30,13 @@ from dataclasses import dataclass
 from vmcrash.guest.names import escape_path, slice_for, unescape
 from vmcrash.guest.units import DepRef, Unit, UnitLoader
 
-__all__ = ["HARD_KINDS", "MAX_UNITS", "PULL_KINDS", "BootGraph", "Edge", "implicit_deps", "service_type"]
+__all__ = ["HARD_KINDS", "MAX_UNITS", "PULL_KINDS", "TIME_SYNC", "BootGraph", "Edge", "implicit_deps",
+           "service_type"]
 
 log = logging.getLogger(__name__)
 
+#: The target the whole audit is about: reached once the clock is synchronised, if something holds it.
+TIME_SYNC = "time-sync.target"
 #: Dependency kinds that put a start job for the other unit into the transaction.
 PULL_KINDS = ("requires", "binds_to", "wants", "upholds")
 #: Kinds whose target must be startable, or the depending unit's own job fails.
@@ -186,7 +189,7 @@ def implicit_deps(unit: Unit, loader: UnitLoader) -> list[DepRef]:
             out.append(_dd("before", "timers.target", unit, "part of timers.target"))
             out += early
             if unit.values("Timer", "OnCalendar"):
-                for target in ("time-set.target", "time-sync.target"):
+                for target in ("time-set.target", TIME_SYNC):
                     out.append(_dd("after", target, unit, "OnCalendar= needs the real time"))
             out += shutdown
         out.append(DepRef("before", _triggered(unit, "Timer", "Unit"), "implicit: timer triggers it"))

@@ -27,6 +27,9 @@ __all__ = [
     "NtpdConfig",
     "TimesyncdConfig",
     "chrony_conf_path",
+    "chrony_options",
+    "env_value",
+    "find_chrony_conf",
     "ntpdate_servers",
     "read_chrony",
     "read_ntpd",
@@ -47,6 +50,10 @@ NTPD_SLEW_ONLY_STEP_S = 600.0  # ntpd -x
 _MAX_FILES = 256
 _MAX_DEPTH = 8
 _MAX_BYTES = 1 << 20
+_MAX_ENV_FILE_BYTES = 1 << 16
+#: Where each distribution keeps chronyd's command line options (shell-style ``KEY=VALUE`` files).
+CHRONY_OPTION_FILES = (("/etc/default/chrony", "DAEMON_OPTS"),  # Debian, Ubuntu
+                       ("/etc/sysconfig/chronyd", "OPTIONS"))  # RHEL, Fedora, SUSE
 
 
 def slew_seconds(offset_s: float, rate_ppm: float) -> float:
@@ -133,11 +140,41 @@ def _parse_makestep(d: Directive) -> MakeStep | None:
         return None
 
 
-def _read_text(source: UnitSource, path: str) -> str:
+def _read_text(source: UnitSource, path: str, limit: int = _MAX_BYTES) -> str:
     real = resolve(source, path)
     if real is None:
         raise UnitFileError("symlink loop", path=path)
-    return source.read_bytes(real, _MAX_BYTES).decode("utf-8", "replace")
+    return source.read_bytes(real, limit).decode("utf-8", "replace")
+
+
+def env_value(source: UnitSource, path: str, key: str) -> str:
+    """``KEY``'s value in the shell-style environment file ``path`` (``/etc/default/*``,
+    ``/etc/sysconfig/*``), quotes and comments removed, the last assignment winning; ``""`` when the
+    file or the key is missing or unreadable."""
+    try:
+        text = _read_text(source, path, _MAX_ENV_FILE_BYTES)
+    except UnitFileError:
+        return ""
+    value = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(key + "="):
+            rest = line[len(key) + 1:]
+            try:
+                words = shlex.split(rest, comments=True)
+                value = " ".join(words)
+            except ValueError:
+                value = rest.strip("\"'")
+    return value
+
+
+def chrony_options(source: UnitSource) -> str:
+    """chronyd's command line options as the distribution's environment file sets them (``""``: none)."""
+    for path, key in CHRONY_OPTION_FILES:
+        value = env_value(source, path, key)
+        if value:
+            return value
+    return ""
 
 
 def _glob(source: UnitSource, pattern: str) -> list[str]:
@@ -164,6 +201,11 @@ def chrony_conf_path(source: UnitSource, daemon_opts: str = "") -> str | None:
         if real and source.kind(real) == "file":
             return candidate
     return None
+
+
+def find_chrony_conf(source: UnitSource) -> str | None:
+    """The chrony.conf chronyd reads on this tree (its options' ``-f`` first); None when there is none."""
+    return chrony_conf_path(source, chrony_options(source))
 
 
 def read_chrony(source: UnitSource, path: str) -> ChronyConfig:
