@@ -52,7 +52,6 @@ __all__ = [
     "HostNtpServer",
     "SystemdGuest",
     "boot_all",
-    "boot_and_collect",
     "build_boot_files",
     "ntp_query",
     "prepare_lab_root",
@@ -528,22 +527,6 @@ class SystemdGuest(LabGuest):
         self.dom = call(self.hv.conn.defineXML, self.domain_xml(), domain=self.name)
         return self.dom
 
-    def run_to_poweroff(self, timeout_s: float = 600.0) -> float:
-        """Start the guest and wait until it powers itself off; return the seconds it ran.
-
-        :raises EnvironmentProblem: still running after ``timeout_s`` (console tail in the message).
-        """
-        t0 = time.monotonic()
-        self.start()
-        assert self.dom is not None
-        while call(self.dom.isActive, domain=self.name):
-            if time.monotonic() - t0 > timeout_s:
-                tail = self.serial_text()[-1500:]
-                raise EnvironmentProblem(f"{self.name}: still running after {timeout_s:.0f} s; console tail: "
-                                         f"{tail!r}")
-            time.sleep(0.5)
-        return time.monotonic() - t0
-
 
 def new_evidence_disk(path: Path, size_bytes: int = EVIDENCE_DISK_BYTES) -> Path:
     """A zero-filled raw disk for the collector to write to."""
@@ -590,17 +573,6 @@ class LabBootResult:
     extra: dict[str, object] = field(default_factory=dict)
     #: watched console string -> host seconds from start until it first appeared
     console_seen_s: dict[str, float] = field(default_factory=dict)
-
-
-def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer, *,
-                     clock_offset_s: int = -600, timeout_s: float = 600.0,
-                     boot: LabImage | None = None, vcpus: int = 1) -> LabBootResult:
-    """Make a disk image of ``root``, boot it with the clock ``clock_offset_s`` off, return the evidence.
-
-    The domain is always destroyed and undefined; disk images are removed afterwards.
-    """
-    return boot_all(hv, [root], work, ntp, clock_offset_s=clock_offset_s, timeout_s=timeout_s, boot=boot,
-                    vcpus=vcpus)[0]
 
 
 def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
