@@ -113,15 +113,9 @@ def _cached(path: Path) -> dict[str, BoundBoot]:
 @pytest.fixture(scope="module")
 def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPathFactory,
                 ) -> Iterator[dict[str, BoundBoot]]:
+    from vmcrash.lab.labntp import HostNtpServer
     from vmcrash.lab.rootfs import build_variant
-    from vmcrash.lab.systemd_guest import (
-        HOST_ALIAS,
-        UNREACHABLE_NTP,
-        HostNtpServer,
-        boot_all,
-        build_boot_files,
-        prepare_lab_root,
-    )
+    from vmcrash.lab.systemd_guest import HOST_ALIAS, UNREACHABLE_NTP, boot_all, build_boot_files, prepare_lab_root
 
     timesyncd_root = build_variant(debian_root, "timesyncd")  # type: ignore[arg-type]
     work = LAB_DIR / "run" / f"guest-bound-{time.strftime('%H%M%S')}"

@@ -145,7 +145,8 @@ class Boot:
 
 @pytest.fixture(scope="module")
 def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
-    from vmcrash.lab.systemd_guest import HostNtpServer, boot_all, build_boot_files, prepare_lab_root
+    from vmcrash.lab.labntp import HostNtpServer
+    from vmcrash.lab.systemd_guest import boot_all, build_boot_files, prepare_lab_root
 
     work = LAB_DIR / "run" / f"guest-proof-{time.strftime('%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
