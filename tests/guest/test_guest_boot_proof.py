@@ -1,6 +1,6 @@
 """The proof on a real boot: debootstrapped Debian roots booted under QEMU with systemd, their clock 10 minutes behind.
 
-Two guests boot at the same time (module fixture, one vCPU each):
+Three guests boot at the same time (module fixture, one vCPU each):
 
 * ``before``: the Debian root with chrony as Debian ships it. Its only NTP source sits behind an
   :class:`~vmcrash.lab.labntp.NtpGate` that drops every NTP packet until the guest's collector
@@ -10,8 +10,11 @@ Two guests boot at the same time (module fixture, one vCPU each):
   win it on a fast boot). After its evidence the guest runs ``fix --root / --all-enabled`` on
   itself and reboots into the fixed boot (the live proof, second evidence slot).
 * ``after``: the same root after ``python3 -m vmcrash.guest fix --all-enabled`` applied to the image.
+* ``ntpsec``: the root with Debian's ntpsec instead of chrony (ntpsec.service enabled, ntpsec-wait
+  installed and not enabled, as the package leaves them): audited as it is, fixed live inside the
+  guest, rebooted.
 
-The NTP server is a chronyd on this host's loopback port 123 reached
+The NTP server is a chronyd on this host's loopback port 123 (NTPsec has no port setting) reached
 through QEMU's user network. Ground truth is what each guest's systemd and journal recorded,
 brought out by the in-guest collector:
 
@@ -161,15 +164,17 @@ class Boot:
         return abs(base - self.step.base_before_us) > 300_000_000
 
 
-LABELS = ("before", "after")
+LABELS = ("before", "after", "ntpsec")
 
 
 @pytest.fixture(scope="module")
 def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
     from vmcrash.lab.labntp import HostNtpServer, NtpGate
+    from vmcrash.lab.rootfs import build_variant
     from vmcrash.lab.systemd_guest import boot_all, build_boot_files, prepare_lab_root
 
-    bases = {"before": debian_root.root, "after": debian_root.root}  # type: ignore[attr-defined]
+    ntpsec_root = build_variant(debian_root, "ntpsec")  # type: ignore[arg-type]
+    bases = {"before": debian_root.root, "after": debian_root.root, "ntpsec": ntpsec_root.root}  # type: ignore[attr-defined]
     work = LAB_DIR / "run" / f"guest-proof-{time.strftime('%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Boot] = {}
@@ -197,7 +202,7 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
             # the guests boot at the same time, one vCPU each
             results = boot_all(hv, [staged[k][0] for k in LABELS], work, ntp,  # type: ignore[arg-type]
                                clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=1500,
-                               restart_on_reboot=(True, False), watch=(NTP_GATE_MARK,),
+                               restart_on_reboot=(True, False, True), watch=(NTP_GATE_MARK,),
                                on_console={NTP_GATE_MARK: lambda _guest: gate.open()})
             gate_seen = {"dropped": gate.dropped, "relayed": gate.relayed}
             for label, result in zip(LABELS, results, strict=True):
@@ -337,10 +342,10 @@ def test_every_critical_chain_link_is_an_edge_of_the_model(boots: dict[str, Boot
     assert links > 10
 
 
-WAIT_UNIT = {"before": "chrony-wait.service"}
+WAIT_UNIT = {"before": "chrony-wait.service", "ntpsec": "ntpsec-wait.service"}
 
 
-@pytest.mark.parametrize("label", ["before"])
+@pytest.mark.parametrize("label", ["before", "ntpsec"])
 def test_live_fix_on_the_running_guest_then_reboot_every_fixed_service_starts_after_the_step(
         boots: dict[str, Boot], label: str) -> None:
     """Issue 12's live proof: ``fix --root /`` inside the booted guest, then a reboot (the RTC still 10 min
@@ -382,3 +387,19 @@ def test_live_fix_on_the_running_guest_then_reboot_every_fixed_service_starts_af
     assert started >= len(CORE)
     log.warning("%s: after the live fix %d services started after the step at %.1f s, %s active at %.1f s",
                 label, started, step.hi_us / 1e6, wait_unit, int(wait["ActiveEnterTimestampMonotonic"]) / 1e6)
+
+
+def test_ntpsec_as_debian_ships_it_pulls_in_no_time_sync_target(boots: dict[str, Boot]) -> None:
+    """Debian 12's ntpsec.service wants no time-sync.target and ntpsec-wait.service is only WantedBy= it:
+    nothing pulls the target in. The model says so offline, the guest's own audit says so, and systemd
+    never started the target nor the wait unit."""
+    boot = boots["ntpsec"]
+    assert not boot.report.time_sync_in_transaction
+    assert "time-sync-not-pulled-in" in {f.code for f in boot.report.findings}
+    assert set(CORE) <= {s.unit for s in boot.report.services if not s.after_time_sync}
+    doc = json.loads(boot.evidence["audit"]["out"])
+    assert boot.evidence["audit"]["rc"] == 1 and doc["time_sync"]["in_transaction"] is False
+    assert [d["unit"] for d in doc["daemons"]] == ["ntpsec.service"]
+    for unit in ("time-sync.target", "ntpsec-wait.service"):
+        assert int(boot.units.get(unit, {}).get("ActiveEnterTimestampMonotonic") or 0) == 0, unit
+    assert boot.start_us("ntpsec.service") > 0
