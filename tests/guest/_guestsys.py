@@ -7,7 +7,7 @@ test_guest_boot_proof.py).
 
 from __future__ import annotations
 
-from vmcrash.guest.sources import Link, MemorySource
+from vmcrash.guest.sources import File, Link, MemorySource
 
 LIB = "/lib/systemd/system"
 ETC = "/etc/systemd/system"
@@ -69,7 +69,7 @@ def source(files: dict[str, str | bytes | Link]) -> MemorySource:
     return MemorySource(files)
 
 
-def write_tree(root: object, files: dict[str, str | bytes | Link]) -> None:
+def write_tree(root: object, files: dict[str, str | bytes | File | Link]) -> None:
     """Materialise ``files`` under the directory ``root`` (a pathlib.Path) for on-disk tests."""
     from pathlib import Path
 
@@ -79,5 +79,8 @@ def write_tree(root: object, files: dict[str, str | bytes | Link]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(value, Link):
             target.symlink_to(value.target)
+        elif isinstance(value, File):
+            target.write_bytes(value.data.encode() if isinstance(value.data, str) else value.data)
+            target.chmod(value.mode)
         else:
             target.write_bytes(value.encode() if isinstance(value, str) else value)

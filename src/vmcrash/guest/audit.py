@@ -22,6 +22,7 @@ from pathlib import Path
 from vmcrash.errors import UnitFileError, UsageError
 from vmcrash.guest.bounds import default_timeout_start_s
 from vmcrash.guest.clockunits import conflicting_daemons, find_clock_units
+from vmcrash.guest.conditions import OFFLINE, Machine, UnitConditions, conditions_of, live_machine_for
 from vmcrash.guest.daemonreport import daemon_reports
 from vmcrash.guest.findings import AuditReport, Finding, ServiceVerdict
 from vmcrash.guest.graph import TIME_SYNC, BootGraph
@@ -29,7 +30,7 @@ from vmcrash.guest.roles import RoleKind, classify
 from vmcrash.guest.sources import RootSource, UnitSource
 from vmcrash.guest.units import UnitLoader
 
-__all__ = ["audit", "audit_graph", "audit_prerequisites", "load_graph"]
+__all__ = ["audit", "audit_graph", "audit_prerequisites", "load_graph", "runs_at_boot"]
 
 
 # -- SysV scripts ----------------------------------------------------------------------------
@@ -83,12 +84,15 @@ def audit(root: str | Path = "/", units: Iterable[str] = (), *, source: UnitSour
 
     :param units: audit only these services (default: every service of the boot transaction that
         starts after basic.target and is not itself needed by time-sync.target).
+    When ``root`` is the running system (``/`` booted with systemd), conditions are also evaluated
+    against the machine's own facts (:func:`~vmcrash.guest.conditions.probe_machine`).
     :raises UsageError: bad root. :raises UnitFileError: nothing to audit (no default.target).
     """
     wanted = list(units)
     src = source if source is not None else _root_source(root)
     graph = load_graph(root, src, extra=wanted)
-    return audit_graph(graph, src, wanted, label=str(root))
+    machine = live_machine_for(Path(root)) if source is None else OFFLINE
+    return audit_graph(graph, src, wanted, label=str(root), machine=machine)
 
 
 def _root_source(root: str | Path) -> UnitSource:
@@ -126,13 +130,41 @@ def _ordered_after(graph: BootGraph, dst: str) -> set[str]:
     return seen
 
 
-def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (), *, label: str = "/") -> AuditReport:
-    """The audit over an already built graph (see :func:`audit`)."""
+def runs_at_boot(graph: BootGraph, conds: dict[str, UnitConditions]) -> dict[str, tuple[bool | None, str]]:
+    """unit -> (runs, why) for the transaction's units that may not run: skipped by a condition,
+    failed by an assertion, or failed because a unit they ``Requires=``/``BindsTo=``/``Requisite=``
+    failed by its assertion (a skipped unit fails nobody); ``runs`` None when only the machine knows."""
+    out: dict[str, tuple[bool | None, str]] = {}
+    for uid, c in conds.items():
+        if c.runs is not True:
+            out[uid] = (c.runs, c.describe())
+    failing = {uid for uid, c in conds.items() if c.fails}
+    for _ in range(len(graph.transaction)):
+        grew = False
+        for uid in sorted(graph.transaction - failing):
+            for kind in ("requires", "binds_to", "requisite"):
+                bad = sorted(o for o in graph.edges(uid, kind) if o in failing)
+                if bad:
+                    failing.add(uid)
+                    out[uid] = (False, f"fails at boot: it {kind.replace('_', '')} {bad[0]}, which fails")
+                    grew = True
+                    break
+        if not grew:
+            break
+    return out
+
+
+def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (), *, label: str = "/",
+                machine: Machine = OFFLINE) -> AuditReport:
+    """The audit over an already built graph (see :func:`audit`); ``machine``: the facts conditions
+    may ask about (:data:`~vmcrash.guest.conditions.OFFLINE`: none)."""
     findings: list[Finding] = []
     notes: list[str] = []
     t = graph.transaction
     ts_in = TIME_SYNC in t
-    clock = find_clock_units(graph, default_timeout_start_s(source))
+    conds = {c.unit: c for c in conditions_of((graph.units[u] for u in sorted(t)), source, machine)}
+    runs = runs_at_boot(graph, conds)
+    clock = find_clock_units(graph, default_timeout_start_s(source), machine)
     held_by = tuple(c.unit for c in clock if c.holds)
     prereq, early = audit_prerequisites(graph)
     clock_ids = {c.unit for c in clock}
@@ -195,14 +227,14 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
                                 f"{uid} ({role.kind.value}: {role.reason}) is ordered after {TIME_SYNC} "
                                 f"({proof}): without a time source it waits {bound_text}", uid))
     for uid in chosen:
-        verdicts.append(_verdict(graph, uid, prereq))
+        verdicts.append(_verdict(graph, uid, prereq, runs.get(uid, (True, ""))))
     for v in verdicts:
-        if v.in_transaction and not v.after_time_sync and v.unit not in prereq:
+        if v.in_transaction and not v.after_time_sync and v.unit not in prereq and v.runs is not False:
             findings.append(Finding("service-before-time-sync",
                                     f"{v.unit} can start before {TIME_SYNC}"
                                     + ("" if ts_in else f" ({TIME_SYNC} is not in the transaction)"), v.unit))
 
-    daemons, dfind, dprob = daemon_reports(graph, source)
+    daemons, dfind, dprob = daemon_reports(graph, source, runs)
     findings.extend(dfind)
     findings.extend(conflicting_daemons(graph))
     cycles = tuple(tuple(c) for c in graph.cycles())
@@ -233,17 +265,23 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
         notes=tuple(notes),
         infrastructure=infra,
         max_wait_s=max_wait,
+        conditions=tuple(conds.values()),
+        live=machine.live,
     )
 
 
-def _verdict(graph: BootGraph, uid: str, prereq: set[str]) -> ServiceVerdict:
+def _verdict(graph: BootGraph, uid: str, prereq: set[str], runs: tuple[bool | None, str]) -> ServiceVerdict:
     pulled = graph.pull_chain(uid)
     if uid not in graph.transaction:
         return ServiceVerdict(uid, False, (), (), None, in_transaction=False,
                               note="not in the boot transaction (not started at boot)")
     chain = graph.order_chain(uid, TIME_SYNC)
     if chain:
-        return ServiceVerdict(uid, True, tuple(chain), (), tuple(pulled or ()))
+        return ServiceVerdict(uid, True, tuple(chain), (), tuple(pulled or ()), note=runs[1], runs=runs[0])
+    if runs[0] is False:
+        return ServiceVerdict(uid, False, (), (), tuple(pulled or ()), note=f"{runs[1]}: never starts, so never "
+                              "on a wrong clock", runs=False)
     waits = tuple(e for _, e in sorted(graph.edges(uid, "after").items()) if e.dst in graph.transaction)
-    note = f"{TIME_SYNC} waits for it (a prerequisite)" if uid in prereq else ""
-    return ServiceVerdict(uid, False, (), waits, tuple(pulled or ()), note=note)
+    notes = [f"{TIME_SYNC} waits for it (a prerequisite)"] if uid in prereq else []
+    notes += [runs[1]] if runs[1] else []
+    return ServiceVerdict(uid, False, (), waits, tuple(pulled or ()), note="; ".join(notes), runs=runs[0])

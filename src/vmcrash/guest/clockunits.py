@@ -14,7 +14,7 @@ import re
 import shlex
 
 from vmcrash.guest.bounds import wait_bound
-from vmcrash.guest.conditions import evaluate_conditions
+from vmcrash.guest.conditions import OFFLINE, Machine, unit_conditions
 from vmcrash.guest.findings import ClockUnit, Finding
 from vmcrash.guest.graph import TIME_SYNC, BootGraph, service_type
 from vmcrash.guest.units import Unit
@@ -151,8 +151,14 @@ def _before_time_sync(graph: BootGraph, unit: Unit) -> bool:
         d.kind == "after" and loader.resolve_name(d.name) == unit.id for d in loader.load(TIME_SYNC).deps)
 
 
-def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0) -> list[ClockUnit]:
-    """Every unit that keeps, steps or waits for the clock (installed or pulled in), with its bound."""
+def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0,
+                     machine: Machine = OFFLINE) -> list[ClockUnit]:
+    """Every unit that keeps, steps or waits for the clock (installed or pulled in), with its bound.
+
+    A wait or step unit whose condition or assertion is false on this tree and ``machine`` holds
+    nothing (it is skipped, or its job fails); one whose conditions only the running machine can
+    answer is counted as holding, and its note says on what that depends.
+    """
     names: list[str] = []
     if TIME_SYNC in graph.units:
         names.extend(sorted(graph.edges(TIME_SYNC, "after")))
@@ -176,16 +182,18 @@ def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0) -> list[
         in_t = uid in graph.transaction
         holds, hold_note = _holds(unit, role)
         holds = holds and in_t and before and TIME_SYNC in graph.transaction
+        cond = unit_conditions(unit, graph.loader.source, machine)
         if role in ("waits", "steps"):
-            cond = evaluate_conditions(unit, graph.loader.source)
-            if cond.met is False:
+            if cond.runs is False:
                 holds = False
-                hold_note = f"skipped at boot, holds nothing: {', '.join(cond.why)} is false on this tree"
+                hold_note = f"{cond.describe()}: holds nothing"
+            elif cond.runs is None and holds:
+                hold_note = f"holds it only if {', '.join(cond.unknown)} at boot (not known here)"
         note = hold_note or why
         pulled = graph.pull_chain(uid)
         bound = wait_bound(unit, manager_default_s) if role in ("waits", "steps") else None
         out.append(ClockUnit(uid, role, holds, unit.load_state, in_t, before,
-                             tuple(pulled) if pulled is not None else None, note, bound))
+                             tuple(pulled) if pulled is not None else None, note, bound, cond.runs))
     return out
 
 

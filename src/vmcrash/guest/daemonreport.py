@@ -10,6 +10,9 @@ this room turns the parsed settings into sentences and findings.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+
 from vmcrash.guest.clockunits import time_daemons
 from vmcrash.guest.findings import DaemonReport, Finding
 from vmcrash.guest.graph import BootGraph
@@ -147,11 +150,14 @@ def ntpd_offset_story(cfg: NtpdConfig, offsets_s: tuple[float, ...] = (REFERENCE
     return out
 
 
-def daemon_reports(graph: BootGraph, source: UnitSource) -> tuple[list[DaemonReport], list[Finding], list[Problem]]:
+def daemon_reports(graph: BootGraph, source: UnitSource, runs: Mapping[str, tuple[bool | None, str]] | None = None,
+                   ) -> tuple[list[DaemonReport], list[Finding], list[Problem]]:
     """(reports, findings, configuration problems) for the time daemons of ``graph``.
 
     The reports shown are those of the daemons in the boot transaction, or the first one installed
-    when none is started at boot; findings come only from daemons started at boot.
+    when none is started at boot; findings come only from daemons started at boot. ``runs``: unit
+    -> (runs, why) for units whose conditions or assertions may keep them from running
+    (:func:`vmcrash.guest.audit.runs_at_boot`); a daemon's report then says so first.
     """
     reports: list[DaemonReport] = []
     findings: list[Finding] = []
@@ -173,6 +179,9 @@ def daemon_reports(graph: BootGraph, source: UnitSource) -> tuple[list[DaemonRep
             f, p = [], []
         else:
             rep, f, p = DaemonReport(kind, uid, in_t, ("configuration not inspected",)), [], []
+        why = (runs or {}).get(uid, (True, ""))[1]
+        if why:
+            rep = replace(rep, summary=(why,) + rep.summary)
         if in_t or not reports:
             reports.append(rep)
         findings.extend(f)

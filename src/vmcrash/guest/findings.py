@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmcrash.guest.bounds import WaitBound
+from vmcrash.guest.conditions import UnitConditions
 from vmcrash.guest.graph import TIME_SYNC, Edge
 from vmcrash.guest.roles import Role
 from vmcrash.guest.unitfile import Problem
@@ -51,6 +52,8 @@ class ClockUnit:
     note: str = ""
     #: for ``waits``/``steps`` units: how long it holds the boot without a time source
     bound: WaitBound | None = None
+    #: whether it runs at boot by its conditions and assertions (None: only the running machine knows)
+    runs: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class ServiceVerdict:
     :ivar chain: the ``after`` edges proving it (empty when not ordered after it).
     :ivar waits_for: when not: every unit of the transaction it is directly ordered after; none of
         them is (transitively) after time-sync.target, which is the proof that it can start first.
+    :ivar runs: False when a condition skips it or an assertion fails it (its own, or one of a unit it
+        requires) at boot: it never starts, so never on a wrong clock; None when only the running
+        machine can tell (see ``note``).
     """
 
     unit: str
@@ -70,6 +76,7 @@ class ServiceVerdict:
     pulled_in_by: tuple[Edge, ...] | None
     in_transaction: bool = True
     note: str = ""
+    runs: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,10 @@ class AuditReport:
     infrastructure: tuple[Role, ...] = ()
     #: longest a unit holding time-sync.target can wait without a time source (inf: forever; None: nothing holds)
     max_wait_s: float | None = None
+    #: conditions and assertions of the transaction's units that have any, as evaluated here
+    conditions: tuple[UnitConditions, ...] = ()
+    #: True when the audited tree is the running system (its machine's facts were read)
+    live: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -141,14 +152,20 @@ class AuditReport:
                  "bound_s": seconds(c.bound.bound_s) if c.bound else None,
                  "start_timeout_s": seconds(c.bound.timeout_s) if c.bound else None,
                  "bounded": c.bound.finite if c.bound else None,
-                 "bound_why": c.bound.why if c.bound else None}
+                 "bound_why": c.bound.why if c.bound else None, "runs": c.runs}
                 for c in self.clock_units
             ],
             "services": [
                 {"unit": s.unit, "after_time_sync": s.after_time_sync, "in_transaction": s.in_transaction,
                  "chain": edges(s.chain), "waits_for": edges(s.waits_for),
-                 "pulled_in_by": edges(s.pulled_in_by), "note": s.note}
+                 "pulled_in_by": edges(s.pulled_in_by), "note": s.note, "runs": s.runs}
                 for s in self.services
+            ],
+            "machine": "live" if self.live else "offline",
+            "conditions": [
+                {"unit": c.unit, "runs": c.runs, "condition": c.conditions.met, "assert": c.asserts.met,
+                 "why": list(c.conditions.why) + list(c.asserts.why)}
+                for c in self.conditions
             ],
             "skipped_prerequisites": list(self.skipped),
             "infrastructure": [{"unit": r.unit, "role": r.kind.value, "reason": r.reason}
@@ -203,14 +220,22 @@ class AuditReport:
                 if verbose:
                     out.extend(f"          {e}" for e in s.chain)
             else:
-                if not s.in_transaction:
+                if not s.in_transaction or s.runs is False:
                     out.append(f"  --    {s.unit:<36} {s.note}")
                     continue
                 waits = ", ".join(e.dst for e in s.waits_for) or "nothing"
-                out.append(f"  FAIL  {s.unit:<36} can start before {TIME_SYNC}; waits only for: {waits}")
+                out.append(f"  FAIL  {s.unit:<36} can start before {TIME_SYNC}; waits only for: {waits}"
+                           + (f"; {s.note}" if s.note else ""))
                 if verbose:
                     out.extend(f"          {e}" for e in s.waits_for)
                     out.append(f"          pulled in by: {_pull_text(s.pulled_in_by)}")
+        unknown = [c for c in self.conditions if c.runs is None]
+        if unknown:
+            where = "on this running system" if self.live else "offline (they depend on the running machine)"
+            shown = "; ".join(f"{c.unit}: {', '.join(c.unknown)}" for c in unknown[:4])
+            more = f"; and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+            out.append(f"conditions not known {where}: {len(unknown)} units run or not at boot by them "
+                       f"({shown}{more})")
         if self.infrastructure:
             out.append(f"infrastructure never delayed for the clock: {len(self.infrastructure)}")
             for r in self.infrastructure:

@@ -52,6 +52,7 @@ from vmcrash.guest.clockunits import (
     find_clock_units,
     time_daemons,
 )
+from vmcrash.guest.conditions import OFFLINE, live_machine_for
 from vmcrash.guest.graph import TIME_SYNC, BootGraph
 from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import Link, OverlaySource, RootSource, UnitSource, resolve
@@ -397,7 +398,7 @@ def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: 
                                   "synchronized", target=target))
             overrides[link] = Link(target)
     after = BootGraph(UnitLoader(OverlaySource(src, overrides)), "default.target", extra=names) if overrides else graph
-    clock = find_clock_units(after)
+    clock = find_clock_units(after, machine=live_machine_for(Path(root)) if source is None else OFFLINE)
     holders = [c.unit for c in clock if c.holds]
     roles = classify(after, holders, {c.unit for c in clock})
     services, chosen_warnings, left = _choose_services(after, names, all_enabled, roles, strict)
