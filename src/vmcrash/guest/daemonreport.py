@@ -18,6 +18,8 @@ from vmcrash.guest.findings import DaemonReport, Finding
 from vmcrash.guest.graph import BootGraph
 from vmcrash.guest.sources import UnitSource
 from vmcrash.guest.timecfg import (
+    NTPD_DEFAULT_STEPOUT_S,
+    NTPSEC_DEFAULT_STEPOUT_S,
     REFERENCE_OFFSET_S,
     ChronyConfig,
     NtpdConfig,
@@ -87,11 +89,13 @@ def _ntpd_report(source: UnitSource, kind: str, unit: str, in_t: bool,
     if kind == "ntpsec":
         opts = env_value(source, "/etc/default/ntpsec", "NTPD_OPTS")
         confs = ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf")
+        stepout = NTPSEC_DEFAULT_STEPOUT_S
     else:
         opts = (env_value(source, "/etc/default/ntp", "NTPD_OPTS")  # Debian
                 or env_value(source, "/etc/sysconfig/ntpd", "OPTIONS"))  # RHEL/CentOS 7, SUSE
         confs = ("/etc/ntp.conf", "/etc/ntpsec/ntp.conf")
-    cfg: NtpdConfig = read_ntpd(source, confs, opts)
+        stepout = NTPD_DEFAULT_STEPOUT_S
+    cfg: NtpdConfig = read_ntpd(source, confs, opts, stepout)
     lines = [f"configuration: {cfg.path or 'none found'}; options: {' '.join(cfg.options) or '(none)'}",
              f"panic threshold {cfg.panic_s:g} s ("
              + ("-g given: the first offset at start may exceed it, once" if cfg.allow_first_big

@@ -20,6 +20,7 @@ from vmcrash.guest.unitfile import Problem
 __all__ = [
     "CHRONY_DEFAULT_MAXSLEWRATE_PPM",
     "NTPD_MAX_SLEW_PPM",
+    "NTPSEC_DEFAULT_STEPOUT_S",
     "REFERENCE_OFFSET_S",
     "ChronyConfig",
     "Directive",
@@ -45,7 +46,10 @@ CHRONY_DEFAULT_MAXSLEWRATE_PPM = 83333.333
 NTPD_MAX_SLEW_PPM = 500.0
 NTPD_DEFAULT_PANIC_S = 1000.0
 NTPD_DEFAULT_STEP_S = 0.128
-NTPD_DEFAULT_STEPOUT_S = 900.0  # ntp 4.2.6 (CentOS 7); ntp 4.2.8 and NTPsec use 300
+#: ntpd's default stepout (CLOCK_MINSTEP in ntpd/ntp_loopfilter.c): 900 s in ntp 4.2.6p5 (RHEL/CentOS 7's
+#: ntp-4.2.6p5-29.el7), 300 s in NTPsec 1.2.2 (Debian 12's ntpsec).
+NTPD_DEFAULT_STEPOUT_S = 900.0
+NTPSEC_DEFAULT_STEPOUT_S = 300.0
 NTPD_SLEW_ONLY_STEP_S = 600.0  # ntpd -x
 _MAX_FILES = 256
 _MAX_DEPTH = 8
@@ -283,8 +287,12 @@ class NtpdConfig:
         return self.panic_s > 0 and abs(offset_s) > self.panic_s and not self.allow_first_big
 
 
-def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str) -> NtpdConfig:
-    """Read ntp.conf's ``tinker panic/step`` and the daemon options (``-g``, ``-x``)."""
+def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str,
+              default_stepout_s: float = NTPD_DEFAULT_STEPOUT_S) -> NtpdConfig:
+    """Read ntp.conf's ``tinker panic/step/stepout`` and the daemon options (``-g``, ``-x``).
+
+    ``default_stepout_s``: the daemon's own default (:data:`NTPSEC_DEFAULT_STEPOUT_S` for NTPsec).
+    """
     problems: list[Problem] = []
     try:
         opts = tuple(shlex.split(options))
@@ -292,7 +300,7 @@ def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str
         opts = tuple(options.split())
     flags = "".join(o[1:] for o in opts if o.startswith("-") and not o.startswith("--"))
     path = None
-    panic, step, stepout = NTPD_DEFAULT_PANIC_S, NTPD_DEFAULT_STEP_S, NTPD_DEFAULT_STEPOUT_S
+    panic, step, stepout = NTPD_DEFAULT_PANIC_S, NTPD_DEFAULT_STEP_S, default_stepout_s
     for candidate in conf_candidates:
         try:
             text = _read_text(source, candidate)
