@@ -15,9 +15,10 @@ Built from a :class:`~vmcrash.guest.units.UnitLoader` the way systemd (252, Debi
   masked, or requiring one that cannot).
 
 Not modelled (see the audit's notes): generator output when auditing an image offline, mount
-units that exist only at run time (only ``-.mount`` and mount unit files are known), conditions
-in general (the audit evaluates the path conditions of clock units, :mod:`vmcrash.guest.conditions`)
-and ``Conflicts=`` in general (the audit reports conflicting time daemons).
+units that exist only at run time (only ``-.mount`` and mount unit files are known) and
+``Conflicts=`` in general (the audit reports conflicting time daemons). Conditions and assertions
+do not change the transaction (a unit skipped by one keeps its job and its ordering); what they
+change, whether a unit runs, the audit works out with :mod:`vmcrash.guest.conditions`.
 """
 
 from __future__ import annotations
