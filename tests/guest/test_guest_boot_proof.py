@@ -321,6 +321,55 @@ def test_model_transaction_matches_what_systemd_started(boots: dict[str, Boot], 
         assert uid not in started
 
 
+#: Conditions whose answer the boot itself changes: systemd-update-done.service writes /etc/.updated
+#: and /var/.updated once the update tools ran, so after boot they say "no update needed".
+BOOT_CHANGES = ("NeedsUpdate",)
+
+
+def _condition_truth(units: dict[str, dict[str, str]], kind: str) -> dict[str, bool]:
+    """unit -> systemd's own Condition/AssertResult, for the units whose conditions systemd tested this boot."""
+    return {u: p[f"{kind}Result"] == "yes" for u, p in units.items()
+            if int(p.get(f"{kind}TimestampMonotonic") or 0) > 0}
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_conditions_as_modelled_are_what_systemd_found(boots: dict[str, Boot], label: str) -> None:
+    """Every Condition*=/Assert*= the model answers, offline on the image before the boot and live inside
+    the booted guest (the guest's own audit, with the machine's facts), equals systemd's own
+    ConditionResult/AssertResult of that boot; what the model leaves unknown it says it does not know."""
+    boot = boots[label]
+    truth = {"Condition": _condition_truth(boot.units, "Condition"), "Assert": _condition_truth(boot.units, "Assert")}
+    live_doc = json.loads(boot.evidence["audit"]["out"])
+    assert live_doc["machine"] == "live"
+    models = {
+        "offline": {c.unit: (c.conditions.met, c.asserts.met, c.conditions.why + c.asserts.why)
+                    for c in boot.report.conditions},
+        "live": {c["unit"]: (c["condition"], c["assert"], tuple(c["why"])) for c in live_doc["conditions"]},
+    }
+    compared = {}
+    for name, model in models.items():
+        wrong, known, unknown = [], 0, 0
+        for uid, (cond, asrt, why) in sorted(model.items()):
+            unit = boot.graph.units.get(uid)
+            if unit is not None and any(a.key.endswith(BOOT_CHANGES) for a in unit.assignments):
+                continue
+            for kind, value in (("Condition", cond), ("Assert", asrt)):
+                if uid not in truth[kind]:
+                    continue  # systemd did not test it this boot (no job)
+                if value is None:
+                    unknown += 1
+                    continue
+                known += 1
+                if value != truth[kind][uid]:
+                    wrong.append((name, uid, kind, value, truth[kind][uid], why))
+        assert wrong == [], wrong
+        compared[name] = (known, unknown)
+    log.warning("%s: conditions compared with systemd's (known, unknown): %s", label, compared)
+    # the running machine answers what an image cannot: the live model knows more, and most of them
+    assert compared["live"][0] > compared["offline"][0] and compared["live"][0] >= 20
+    assert compared["live"][1] < compared["offline"][1]
+
+
 @pytest.mark.parametrize("label", LABELS)
 def test_every_critical_chain_link_is_an_edge_of_the_model(boots: dict[str, Boot], label: str) -> None:
     boot = boots[label]
