@@ -389,3 +389,24 @@ def test_debian_12_condition_lines(line: str, offline: bool | None, kvm: bool | 
     unit = UnitLoader(src).load("u.service")
     assert unit_conditions(unit, src, OFFLINE).runs is offline
     assert unit_conditions(unit, src, KVM).runs is kvm
+
+
+def test_an_assertion_failure_travels_down_a_long_requires_chain_in_linear_time() -> None:
+    """A hostile tree: 1500 services each requiring the next (deeper than Python's recursion limit), the
+    last one asserting what is false: every one of them fails, and neither the graph nor the audit recurses."""
+    import time
+
+    n = 1500
+    files = system(services=())
+    for i in range(n):
+        dep = f"Requires=s{i + 1}.service\nAfter=s{i + 1}.service\n" if i + 1 < n else "AssertPathExists=/nope\n"
+        files[f"{LIB}/s{i}.service"] = f"[Unit]\n{dep}[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n"
+    files[f"{ETC}/multi-user.target.wants/s0.service"] = Link(f"{LIB}/s0.service")
+    src = source(files)
+    graph = load_graph("/", src)
+    t0 = time.monotonic()
+    report = audit_graph(graph, src)
+    assert time.monotonic() - t0 < 30
+    runs = {s.unit: s.runs for s in report.services}
+    assert runs["s0.service"] is False and runs[f"s{n - 1}.service"] is False
+    assert "requires s1.service, which fails" in next(s.note for s in report.services if s.unit == "s0.service")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -133,24 +134,23 @@ def _ordered_after(graph: BootGraph, dst: str) -> set[str]:
 def runs_at_boot(graph: BootGraph, conds: dict[str, UnitConditions]) -> dict[str, tuple[bool | None, str]]:
     """unit -> (runs, why) for the transaction's units that may not run: skipped by a condition,
     failed by an assertion, or failed because a unit they ``Requires=``/``BindsTo=``/``Requisite=``
-    failed by its assertion (a skipped unit fails nobody); ``runs`` None when only the machine knows."""
-    out: dict[str, tuple[bool | None, str]] = {}
-    for uid, c in conds.items():
-        if c.runs is not True:
-            out[uid] = (c.runs, c.describe())
-    failing = {uid for uid, c in conds.items() if c.fails}
-    for _ in range(len(graph.transaction)):
-        grew = False
-        for uid in sorted(graph.transaction - failing):
-            for kind in ("requires", "binds_to", "requisite"):
-                bad = sorted(o for o in graph.edges(uid, kind) if o in failing)
-                if bad:
-                    failing.add(uid)
-                    out[uid] = (False, f"fails at boot: it {kind.replace('_', '')} {bad[0]}, which fails")
-                    grew = True
-                    break
-        if not grew:
-            break
+    failed (a skipped unit fails nobody); ``runs`` None when only the machine knows."""
+    out: dict[str, tuple[bool | None, str]] = {uid: (c.runs, c.describe()) for uid, c in conds.items()
+                                               if c.runs is not True}
+    needed_by: dict[str, list[tuple[str, str]]] = {}
+    for uid in sorted(graph.transaction):
+        for kind in ("requires", "binds_to", "requisite"):
+            for other in graph.edges(uid, kind):
+                needed_by.setdefault(other, []).append((uid, kind))
+    todo = deque(sorted(uid for uid, c in conds.items() if c.fails))
+    failing = set(todo)
+    while todo:  # each unit enters once: linear in the dependency edges
+        bad = todo.popleft()
+        for uid, kind in needed_by.get(bad, ()):
+            if uid not in failing and uid in graph.transaction:
+                failing.add(uid)
+                out[uid] = (False, f"fails at boot: it {kind.replace('_', '')} {bad}, which fails")
+                todo.append(uid)
     return out
 
 

@@ -107,6 +107,8 @@ _STRING_KEYS = frozenset({"FirstBoot", "Architecture", "Firmware", "Virtualizati
                           "OSRelease", "MemoryPressure", "CPUPressure", "IOPressure"})
 _MAX_GLOB_ENTRIES = 10_000
 _MAX_FACT_BYTES = 1 << 16
+#: A host with thousands of mounts has a mountinfo of some hundred kB; more is not read.
+_MAX_MOUNTINFO_BYTES = 4 << 20
 _ID128_RE = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                        r"[0-9a-fA-F]{12}$")
 
@@ -546,10 +548,10 @@ def unit_conditions(unit: Unit, source: UnitSource, machine: Machine = OFFLINE) 
 # -- the running machine -----------------------------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, limit: int = _MAX_FACT_BYTES) -> str | None:
     try:
         with open(path, "rb") as f:
-            return f.read(_MAX_FACT_BYTES).decode("utf-8", "replace")
+            return f.read(limit).decode("utf-8", "replace")
     except OSError:
         return None
 
@@ -611,7 +613,7 @@ def probe_machine(root: Path = Path("/"), detect_virt: Callable[..., str | None]
     """
     status = _read(root / "proc/1/status") or ""
     cap = next((ln.split(":", 1)[1].strip() for ln in status.splitlines() if ln.startswith("CapBnd:")), None)
-    mountinfo = _read(root / "proc/self/mountinfo")
+    mountinfo = _read(root / "proc/self/mountinfo", _MAX_MOUNTINFO_BYTES)
     mounts, read_only = _mountinfo(mountinfo) if mountinfo is not None else (None, None)
     apparmor = (_read(root / "sys/module/apparmor/parameters/enabled") or "").strip()
     security = {name for name, on in (
