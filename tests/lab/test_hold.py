@@ -51,21 +51,39 @@ def analyze_cli(path: Path) -> dict:
     return json.loads(res.stdout)
 
 
-@pytest.mark.parametrize("backing", ["memfd", "anonymous"])
-def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path, backing) -> None:  # type: ignore[no-untyped-def]
-    """One crash: libvirt's plain dump before recovery == the dump written from the held (memfd,
-    mode hold) or copied (anonymous, mode copy) image after it."""
+#: test id -> (lab guest spec, capture function, hugepages to reserve)
+BACKINGS = {
+    "memfd": ({"memory_backing": "memfd"}, "hold", 0),
+    "anonymous": ({}, "copy", 0),
+    # hugetlbfs: 2 MiB pages for the crashed guest and for the fresh QEMU started while it is held
+    "hugepages": ({"memory_backing": "hugepages"}, "hold", 2 * 512 // 2),
+    "file": ({"memory_backing": "file"}, "hold", 0),
+    # two NUMA cells: one memfd memory backend per cell
+    "memfd-numa": ({"memory_backing": "memfd", "numa_cells": 2}, "hold", 0),
+    # memfd RAM copied (what a manual dump or recovery reset of such a guest does)
+    "memfd-copy": ({"memory_backing": "memfd"}, "copy", 0),
+}
+
+
+@pytest.mark.parametrize("backing", list(BACKINGS))
+def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path, backing, hugepages) -> None:  # type: ignore[no-untyped-def]
+    """One crash: libvirt's plain dump before recovery == the dump written from the held (shared
+    RAM, mode hold) or copied (mode copy) image after it, for each memory backing."""
     from vmcrash.capture.hold import copy_image, grab_dump_header, hold_image, triage_held, write_held
     from vmcrash.capture.recovery import recover
 
-    g = lab_guest(memory_mib=512, vcpus=2, fill_mib=64, memory_backing=backing)
-    g.boot(240)
+    spec, mode, pages = BACKINGS[backing]
+    if pages:
+        hugepages(pages)
+    g = lab_guest(memory_mib=512, vcpus=2, fill_mib=64, **spec)
+    hugepages.boot(g, 240)
     old_pid = qemu_pid(g.name)
     g.crash()
     g.wait_state("crashed", 60)
     header = grab_dump_header(g.dom, tmp_path)
-    if backing == "memfd":
+    if mode == "hold":
         image = hold_image(g.dom, g.name, old_pid, header)
+        assert len(image.fds) == (2 if spec.get("numa_cells") else 1)  # one RAM file per memory backend
     else:
         image = copy_image(g.dom, g.name, old_pid, header, limit_bytes=600 << 20)
         assert image.held_bytes() < 400 << 20  # only pages the guest touched
@@ -107,6 +125,20 @@ def test_held_image_dump_is_qemus_dump(hv, lab_guest, tmp_path, backing) -> None
         assert "Kernel panic - not syncing" in text
     else:
         assert "PT_LOAD" in mk[1].stdout + mk[1].stderr
+        # the held dump converted to kdump (what compaction does, zero pages kept readable): makedumpfile's
+        # own --dump-dmesg reads it and prints the kernel lines the console showed
+        from vmcrash.vmcore import convert_to_kdump
+
+        kd = tmp_path / "held.kdump"
+        convert_to_kdump(held, kd, codec="zlib", exclude_zero=False)
+        out = tmp_path / "held-kdump.dmesg"
+        r = subprocess.run(["makedumpfile", "--dump-dmesg", str(kd), str(out)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        mk_lines = [ln.rstrip() for ln in out.read_text(errors="replace").splitlines() if ln.strip()]
+        on_console = console_kernel_lines(g.serial_text())
+        assert mk_lines and len([ln for ln in mk_lines if ln in on_console]) >= 0.95 * len(mk_lines)
+        assert any("Kernel panic - not syncing" in ln for ln in mk_lines)
     # vmcrash analyze --dmesg gives the console's kernel lines
     doc = analyze_cli(held)
     console = console_kernel_lines(g.serial_text())
@@ -130,9 +162,10 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
     import os
 
     g = lab_guest(memory_mib=768, fill_mib=64, memory_backing="memfd")
-    anon = lab_guest(memory_mib=384)  # anonymous RAM: auto streams it, and says why
-    cp = lab_guest(memory_mib=384)  # anonymous RAM, capture = "copy" by policy
-    d = daemon(watch=[g.name, anon.name], extra=f'[domains."{cp.name}"]\nwatch = true\ncapture = "copy"\n')
+    anon = lab_guest(memory_mib=384)  # anonymous RAM: auto copies its present pages, and says why
+    cp = lab_guest(memory_mib=384, memory_backing="memfd")  # memfd RAM, recovery reset: auto copies (never holds)
+    d = daemon(capture="auto", watch=[g.name, anon.name],
+               extra=f'[domains."{cp.name}"]\nwatch = true\nrecovery = "reset"\n')
     d.start()
     g.start()
     anon.start()
@@ -175,21 +208,28 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
     shown = d.cli("show", str(row.id), check=True).stdout
     assert "hold (auto): RAM in memfd-shared memory" in shown
     arow = d.wait_row(anon.name, done, 240)[0]
-    assert arow.state == "done" and arow.capture["mode"] == "stream"
-    assert "anonymous" in arow.capture["extra"]["choice"]["reason"]
+    assert arow.state == "done" and arow.capture["mode"] == "copy", (arow.state, arow.error, arow.capture)
+    assert arow.capture["choice"]["requested"] == "auto" and "anonymous" in arow.capture["choice"]["reason"]
+    assert arow.running_again_ns < arow.dump_ended_ns  # recovered before the dump was written
+    assert arow.triage["panic_line"] and arow.triage["panic_line"] in anon.serial_text()
     crow = d.wait_row(cp.name, done, 240)[0]
     assert crow.state == "done" and crow.capture["mode"] == "copy", (crow.state, crow.error, crow.capture)
-    assert crow.running_again_ns < crow.dump_ended_ns and qemu_pid(cp.name) != cp_pid
+    assert "recovery 'reset' keeps the same QEMU" in crow.capture["choice"]["reason"]
+    # reset in place: the same QEMU runs on while the copy is written
+    assert crow.running_again_ns < crow.dump_ended_ns and qemu_pid(cp.name) == cp_pid
+    assert crow.recovery_action == "reset"
     assert crow.triage["panic_line"] and crow.triage["panic_line"] in cp.serial_text()
     assert "NT_PRSTATUS" in readelf("-n", Path(crow.dump_path))
     assert d.stop() == 0
 
 
 def test_hold_memory_guard_and_reset_fall_back_to_stream(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
-    """A headroom the image cannot fit under → stream, recorded; auto never pairs hold with reset."""
+    """A headroom the image cannot fit under → stream, recorded; auto never pairs hold with reset
+    (it would copy, and the same guard refuses the copy)."""
     g = lab_guest(memory_mib=384, memory_backing="memfd")
     r = lab_guest(memory_mib=384, memory_backing="memfd")
-    d = daemon(f'[domains."{g.name}"]\nwatch = true\n[domains."{r.name}"]\nwatch = true\nrecovery = "reset"\n',
+    d = daemon(capture="auto",
+               extra=f'[domains."{g.name}"]\nwatch = true\n[domains."{r.name}"]\nwatch = true\nrecovery = "reset"\n',
                staging="hold_headroom_mib = 100000000\n")
     d.start()
     g.start()
@@ -201,10 +241,11 @@ def test_hold_memory_guard_and_reset_fall_back_to_stream(hv, lab_guest, daemon) 
     row = d.wait_row(g.name, done, 240)[0]
     assert row.state == "done" and row.capture["mode"] == "stream"
     reason = row.capture["extra"]["choice"]["reason"]
-    assert "host memory guard" in reason and "headroom" in reason
+    assert "hold refused by host memory guard" in reason and "headroom" in reason
     rrow = d.wait_row(r.name, done, 240)[0]
     assert rrow.state == "done" and rrow.capture["mode"] == "stream" and rrow.recovery_action == "reset"
-    assert "recovery 'reset'" in rrow.capture["extra"]["choice"]["reason"]
+    # with reset, auto never holds: it would copy, which the guard refuses as well
+    assert "copy refused by host memory guard" in rrow.capture["extra"]["choice"]["reason"]
     assert virsh("domstate", g.name) == "running" and virsh("domstate", r.name) == "running"
     # a config that pairs them explicitly is refused
     bad = d.dir / "bad.toml"
@@ -220,7 +261,7 @@ def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> No
 
     g = lab_guest(memory_mib=512, fill_mib=96, memory_backing="memfd")
     # a slow write-behind (4 MiB/s) keeps the image held long enough to stop the daemon meanwhile
-    d = daemon(watch=[g.name], staging="hold_write_mib_s = 4\nhold_shutdown_s = 1\n")
+    d = daemon(capture="auto", watch=[g.name], staging="hold_write_mib_s = 4\nhold_shutdown_s = 1\n")
     d.start()
     g.boot(240)
     ready_at = 0
@@ -255,9 +296,9 @@ def test_doctor_shows_backing_and_moves_a_domain_to_memfd(hv, lab_guest, daemon)
     import os
 
     g = lab_guest(memory_mib=256)
-    d = daemon(watch=[g.name])
+    d = daemon(capture="auto", watch=[g.name])
     out = d.cli("doctor", g.name, check=False).stdout
-    assert "RAM anonymous: capture stream" in out
+    assert "RAM anonymous: capture copy (anonymous RAM (private to QEMU): present pages copied" in out
     res = d.cli("doctor", "--fix", "--memfd", g.name, check=False)
     assert "fixed: guest RAM moved to a shared memfd" in res.stdout, res.stdout + res.stderr
     assert "KSM does not merge shared memory" in res.stdout and "shmem_enabled" in res.stdout
@@ -270,3 +311,70 @@ def test_doctor_shows_backing_and_moves_a_domain_to_memfd(hv, lab_guest, daemon)
     pid = qemu_pid(g.name)
     links = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
     assert any(link.startswith("/memfd:memory-backend-memfd") for link in links)
+
+
+def test_held_image_never_keeps_the_guest_from_starting(hv, lab_guest, daemon, hugepages) -> None:  # type: ignore[no-untyped-def]
+    """Hugepage-backed guest, a pool with room for one guest only: the held image keeps the pages the
+    fresh QEMU needs, so its start fails; the image is released (its triage kept) and the start retried."""
+    g = lab_guest(memory_mib=256, memory_backing="hugepages")
+    hugepages(256 // 2)  # exactly one guest's worth of 2 MiB pages
+    d = daemon(capture="auto", watch=[g.name])
+    hugepages.boot(g, 240)
+    d.start()
+    old_pid = qemu_pid(g.name)
+    g.crash()
+    row = d.wait_row(g.name, done, 240)[0]
+    assert row.state == "lost" and row.dump_path is None, (row.state, row.error, d.log_text()[-3000:])
+    assert row.capture["mode"] == "hold" and "hugepages-shared" in row.capture["choice"]["reason"]
+    assert "released so the guest could start" in row.error
+    # the guest runs: a fresh QEMU, started once the image had given its pages back
+    assert virsh("domstate", g.name) == "running" and qemu_pid(g.name) != old_pid
+    assert row.recovery_result == "running"
+    events = [(e["kind"], e["message"]) for e in d.catalog().events(row.id)]
+    kinds = [k for k, _ in events]
+    assert kinds.index("held") < kinds.index("released") < kinds.index("recovered")
+    released = next(m for k, m in events if k == "released")
+    assert "restart failed" in released or "not running after restart" in released
+    # the triage of the held image was kept before it was released
+    assert row.triage and row.triage["panic_line"] and row.triage["panic_line"] in g.serial_text()
+    assert list(d.dump_dir.glob("*.elf")) == [] and list(d.dump_dir.glob(".*.partial")) == []
+    g.wait_serial("vmcrash-lab: ready", 240, after=g.serial_bytes().find(b"Kernel panic"))
+    assert d.stop() == 0
+
+
+def test_manual_dump_copies_while_paused_and_equals_qemus_dump(hv, lab_guest, daemon, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``vmcrash dump`` (capture auto → copy): the guest is paused only while its present pages are
+    copied, the dump is written after it runs again, and it equals QEMU's own dump of the same state."""
+    anon = lab_guest(memory_mib=512, fill_mib=64)
+    shm = lab_guest(memory_mib=384, memory_backing="memfd")
+    d = daemon(capture="auto")
+    anon.start()
+    shm.start()
+    anon.wait_ready(240)
+    shm.wait_ready(240)
+    for g in (anon, shm):
+        pid = qemu_pid(g.name)
+        virsh("suspend", g.name)  # the same memory for both dumps
+        plain = tmp_path / f"{g.name}.plain.elf"
+        subprocess.run(["virsh", "-c", "qemu:///system", "dump", "--memory-only", "--format", "elf", g.name,
+                        str(plain)], check=True, capture_output=True)
+        res = d.cli("dump", g.name, "--json", "--no-compact")
+        assert res.returncode == 0, res.stderr
+        row = json.loads(res.stdout)
+        assert row["state"] == "done" and row["capture"]["mode"] == "copy", row
+        assert row["capture"]["choice"]["requested"] == "auto"
+        assert row["running_again_ns"] < row["dump_ended_ns"]  # running again before the dump was written
+        assert virsh("domstate", g.name) == "running" and qemu_pid(g.name) == pid
+        path = Path(row["dump_path"])
+        assert path.stat().st_size == plain.stat().st_size
+        assert subprocess.run(["cmp", "-s", str(plain), str(path)]).returncode == 0, g.name
+        assert path.stat().st_blocks * 512 < 0.6 * path.stat().st_size  # zero pages are holes
+        plain.unlink()
+    # a running guest is paused for the copy and resumed after it
+    res = d.cli("dump", anon.name, "--json", "--no-compact", "--capture", "copy")
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)
+    events = [e["kind"] for e in d.catalog().events(row["id"])]
+    assert events.index("paused") < events.index("held") < events.index("recovered") < events.index("dumped")
+    assert virsh("domstate", anon.name) == "running"
+    assert "NT_PRSTATUS" in readelf("-n", Path(row["dump_path"]))

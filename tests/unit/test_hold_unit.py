@@ -92,30 +92,82 @@ def test_mode_choice() -> None:
     ok = (True, "plenty")
     assert choose_mode(requested="auto", recovery="restart", backing="memfd-shared", fallback="stream",
                        guard=ok).mode is Mode.HOLD
-    for recovery in ("reset", "preserve"):
+    assert choose_mode(requested="auto", recovery="destroy", backing="hugepages-shared", fallback="stream",
+                       guard=ok).mode is Mode.HOLD
+    # the same QEMU keeps (and reuses) shared memory: never hold with reset; copy it instead
+    for recovery in ("reset", "resume"):
         c = choose_mode(requested="auto", recovery=recovery, backing="memfd-shared", fallback="stream", guard=ok)
-        assert c.mode is Mode.STREAM and f"recovery {recovery!r}" in c.reason
+        assert c.mode is Mode.COPY and f"recovery {recovery!r} keeps the same QEMU" in c.reason
+    c = choose_mode(requested="auto", recovery="preserve", backing="memfd-shared", fallback="stream", guard=ok)
+    assert c.mode is Mode.STREAM and "recovery 'preserve'" in c.reason
     c = choose_mode(requested="hold", recovery="reset", backing="memfd-shared", fallback="direct", guard=ok)
     assert c.mode is Mode.DIRECT  # never hold with reset, whatever was asked
+    c = choose_mode(requested="hold", recovery="restart", backing="anonymous", fallback="stream", guard=ok)
+    assert c.mode is Mode.STREAM and "anonymous" in c.reason  # hold asked, nothing to hold
+    # auto on anonymous RAM copies the present pages, if the guard allows
+    c = choose_mode(requested="auto", recovery="restart", backing="anonymous", fallback="stream", guard=ok)
+    assert c.mode is Mode.COPY and "anonymous" in c.reason and "plenty" in c.reason
     c = choose_mode(requested="auto", recovery="restart", backing="anonymous", fallback="stream", guard=None)
-    assert c.mode is Mode.STREAM and "anonymous" in c.reason
+    assert c.mode is Mode.STREAM and "memory guard" in c.reason
     c = choose_mode(requested="auto", recovery="restart", backing="memfd-shared", fallback="stream",
                     guard=(False, "host memory guard: x"))
-    assert c.mode is Mode.STREAM and "host memory guard" in c.reason
+    assert c.mode is Mode.STREAM and "hold refused by host memory guard" in c.reason
     assert choose_mode(requested="direct", recovery="restart", backing="memfd-shared", fallback="stream",
                        guard=ok).mode is Mode.DIRECT
+    assert choose_mode(requested="stream", recovery="restart", backing="anonymous", fallback="direct",
+                       guard=ok).mode is Mode.STREAM
+
+
+def test_candidate_never_pairs_hold_with_the_same_qemu() -> None:
+    from vmcrash.capture.hold import CAPTURE_MODES, candidate_mode
+
+    for requested in CAPTURE_MODES:
+        for backing in ("anonymous", "memfd-shared", "file-shared", "hugepages-shared"):
+            for recovery in ("restart", "destroy", "reset", "resume", "preserve"):
+                c = candidate_mode(requested=requested, recovery=recovery, backing=backing, fallback="stream")
+                if c.mode is Mode.HOLD:
+                    assert recovery in ("restart", "destroy") and backing != "anonymous"
+                if c.mode is Mode.COPY:
+                    assert recovery != "preserve"
 
 
 def test_memory_guard() -> None:
+    from vmcrash.capture.hold import MemoryNeed, memory_need
+
     g = MIB
-    assert guard_decision(mem_available_bytes=8000 * g, new_guest_bytes=2048 * g, headroom_bytes=1024 * g,
-                          held_now=0, max_held=2)[0]
-    ok, why = guard_decision(mem_available_bytes=3000 * g, new_guest_bytes=2048 * g, headroom_bytes=1024 * g,
-                             held_now=0, max_held=2)
+    assert guard_decision(mem_available_bytes=8000 * g, need=MemoryNeed(new_guest_bytes=2048 * g),
+                          headroom_bytes=1024 * g, held_now=0, max_held=2)[0]
+    ok, why = guard_decision(mem_available_bytes=3000 * g, need=MemoryNeed(new_guest_bytes=2048 * g),
+                             headroom_bytes=1024 * g, held_now=0, max_held=2)
     assert not ok and "952 MiB < headroom 1024 MiB" in why
-    ok, why = guard_decision(mem_available_bytes=8000 * g, new_guest_bytes=0, headroom_bytes=0,
+    ok, why = guard_decision(mem_available_bytes=8000 * g, need=MemoryNeed(), headroom_bytes=0,
                              held_now=2, max_held=2)
     assert not ok and "limit 2" in why
+    # copy with restart: the copy and the new guest count, the crashed QEMU's private memory comes back
+    need = memory_need(Mode.COPY, recovery="restart", guest_ram_bytes=2048 * g, private_rss_bytes=1200 * g,
+                       shared_rss_bytes=0)
+    assert need == MemoryNeed(image_bytes=1200 * g, new_guest_bytes=2048 * g, freed_bytes=1200 * g)
+    ok, why = guard_decision(mem_available_bytes=3000 * g, need=need, headroom_bytes=1024 * g, held_now=0,
+                             max_held=2)
+    assert not ok and "the copy takes 1200 MiB" in why and "952 MiB < headroom" in why
+    # copy with reset: the same QEMU keeps its memory and may touch the rest of its RAM
+    need = memory_need(Mode.COPY, recovery="reset", guest_ram_bytes=2048 * g, private_rss_bytes=1200 * g,
+                       shared_rss_bytes=0)
+    assert need == MemoryNeed(image_bytes=1200 * g, new_guest_bytes=848 * g, freed_bytes=0)
+    # hold: the image is already allocated; a fresh QEMU may take all its RAM, destroy nothing
+    assert memory_need(Mode.HOLD, recovery="restart", guest_ram_bytes=2048 * g, private_rss_bytes=9 * g,
+                       shared_rss_bytes=900 * g) == MemoryNeed(0, 2048 * g, 0)
+    assert memory_need(Mode.HOLD, recovery="destroy", guest_ram_bytes=2048 * g, private_rss_bytes=9 * g,
+                       shared_rss_bytes=900 * g) == MemoryNeed(0, 0, 0)
+
+
+def test_status_rss_parser() -> None:
+    from vmcrash.host.qemu_memory import parse_status_rss
+
+    text = "Name:\tqemu\nRssAnon:\t  123456 kB\nRssFile:\t 10 kB\nRssShmem:\t     64 kB\n"
+    assert parse_status_rss(text) == (123456 * 1024, 64 * 1024)
+    assert parse_status_rss("RssAnon: lots kB\n") == (0, 0)
+    assert parse_status_rss("") == (0, 0)
 
 
 def test_backing_of_xml() -> None:
@@ -210,5 +262,51 @@ def test_present_runs_and_copy_choice() -> None:
     c = choose_mode(requested="copy", recovery="restart", backing="anonymous", fallback="stream",
                     guard=(False, "host memory guard: no"))
     assert c.mode is Mode.STREAM and "host memory guard" in c.reason
-    assert choose_mode(requested="auto", recovery="restart", backing="anonymous", fallback="stream",
-                       guard=(True, "ok")).mode is Mode.STREAM  # auto never copies (opt-in)
+
+
+def test_file_data_runs_and_copy_runs_on_a_real_sparse_file(tmp_path: Path) -> None:
+    """SEEK_DATA finds the written extents of a real sparse file; the threaded copy reads exactly them."""
+    import mmap
+    import os
+
+    from vmcrash.capture.hold import COPY_CHUNK_BYTES, CopyRun, copy_runs, file_data_runs
+
+    path = tmp_path / "ram"
+    size = 4 * COPY_CHUNK_BYTES
+    blobs = {0: os.urandom(8192), COPY_CHUNK_BYTES - 4096: os.urandom(COPY_CHUNK_BYTES + 8192),
+             3 * COPY_CHUNK_BYTES: os.urandom(4096)}
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, blob in blobs.items():
+            f.seek(off)
+            f.write(blob)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        runs = list(file_data_runs(fd, 0, size))
+        # file systems report data at their block granularity: every written byte is inside a run,
+        # and the runs are far smaller than the file
+        for off, blob in blobs.items():
+            assert any(o <= off and off + len(blob) <= o + n for o, n in runs), (off, runs)
+        assert sum(n for _, n in runs) < size // 2
+        assert list(file_data_runs(fd, size, 0)) == []
+        # a window that starts inside a hole
+        inner = list(file_data_runs(fd, 8192 + 4096, COPY_CHUNK_BYTES))
+        assert inner and inner[0][0] >= 8192
+        plan = [CopyRun(paddr=o, size_bytes=n, fd=fd, source_offset=o) for o, n in runs]
+        total = sum(r.size_bytes for r in plan)
+        buf = mmap.mmap(-1, total)
+        view = memoryview(buf)
+        copy_runs(plan, view, threads=3)
+        at = 0
+        with open(path, "rb") as f:
+            for r in plan:
+                f.seek(r.source_offset)
+                assert view[at:at + r.size_bytes] == f.read(r.size_bytes)
+                at += r.size_bytes
+        view.release()
+        buf.close()
+        # a read past the end of the file is a short read: an error, not zeros
+        with pytest.raises(Exception, match="short read"):
+            copy_runs([CopyRun(0, 4096, fd, size)], memoryview(bytearray(4096)), threads=1)
+    finally:
+        os.close(fd)

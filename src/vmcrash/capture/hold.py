@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import enum
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -55,8 +56,11 @@ __all__ = [
     "HeldElfSource",
     "HoldRegistry",
     "backing_of_xml",
+    "candidate_mode",
     "choose_mode",
     "guard_decision",
+    "memory_need",
+    "MemoryNeed",
     "parse_dump_header",
     "grab_dump_header",
     "hold_image",
@@ -135,51 +139,117 @@ def backing_of_xml(xml: str) -> str:
     return "anonymous"
 
 
-def guard_decision(*, mem_available_bytes: int, new_guest_bytes: int, headroom_bytes: int,
-                   held_now: int, max_held: int) -> tuple[bool, str]:
-    """Whether one more image may be held. Pure.
+#: Recovery actions after which a copy of the crashed image is still useful (the memory is copied
+#: while the guest is stopped; ``resume`` is a manual dump of a running guest).
+COPY_RECOVERIES = ("restart", "destroy", "reset", "resume")
+#: Recovery actions that start a fresh QEMU or none: the only ones ``hold`` works with.
+HOLD_RECOVERIES = ("restart", "destroy")
 
-    Holding keeps the crashed guest's pages while the recovered guest (a fresh QEMU) may touch up
-    to its whole RAM again: the host must keep ``headroom_bytes`` available with that counted.
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What one more held or copied image would do to the host's memory, in bytes.
+
+    ``image_bytes``: what the capture itself allocates (a copy; 0 for ``hold``, whose image is
+    already allocated). ``new_guest_bytes``: what the recovered guest may still allocate.
+    ``freed_bytes``: what the recovery frees at once (the crashed QEMU's private memory when it
+    is destroyed).
+    """
+
+    image_bytes: int = 0
+    new_guest_bytes: int = 0
+    freed_bytes: int = 0
+
+
+def memory_need(mode: Mode, *, recovery: str, guest_ram_bytes: int, private_rss_bytes: int,
+                shared_rss_bytes: int) -> MemoryNeed:
+    """The :class:`MemoryNeed` of capturing one crash in ``mode`` with ``recovery``. Pure.
+
+    :param private_rss_bytes: the crashed QEMU's resident anonymous memory (``RssAnon``).
+    :param shared_rss_bytes: its resident shared memory (``RssShmem``: memfd/hugetlbfs guest RAM).
+    """
+    resident = private_rss_bytes + shared_rss_bytes
+    fresh_qemu = recovery == "restart"
+    same_qemu = recovery in ("reset", "resume")
+    if mode is Mode.HOLD:
+        return MemoryNeed(0, guest_ram_bytes if fresh_qemu else 0, 0)
+    # copy: the present pages; a fresh QEMU may touch all of its RAM, the same QEMU what it has not yet
+    new_guest = guest_ram_bytes if fresh_qemu else max(0, guest_ram_bytes - resident) if same_qemu else 0
+    freed = private_rss_bytes if recovery in ("restart", "destroy") else 0
+    return MemoryNeed(min(resident, guest_ram_bytes + MAX_PRIVATE_BYTES), new_guest, freed)
+
+
+def guard_decision(*, mem_available_bytes: int, need: MemoryNeed, headroom_bytes: int,
+                   held_now: int, max_held: int) -> tuple[bool, str]:
+    """Whether one more image may be held or copied. Pure.
+
+    The host must keep ``headroom_bytes`` available once the image is taken, the crashed QEMU's
+    freed memory returned and the recovered guest grown to its whole RAM.
     """
     if held_now >= max_held:
         return False, f"{held_now} image(s) held already (limit {max_held})"
-    after = mem_available_bytes - new_guest_bytes
+    after = mem_available_bytes + need.freed_bytes - need.image_bytes - need.new_guest_bytes
+    parts = [f"{mem_available_bytes >> 20} MiB available"]
+    if need.image_bytes:
+        parts.append(f"the copy takes {need.image_bytes >> 20} MiB")
+    if need.freed_bytes:
+        parts.append(f"the crashed QEMU frees {need.freed_bytes >> 20} MiB")
+    if need.new_guest_bytes:
+        parts.append(f"the new guest may take {need.new_guest_bytes >> 20} MiB")
+    said = ", ".join(parts)
     if after < headroom_bytes:
-        return False, (f"host memory guard: {mem_available_bytes >> 20} MiB available, the new guest may take "
-                       f"{new_guest_bytes >> 20} MiB, leaving {after >> 20} MiB < headroom {headroom_bytes >> 20} MiB")
-    return True, (f"{mem_available_bytes >> 20} MiB available, {after >> 20} MiB left with the new guest "
-                  f"(headroom {headroom_bytes >> 20} MiB)")
+        return False, f"host memory guard: {said}, leaving {after >> 20} MiB < headroom {headroom_bytes >> 20} MiB"
+    return True, f"{said}: {after >> 20} MiB left (headroom {headroom_bytes >> 20} MiB)"
 
 
-def choose_mode(*, requested: str, recovery: str, backing: str, fallback: str,
-                guard: tuple[bool, str] | None) -> ModeChoice:
-    """The capture mode for one crash. Pure.
+def candidate_mode(*, requested: str, recovery: str, backing: str, fallback: str) -> ModeChoice:
+    """The capture mode one crash would get if the host memory guard allows it. Pure.
 
-    :param requested: the policy's ``capture`` (``auto``, ``hold``, ``stream``, ``direct``).
-    :param recovery: the recovery action this crash gets.
+    ``auto``: ``hold`` when the RAM is in a shared file and the recovery starts a fresh QEMU (or
+    none); else ``copy`` when the recovery still needs the image copied before it (restart,
+    destroy, reset, or resuming after a manual dump); else ``fallback``.
+
+    :param requested: the policy's ``capture`` (``auto``, ``hold``, ``copy``, ``stream``, ``direct``).
+    :param recovery: the recovery action this crash gets (``resume`` for a manual dump).
     :param backing: :func:`backing_of_xml` of the running domain.
     :param fallback: ``stream`` or ``direct`` (the daemon's ``staging.mode``).
-    :param guard: :func:`guard_decision`'s answer, or None when not asked (not a hold candidate).
     """
     fb = Mode(fallback)
     if requested in ("stream", "direct"):
         return ModeChoice(Mode(requested), "set by policy", requested)
+    shared = backing != "anonymous"
+    if requested in ("auto", "hold") and shared and recovery in HOLD_RECOVERIES:
+        why = "set by policy" if requested == "hold" else f"RAM in {backing} memory, recovery {recovery!r}"
+        return ModeChoice(Mode.HOLD, why, requested)
+    if requested == "hold":
+        why = ("guest RAM is anonymous (private to QEMU, dies with it)" if not shared else
+               f"recovery {recovery!r} keeps the same QEMU process (its memory is reused): hold needs restart "
+               "or destroy")
+        return ModeChoice(fb, f"{why}; {fallback}", requested)
+    if recovery not in COPY_RECOVERIES:
+        return ModeChoice(fb, f"recovery {recovery!r} keeps the guest as it is: nothing to copy; {fallback}",
+                          requested)
     if requested == "copy":
-        if recovery not in ("restart", "destroy", "reset"):
-            return ModeChoice(fb, f"recovery {recovery!r} keeps the guest as it is: nothing to copy; {fallback}",
-                              requested)
-        if guard is None or not guard[0]:
-            return ModeChoice(fb, f"{guard[1] if guard else 'memory guard not checked'}: {fallback}", requested)
-        return ModeChoice(Mode.COPY, f"present pages copied while stopped (set by policy); {guard[1]}", requested)
-    if recovery not in ("restart", "destroy"):
-        return ModeChoice(fb, f"recovery {recovery!r} keeps the same QEMU process (its memory is reused): "
-                              f"hold needs restart or destroy; {fallback}", requested)
-    if backing == "anonymous":
-        return ModeChoice(fb, f"guest RAM is anonymous (private to QEMU, dies with it): {fallback}", requested)
+        return ModeChoice(Mode.COPY, "present pages copied while stopped (set by policy)", requested)
+    where = ("anonymous RAM (private to QEMU)" if not shared else
+             f"RAM in {backing} memory but recovery {recovery!r} keeps the same QEMU")
+    return ModeChoice(Mode.COPY, f"{where}: present pages copied while stopped", requested)
+
+
+def choose_mode(*, requested: str, recovery: str, backing: str, fallback: str,
+                guard: tuple[bool, str] | None) -> ModeChoice:
+    """The capture mode for one crash: :func:`candidate_mode`, then the memory guard. Pure.
+
+    :param guard: :func:`guard_decision`'s answer for the candidate (None: not evaluated, which
+        refuses ``hold`` and ``copy``).
+    """
+    cand = candidate_mode(requested=requested, recovery=recovery, backing=backing, fallback=fallback)
+    if cand.mode not in (Mode.HOLD, Mode.COPY):
+        return cand
     if guard is None or not guard[0]:
-        return ModeChoice(fb, f"{guard[1] if guard else 'memory guard not checked'}: {fallback}", requested)
-    return ModeChoice(Mode.HOLD, f"RAM in {backing} memory; {guard[1]}", requested)
+        return ModeChoice(Mode(fallback), f"{cand.mode.value} refused by "
+                          f"{guard[1] if guard else 'the memory guard (not checked)'}; {fallback}", requested)
+    return ModeChoice(cand.mode, f"{cand.reason}; {guard[1]}", requested)
 
 
 # -- QEMU's dump header ------------------------------------------------------------------
@@ -380,7 +450,7 @@ class HeldRange:
     size_bytes: int
     fd: int = -1
     file_offset: int = 0
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
 
 
 @dataclass
@@ -397,6 +467,8 @@ class HeldImage:
     held_ns: int = 0
     hold_seconds: float = 0.0
     files: list[str] = field(default_factory=list)
+    #: the anonymous mapping a ``copy`` was read into (its ranges' ``data`` are views of it)
+    buffer: mmap.mmap | None = field(default=None, repr=False)
     _starts: list[int] = field(default_factory=list, repr=False)
 
     def held_bytes(self) -> int:
@@ -460,18 +532,8 @@ class HeldImage:
             if r.data is not None:
                 yield lo, hi - lo
                 continue
-            pos = r.file_offset + lo - r.paddr
-            stop = r.file_offset + hi - r.paddr
-            while pos < stop:
-                try:
-                    d = os.lseek(r.fd, pos, SEEK_DATA)
-                except OSError:  # ENXIO: no data after pos
-                    break
-                if d >= stop:
-                    break
-                h = min(os.lseek(r.fd, d, SEEK_HOLE), stop)
-                yield r.paddr + d - r.file_offset, h - d
-                pos = h
+            for off, n in file_data_runs(r.fd, r.file_offset + lo - r.paddr, hi - lo):
+                yield r.paddr + off - r.file_offset, n
 
     def close(self) -> None:
         for fd in self.fds:
@@ -481,8 +543,16 @@ class HeldImage:
                 pass
         self.fds = []
         for r in self.ranges:
+            if isinstance(r.data, memoryview):
+                r.data.release()
             r.data = None
             r.fd = -1
+        if self.buffer is not None:
+            try:
+                self.buffer.close()
+            except BufferError:  # a view still exported by a reader: freed with the last reference
+                pass
+            self.buffer = None
 
     def __enter__(self) -> HeldImage:
         return self
@@ -623,39 +693,148 @@ def present_runs(pagemap: bytes, hva: int) -> list[tuple[int, int]]:
     return runs
 
 
+@dataclass(frozen=True)
+class CopyRun:
+    """``size_bytes`` of guest memory at ``paddr`` to copy from ``fd`` at ``source_offset``."""
+
+    paddr: int
+    size_bytes: int
+    fd: int
+    source_offset: int
+
+
+def file_data_runs(fd: int, file_offset: int, size_bytes: int) -> Iterator[tuple[int, int]]:
+    """``(offset, bytes)`` runs of ``fd`` within ``[file_offset, file_offset + size_bytes)`` that hold
+    data (``SEEK_DATA``/``SEEK_HOLE``; a file system without them reports everything as data)."""
+    pos, stop = file_offset, file_offset + size_bytes
+    while pos < stop:
+        try:
+            d = os.lseek(fd, pos, SEEK_DATA)
+        except OSError:  # ENXIO: no data after pos
+            return
+        if d >= stop:
+            return
+        h = min(os.lseek(fd, d, SEEK_HOLE), stop)
+        yield d, h - d
+        pos = h
+
+
+#: one read while copying (each thread reads whole chunks)
+COPY_CHUNK_BYTES = 32 << 20
+#: threads that copy at once (page faults and the kernel's copy scale with cores)
+COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def copy_runs(runs: list[CopyRun], buffer: memoryview, *, threads: int = 2) -> None:
+    """Read every run into ``buffer`` (back to back, in order) with ``threads`` threads.
+
+    The reads (``preadv`` into the buffer: no intermediate copy) release the GIL, so the page
+    faults of a fresh buffer and the kernel's copy run on several cores.
+
+    :raises OSError: a read failed. :raises EnvironmentProblem: a short read.
+    """
+    jobs: list[tuple[int, int, int, int]] = []  # (buffer offset, bytes, fd, source offset)
+    at = 0
+    for run in runs:
+        for off in range(0, run.size_bytes, COPY_CHUNK_BYTES):
+            n = min(COPY_CHUNK_BYTES, run.size_bytes - off)
+            jobs.append((at + off, n, run.fd, run.source_offset + off))
+        at += run.size_bytes
+    errors: list[BaseException] = []
+
+    def work(mine: list[tuple[int, int, int, int]]) -> None:
+        try:
+            for boff, n, fd, soff in mine:
+                done = 0
+                while done < n:
+                    got = os.preadv(fd, [buffer[boff + done:boff + n]], soff + done)
+                    if got <= 0:
+                        raise EnvironmentProblem(f"short read of guest memory at source offset {soff + done:#x}")
+                    done += got
+        except BaseException as exc:
+            errors.append(exc)
+
+    count = max(1, min(threads, len(jobs)))
+    workers = [threading.Thread(target=work, args=(jobs[i::count],), name=f"copy-{i}") for i in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+
+
 def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, *,
-               limit_bytes: int) -> HeldImage:
-    """Capture mode ``copy``: the pages present in the stopped QEMU process, copied into memory.
+               limit_bytes: int, threads: int = COPY_THREADS, huge_pages: bool = True) -> HeldImage:
+    """Capture mode ``copy``: the guest memory the stopped QEMU has, copied into this process.
 
-    Guest-physical → host address from QEMU's memory map; ``/proc/<pid>/pagemap`` says which
-    pages were ever touched (others read as zeros and are not copied); ``/proc/<pid>/mem`` gives
-    their bytes. Shared-file ranges are read the same way (pages present in QEMU's mapping).
+    Guest-physical → host address from QEMU's memory map. Private (anonymous) RAM: the pages
+    ``/proc/<pid>/pagemap`` shows present or swapped are read from ``/proc/<pid>/mem``; RAM in a
+    shared file (memfd, hugetlbfs, file): the file's ``SEEK_DATA`` extents, read from the file
+    itself. Memory never touched reads as zeros and is not copied. The copy lands in one
+    anonymous mapping (transparent huge pages asked for unless ``huge_pages`` is false: fewer
+    faults) read by ``threads`` threads.
 
-    :raises EnvironmentProblem: more than ``limit_bytes`` present, or ``/proc`` unreadable.
+    :raises EnvironmentProblem: more than ``limit_bytes`` to copy, or ``/proc`` unreadable.
     """
     t0 = time.monotonic()
     ranges = qemu_memory.read_ram_ranges(dom, pid)
     image = HeldImage(name, header, [])
+    fds: list[int] = []
     try:
-        pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise EnvironmentProblem(f"{name}: cannot open /proc/{pid}: {exc.strerror}") from exc
-    total = 0
-    try:
+        try:
+            pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(pm)
+            mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(mem)
+        except OSError as exc:
+            raise EnvironmentProblem(f"{name}: cannot open /proc/{pid}: {exc.strerror}") from exc
+        runs: list[CopyRun] = []
+        total = 0
+        shared_fds: dict[tuple[int, str], int] = {}
         for r in ranges:
-            step = 1 << 30
-            for base in range(r.hva, r.hva + r.size_bytes, step):
-                n = min(step, r.hva + r.size_bytes - base)
-                table = os.pread(pm, n // PAGE_BYTES * 8, base // PAGE_BYTES * 8)
-                for addr, size in present_runs(table, base):
-                    total += size
-                    if total > limit_bytes:
-                        raise EnvironmentProblem(f"{name}: more than {limit_bytes >> 20} MiB present; not copying")
-                    data = os.pread(mem, size, addr)
-                    if len(data) != size:
-                        raise EnvironmentProblem(f"{name}: short read of QEMU memory at {addr:#x}")
-                    image.ranges.append(HeldRange(r.paddr + addr - r.hva, size, data=data))
+            if r.backing is Backing.SHARED_FILE:
+                key = (r.inode, r.dev)
+                if key not in shared_fds:
+                    p = qemu_memory.find_fd(pid, r.inode, r.dev)
+                    if p is None:
+                        raise EnvironmentProblem(f"{name}: QEMU has no open fd for its RAM file {r.path or r.inode}")
+                    try:
+                        shared_fds[key] = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as exc:
+                        raise EnvironmentProblem(f"{name}: cannot open {p} ({r.path}): {exc.strerror}") from exc
+                    fds.append(shared_fds[key])
+                fd = shared_fds[key]
+                found = [(r.paddr + off - r.file_offset, n, fd, off)
+                         for off, n in file_data_runs(fd, r.file_offset, r.size_bytes)]
+            else:
+                found = []
+                step = 1 << 30
+                for base in range(r.hva, r.hva + r.size_bytes, step):
+                    n = min(step, r.hva + r.size_bytes - base)
+                    table = os.pread(pm, n // PAGE_BYTES * 8, base // PAGE_BYTES * 8)
+                    found += [(r.paddr + addr - r.hva, size, mem, addr) for addr, size in present_runs(table, base)]
+            for paddr, size, fd, off in found:
+                total += size
+                if total > limit_bytes:
+                    raise EnvironmentProblem(f"{name}: more than {limit_bytes >> 20} MiB to copy; not copying")
+                runs.append(CopyRun(paddr, size, fd, off))
+        if total:
+            image.buffer = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
+                try:
+                    image.buffer.madvise(mmap.MADV_HUGEPAGE)
+                except OSError:
+                    pass
+            view = memoryview(image.buffer)
+            try:
+                copy_runs(runs, view, threads=threads)
+                at = 0
+                for run in runs:
+                    image.ranges.append(HeldRange(run.paddr, run.size_bytes, data=view[at:at + run.size_bytes]))
+                    at += run.size_bytes
+            finally:
+                view.release()
     except OSError as exc:
         image.close()
         raise EnvironmentProblem(f"{name}: cannot read QEMU memory: {exc.strerror}") from exc
@@ -663,8 +842,8 @@ def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, 
         image.close()
         raise
     finally:
-        os.close(pm)
-        os.close(mem)
+        for fd in fds:
+            os.close(fd)
     image.held_ns = time.time_ns()
     image.hold_seconds = time.monotonic() - t0
     return image
@@ -719,13 +898,15 @@ def write_held(image: HeldImage, target: Path, *, give_up: Callable[[], str | No
                             ahead = read_bytes / max_bytes_s - (time.monotonic() - t0)
                             if ahead > 0:
                                 time.sleep(min(ahead, 1.0))
-                        if progress is not None:
-                            progress(read_bytes, total)
+                        if progress is not None:  # how far into the file (holes count as done)
+                            progress(out_off + n, total)
             for off, blob in image.header.trailers:
                 _pwrite_all(fd, blob, off)
                 written += len(blob)
             os.ftruncate(fd, total)
             os.fsync(fd)
+            if progress is not None:
+                progress(total, total)
     finally:
         os.close(fd)
     stats.ended_ns = time.time_ns()

@@ -19,24 +19,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
 from vmcrash.capture import files
-from vmcrash.capture.dumping import DumpStats
+from vmcrash.capture.dumping import DumpProgress, DumpStats
 from vmcrash.capture.hold import (
     HeldImage,
     HoldRegistry,
     Mode,
     ModeChoice,
     backing_of_xml,
+    candidate_mode,
     choose_mode,
     copy_image,
     grab_dump_header,
     guard_decision,
     hold_image,
+    memory_need,
     triage_held,
     write_held,
 )
@@ -44,6 +47,7 @@ from vmcrash.capture.staging import mem_available_bytes
 from vmcrash.config import Config, DomainPolicy
 from vmcrash.errors import LibvirtUnavailable, VmcrashError
 from vmcrash.host import qemu_memory
+from vmcrash.host.connection import call
 from vmcrash.store.catalog import Catalog
 from vmcrash.store.states import CrashState
 
@@ -66,25 +70,28 @@ class HoldStage:
     # -- 1. the mode -----------------------------------------------------------------------
 
     def choose(self, crash_id: int, dom: libvirt.virDomain, info: Any, policy: DomainPolicy,
-               action: str) -> ModeChoice:
-        requested = policy.capture
+               action: str, requested: str | None = None) -> ModeChoice:
+        """The capture mode for this crash (``requested`` overrides the policy's), recorded in its log."""
+        requested = requested or policy.capture
         fallback = self.cfg.staging.mode
         backing = "anonymous"
-        guard: tuple[bool, str] | None = None
-        if requested == "copy":
-            st = self.cfg.staging
-            guard = guard_decision(mem_available_bytes=mem_available_bytes(), new_guest_bytes=info.memory_bytes,
-                                   headroom_bytes=st.hold_headroom_mib << 20, held_now=self.registry.count(),
-                                   max_held=st.max_held_images)
-        if requested in ("auto", "hold"):
+        if requested in ("auto", "hold", "copy"):
             try:
                 backing = backing_of_xml(dom.XMLDesc(0))
             except libvirt.libvirtError:
                 backing = "anonymous"
-            if backing != "anonymous" and action in ("restart", "destroy"):
+        cand = candidate_mode(requested=requested, recovery=action, backing=backing, fallback=fallback)
+        guard: tuple[bool, str] | None = None
+        if cand.mode in (Mode.HOLD, Mode.COPY):
+            try:
+                private, shared = qemu_memory.qemu_rss(qemu_memory.qemu_pid(info.name))
+            except VmcrashError as exc:
+                guard = (False, f"cannot size the crashed QEMU ({exc})")
+            else:
                 st = self.cfg.staging
-                guard = guard_decision(mem_available_bytes=mem_available_bytes(),
-                                       new_guest_bytes=info.memory_bytes if action == "restart" else 0,
+                need = memory_need(cand.mode, recovery=action, guest_ram_bytes=info.memory_bytes,
+                                   private_rss_bytes=private, shared_rss_bytes=shared)
+                guard = guard_decision(mem_available_bytes=mem_available_bytes(), need=need,
                                        headroom_bytes=st.hold_headroom_mib << 20,
                                        held_now=self.registry.count(), max_held=st.max_held_images)
         choice = choose_mode(requested=requested, recovery=action, backing=backing, fallback=fallback,
@@ -96,10 +103,17 @@ class HoldStage:
 
     def hold(self, crash_id: int, dom: libvirt.virDomain, info: Any, choice: ModeChoice,
              work_dir: Path, dlog: logging.Logger) -> tuple[HeldImage | None, ModeChoice]:
-        """Hold the image; on failure return ``(None, fallback choice)`` with the reason recorded."""
+        """Hold (or copy) the image; on failure return ``(None, fallback choice)`` with the reason recorded.
+
+        A guest that is still running (a manual dump) is paused first: nothing may change under
+        the copy, and QEMU's header dump must not resume it; the recovery resumes it.
+        """
         t0 = time.monotonic()
         try:
             pid = qemu_memory.qemu_pid(info.name)
+            if call(dom.state, domain=info.name)[0] == libvirt.VIR_DOMAIN_RUNNING:
+                call(dom.suspend, domain=info.name)
+                self.catalog.log(crash_id, "paused", f"paused for the {choice.mode.value}")
             header = grab_dump_header(dom, work_dir)
             if choice.mode is Mode.COPY:
                 image = copy_image(dom, info.name, pid, header, limit_bytes=info.memory_bytes + (64 << 20))
@@ -118,9 +132,14 @@ class HoldStage:
         self.catalog.advance(crash_id, CrashState.CAPTURED, capture={
             "mode": choice.mode.value, "held": True, "choice": choice.to_dict(), "held_bytes": held,
             "hold_seconds": round(time.monotonic() - t0, 4), "files": image.files})
-        self.catalog.log(crash_id, "held", f"image held: {held >> 20} MiB in {len(image.fds)} file(s), "
-                                           f"{(time.monotonic() - t0) * 1e3:.0f} ms")
-        dlog.info("crashed image held (%d MiB); recovering at once", held >> 20)
+        took_ms = (time.monotonic() - t0) * 1e3
+        if choice.mode is Mode.COPY:
+            self.catalog.log(crash_id, "held", f"image copied: {held >> 20} MiB in {took_ms:.0f} ms")
+        else:
+            self.catalog.log(crash_id, "held", f"image held: {held >> 20} MiB in {len(image.fds)} file(s), "
+                                               f"{took_ms:.0f} ms")
+        dlog.info("crashed image %s (%d MiB in %.0f ms); recovering at once",
+                  "copied" if choice.mode is Mode.COPY else "held", held >> 20, took_ms)
         return image, choice
 
     def start_triage(self, image: HeldImage) -> tuple[threading.Thread, dict[str, Any]]:
@@ -142,8 +161,10 @@ class HoldStage:
 
     # -- 4. write behind ------------------------------------------------------------------
 
-    def record_triage(self, crash_id: int, thread: threading.Thread, out: dict[str, Any]) -> None:
-        thread.join(120)
+    def record_triage(self, crash_id: int, thread: threading.Thread, out: dict[str, Any],
+                      wait_s: float = 120.0) -> None:
+        """Record the held image's triage (waiting for its thread at most ``wait_s``)."""
+        thread.join(wait_s)
         triage = out.get("triage")
         error = out.get("error") or (None if triage else "triage did not finish")
         self.catalog.update(crash_id, triage=triage)
@@ -161,7 +182,8 @@ class HoldStage:
         return f"daemon stopping, {limit:g} s to finish exceeded" if waited > limit else None
 
     def write_behind(self, crash_id: int, image: HeldImage, choice: ModeChoice, names: files.DumpName,
-                     dlog: logging.Logger) -> tuple[DumpStats | None, str | None]:
+                     dlog: logging.Logger, progress: Callable[[DumpProgress], None] | None = None
+                     ) -> tuple[DumpStats | None, str | None]:
         """Write the dump from the held image into ``names.partial``; always releases the image."""
         planned = {"final": str(names.final), "partial": str(names.partial), "sidecar": str(names.sidecar),
                    "target": str(names.partial)}
@@ -169,8 +191,14 @@ class HoldStage:
                 "hold_seconds": round(image.hold_seconds, 4), "planned": planned}
         self.catalog.update(crash_id, dump_temp_path=str(names.partial), dump_format="elf",
                             dump_started_ns=time.time_ns(), capture=base)
+        t0 = time.monotonic()
+
+        def on_progress(done_bytes: int, total_bytes: int) -> None:
+            if progress is not None:
+                progress(DumpProgress(done_bytes, total_bytes, time.monotonic() - t0))
+
         try:
-            stats = write_held(image, names.partial, give_up=self._give_up,
+            stats = write_held(image, names.partial, give_up=self._give_up, progress=on_progress,
                                max_bytes_s=self.cfg.staging.hold_write_mib_s * (1 << 20))
         except VmcrashError as exc:
             files.remove_quietly(names.partial)

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ from vmcrash.store.states import CrashState
 __all__ = ["PanicReport", "CrashHandler", "triage_dump"]
 
 S = CrashState
+#: a held image whose guest cannot start is released after its triage, waited for this long at most
+TRIAGE_BEFORE_RELEASE_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,12 @@ class CrashHandler:
             else:
                 assert names is not None
                 choice = self.hold.choose(crash_id, dom, info, policy, action)
+                if choice.mode.value in ("hold", "copy") and policy.format != "elf":
+                    # the image is written as QEMU's ELF; the kdump format comes from compaction
+                    self.catalog.log(crash_id, "capture-mode", f"{choice.mode.value} writes ELF; "
+                                     f"{policy.format} comes from the compaction after it")
+                    policy = replace(policy, format="elf")
+                    names = files.dump_name(self.cfg.dump_dir, info.name, info.uuid, time.time_ns(), "elf")
                 self.catalog.advance(crash_id, S.CAPTURING, capture={"planned": _planned(names, staged),
                                                                      "choice": choice.to_dict()})
                 if choice.mode.value in ("hold", "copy"):
@@ -150,14 +158,15 @@ class CrashHandler:
                 if held is None:
                     stats, dump_error = self._dump(crash_id, dom, info, policy, names, staged, dlog,
                                                    mode=choice.mode.value, choice=choice.to_dict())
-            recovered, dom = self._recover_holding(crash_id, hv, dom, action, report, dlog, held)
+            recovered, dom = self._recover_holding(crash_id, hv, dom, action, report, dlog, held, triage_job)
             lost = False  # a held image that could not be written: the capture is lost, and said so
             if held is not None and not self.hold.registry.holds(crash_id):
                 held, lost = None, True  # released so the guest could start; its dump is given up
                 dump_error = "held image released so the guest could start again; no dump"
             if held is not None and names is not None and triage_job is not None:
                 self.hold.record_triage(crash_id, *triage_job)
-                stats, dump_error = self.hold.write_behind(crash_id, held, choice, names, dlog)
+                stats, dump_error = self.hold.write_behind(crash_id, held, choice, names, dlog,
+                                                           progress=self._progress_for(info.name, dlog))
                 held, lost = None, stats is None
             clock_thread = self._start_clock(crash_id, dom, info, recovered)
             if stats is not None and names is not None:
@@ -266,16 +275,7 @@ class CrashHandler:
         target = staged or names.partial
         planned = _planned(names, staged)
         mode = mode or self.cfg.staging.mode
-        last_log = [0.0]
-
-        def progress(p: DumpProgress) -> None:
-            if self.progress:
-                self.progress(info.name, p)
-            if p.elapsed_s - last_log[0] >= 2.0:
-                last_log[0] = p.elapsed_s
-                dlog.info("dump %.0f%% (%d/%d MiB, %.1f s)", 100 * p.fraction, p.processed_bytes >> 20,
-                          p.total_bytes >> 20, p.elapsed_s)
-
+        progress = self._progress_for(info.name, dlog)
         self.dump_slots.acquire()
         self.catalog.update(crash_id, dump_temp_path=str(target), dump_format=policy.format,
                             dump_started_ns=time.time_ns())
@@ -310,6 +310,20 @@ class CrashHandler:
         dlog.info("dump written: %d MiB in %.2f s", stats.stream_bytes >> 20, stats.seconds)
         return stats, None
 
+    def _progress_for(self, name: str, dlog: logging.Logger) -> Callable[[DumpProgress], None]:
+        """A progress sink for one dump: the caller's (``vmcrash dump``'s bar), and a log line every 2 s."""
+        last_log = [0.0]
+
+        def progress(p: DumpProgress) -> None:
+            if self.progress:
+                self.progress(name, p)
+            if p.elapsed_s - last_log[0] >= 2.0:
+                last_log[0] = p.elapsed_s
+                dlog.info("dump %.0f%% (%d/%d MiB, %.1f s)", 100 * p.fraction, p.processed_bytes >> 20,
+                          p.total_bytes >> 20, p.elapsed_s)
+
+        return progress
+
     def _recover(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, action: str,
                  report: PanicReport, dlog: logging.Logger) -> tuple[RecoveryResult, libvirt.virDomain]:
         """State ``recovering`` → ``recovered``: the policy's action."""
@@ -330,10 +344,12 @@ class CrashHandler:
         return result, dom
 
     def _recover_holding(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, action: str,
-                         report: PanicReport, dlog: logging.Logger, held: Any
+                         report: PanicReport, dlog: logging.Logger, held: Any, triage_job: Any = None
                          ) -> tuple[RecoveryResult, libvirt.virDomain]:
         """Recover; a held image never keeps the guest from starting: if the start fails while an
-        image is held, the image is released and the recovery tried once more."""
+        image is held (e.g. its hugepages are the ones the fresh QEMU needs), the triage of the image
+        is recorded (waiting at most :data:`TRIAGE_BEFORE_RELEASE_S`), the image is released and
+        the recovery tried once more."""
         if held is None:
             return self._recover(crash_id, hv, dom, action, report, dlog)
         try:
@@ -345,6 +361,9 @@ class CrashHandler:
             raise
         except VmcrashError as exc:
             why = f"restart failed: {exc}"
+        if triage_job is not None:
+            thread, out = triage_job
+            self.hold.record_triage(crash_id, thread, out, wait_s=TRIAGE_BEFORE_RELEASE_S)
         self.hold.release(crash_id, f"{why}; held image released so the guest can start, retrying")
         dlog.error("%s; released the held image and retrying", why)
         row = self.catalog.get(crash_id)
@@ -432,7 +451,8 @@ class CrashHandler:
             self.catalog.log(crash_id, "triage", f"triage: {triage_error}")
         elif triage:
             self.catalog.log(crash_id, "triage", str(triage.get("panic_line") or "no panic line found"))
-        if policy.format.startswith("kdump") or self.cfg.staging.compact:
+        # the configured format (a held or copied image is written as ELF even when kdump was asked for)
+        if self.cfg.policy_for(info.name).format.startswith("kdump") or self.cfg.staging.compact:
             queue_compaction(self.catalog, crash_id, "queued (runs after the guest is back, at low priority)")
         dlog.info("dump finalized: %s (%d MiB, sha256 %s…)", names.final, doc.size_bytes >> 20, doc.sha256[:12])
 

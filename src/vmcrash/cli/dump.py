@@ -17,6 +17,8 @@ from vmcrash.store.catalog import UNFINISHED_STATES, Catalog
 
 __all__ = ["dump", "daemon_watches", "refuse_if_owned"]
 
+#: capture modes a manual dump can use (``hold`` needs a fresh QEMU; a manual dump resumes the same one)
+MANUAL_CAPTURE_MODES = ("auto", "copy", "stream", "direct")
 #: a crash row of another host updated more recently than this is taken as being handled there
 FOREIGN_ROW_FRESH_S = 600.0
 
@@ -61,16 +63,22 @@ def refuse_if_owned(name: str, uuid: str, panicked: bool, daemon: Holder | None,
 @click.argument("domain")
 @click.option("--format", "fmt", type=click.Choice(DUMP_FORMATS), default=None,
               help="Dump format (default: the domain's policy).")
+@click.option("--capture", type=click.Choice(MANUAL_CAPTURE_MODES), default=None,
+              help="How the memory is taken (default: the domain's policy; auto copies the guest's memory "
+                   "while it is paused and writes the dump after resuming it, when the host has the memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue entry as JSON when done.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (default when stderr is not a terminal).")
 @click.option("--compact/--no-compact", default=True, show_default=True,
               help="Compact to seekable kdump right after (low priority), as the daemon would.")
 @click.pass_context
-def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_progress: bool,
-         compact: bool) -> int:
+def dump(ctx: click.Context, domain: str, fmt: str | None, capture: str | None, as_json: bool,
+         no_progress: bool, compact: bool) -> int:
     """Dump DOMAIN's memory now (memory-only), under the same file rules and catalogue as crashes.
 
-    QEMU pauses the guest while it dumps; vmcrash resumes it after and corrects its clock.
+    The guest is paused while its memory is taken: with capture ``copy`` (what ``auto`` picks when
+    the host has the memory) only while its present pages are copied, then it runs again and the
+    dump is written from the copy; with ``stream``/``direct`` while QEMU writes the whole dump.
+    vmcrash resumes it and corrects its clock.
     """
     from dataclasses import replace
 
@@ -91,6 +99,8 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
     cfg = config_of(ctx)
     if fmt is not None:
         cfg = replace(cfg, domains=cfg.domains + ((domain, (("format", fmt),)),))
+    if capture is not None:
+        cfg = replace(cfg, domains=cfg.domains + ((domain, (("capture", capture),)),))
     hv = Hypervisor(cfg.libvirt_uri)
     dom = hv.lookup(domain)
     info = hv.info(dom)
@@ -138,6 +148,9 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, as_json: bool, no_pro
             click.echo(f"  {fmt_bytes(row.dump_size_bytes)} ({fmt_bytes(cap.get('written_bytes'))} written) in "
                        f"{cap.get('seconds', 0):.2f} s; guest paused {row.freeze_s or 0:.2f} s, now "
                        f"{row.recovery_result}")
+            choice = cap.get("choice") or (cap.get("extra") or {}).get("choice") or {}
+            if choice:
+                click.echo(f"  capture {choice.get('mode')}: {choice.get('reason')}")
         else:
             click.echo(f"crash #{row.id}: no dump: {row.skip_reason or row.error}")
         if row.compact_path and row.compact:

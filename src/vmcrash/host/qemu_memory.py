@@ -39,6 +39,8 @@ __all__ = [
     "hmp",
     "read_ram_ranges",
     "find_fd",
+    "parse_status_rss",
+    "qemu_rss",
     "MAX_SECTIONS",
 ]
 
@@ -289,3 +291,27 @@ def find_fd(pid: int, inode: int, dev: str) -> str | None:
                 and stat.S_ISREG(st.st_mode):
             return p
     return None
+
+
+def parse_status_rss(text: str) -> tuple[int, int]:
+    """``(RssAnon, RssShmem)`` in bytes from ``/proc/<pid>/status`` text; 0 for a missing line. Pure."""
+    found = {"RssAnon": 0, "RssShmem": 0}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in found:
+            words = rest.split()
+            if len(words) == 2 and words[1] == "kB" and words[0].isdigit():
+                found[key] = int(words[0]) * 1024
+    return found["RssAnon"], found["RssShmem"]
+
+
+def qemu_rss(pid: int) -> tuple[int, int]:
+    """``(private, shared)`` resident bytes of process ``pid`` (``RssAnon``, ``RssShmem``).
+
+    :raises EnvironmentProblem: the process is gone or ``/proc`` unreadable.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return parse_status_rss(f.read())
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot read /proc/{pid}/status: {exc.strerror}") from exc

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from vmcrash.errors import EnvironmentProblem
 
-__all__ = ["DaemonSpec", "LibvirtDaemons", "ensure_libvirtd", "socket_alive", "LIBVIRTD", "VIRTLOGD"]
+__all__ = ["DaemonSpec", "LibvirtDaemons", "ensure_libvirtd", "ensure_hugetlbfs", "hugetlbfs_mounts", "socket_alive",
+           "LIBVIRTD", "VIRTLOGD"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class LibvirtDaemons:
         for spec in self.specs:
             if socket_alive(spec.socket):
                 continue
+            if spec is LIBVIRTD:
+                ensure_hugetlbfs()  # libvirtd finds hugetlbfs mounts only when it starts
             log.info("starting %s", spec.name)
             try:
                 subprocess.run(spec.argv, check=True, capture_output=True, timeout=30)
@@ -103,6 +106,40 @@ class LibvirtDaemons:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+HUGETLBFS_MOUNT = Path("/dev/hugepages")
+
+
+def hugetlbfs_mounts(mounts_text: str) -> list[str]:
+    """Mount points of hugetlbfs in ``/proc/mounts`` text. Pure."""
+    return [words[1] for line in mounts_text.splitlines() if len(words := line.split()) >= 3
+            and words[2] == "hugetlbfs"]
+
+
+def ensure_hugetlbfs(mount_point: Path = HUGETLBFS_MOUNT) -> str | None:
+    """Mount hugetlbfs at ``mount_point`` unless one is mounted (lab guests with hugepage-backed RAM
+    need it, and libvirtd must see it when it starts). Returns the mount point in use, or None
+    when the kernel has no hugetlbfs or the mount is refused (those guests then cannot start)."""
+    try:
+        with open("/proc/mounts") as f:
+            found = hugetlbfs_mounts(f.read())
+        with open("/proc/filesystems") as f:
+            supported = "hugetlbfs" in f.read().split()
+    except OSError:
+        return None
+    if found:
+        return found[0]
+    if not supported:
+        return None
+    mount_point.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "hugetlbfs", "hugetlbfs", str(mount_point)], capture_output=True,
+                         text=True, timeout=30)
+    if res.returncode != 0:
+        log.warning("cannot mount hugetlbfs at %s: %s", mount_point, res.stderr.strip())
+        return None
+    log.info("mounted hugetlbfs at %s", mount_point)
+    return str(mount_point)
 
 
 def stop_daemon(spec: DaemonSpec, *, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
