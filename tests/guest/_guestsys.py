@@ -1,4 +1,8 @@
-"""Literal miniature systemd systems for the guest tests (in memory; texts modelled on systemd 252's own).
+"""Literal miniature systemd systems for the guest tests (in memory).
+
+The targets are short versions of systemd 252's own (only the lines the ordering reads; not
+checked line by line against a published copy); the chrony texts are Debian 12's, checked and
+cited below.
 
 These are fakes for *pure logic* tests only; the same code is tested against the real Debian
 root built by debootstrap and against systemd itself on a booted guest (test_guest_rootfs.py,
@@ -7,7 +11,7 @@ test_guest_boot_proof.py).
 
 from __future__ import annotations
 
-from vmcrash.guest.sources import Link, MemorySource
+from vmcrash.guest.sources import File, Link, MemorySource
 
 LIB = "/lib/systemd/system"
 ETC = "/etc/systemd/system"
@@ -33,19 +37,27 @@ BASE: dict[str, str | bytes | Link] = {
                                       "[Socket]\nListenStream=/run/systemd/journal/stdout\n",
 }
 
+#: chrony 4.3-2+deb12u3 (Debian 12): chrony.service, chrony-wait.service and /usr/share/chrony/chrony.conf
+#: (installed as /etc/chrony/chrony.conf), checked against the package (apt-get download, dpkg-deb -x); unit
+#: texts trimmed to their [Unit] lines, Type=, ExecStart=, the timeout and [Install] (sandboxing left out).
 CHRONY = (
-    "[Unit]\nDescription=chrony\nConflicts=ntp.service\nWants=time-sync.target\nBefore=time-sync.target\n"
-    "After=network.target\n[Service]\nType=forking\nExecStart=!/usr/sbin/chronyd $DAEMON_OPTS\n"
-    "PrivateTmp=yes\n[Install]\nAlias=chronyd.service\nWantedBy=multi-user.target\n"
+    "[Unit]\nDescription=chrony, an NTP client/server\nConflicts=openntpd.service ntp.service ntpsec.service\n"
+    "Wants=time-sync.target\nBefore=time-sync.target\nAfter=network.target\nConditionCapability=CAP_SYS_TIME\n"
+    "[Service]\nType=forking\nPIDFile=/run/chrony/chronyd.pid\nEnvironmentFile=-/etc/default/chrony\n"
+    "ExecStart=!/usr/sbin/chronyd $DAEMON_OPTS\nPrivateTmp=yes\n[Install]\nAlias=chronyd.service\n"
+    "WantedBy=multi-user.target\n"
 )
 CHRONY_WAIT = (
-    "[Unit]\nDescription=Wait for chrony\nAfter=chronyd.service\nRequires=chronyd.service\n"
+    "[Unit]\nDescription=Wait for chrony to synchronize system clock\nAfter=chronyd.service\nRequires=chronyd.service\n"
     "Before=time-sync.target\nWants=time-sync.target\n[Service]\nType=oneshot\n"
-    "ExecStart=/usr/bin/chronyc -h 127.0.0.1,::1 waitsync 0 0.1 0.0 1\nRemainAfterExit=yes\n"
+    "ExecStart=/usr/bin/chronyc -h 127.0.0.1,::1 waitsync 0 0.1 0.0 1\nTimeoutStartSec=180\nRemainAfterExit=yes\n"
     "[Install]\nWantedBy=multi-user.target\n"
 )
 SIMPLE = "[Unit]\nDescription={name}\n[Service]\nExecStart=/usr/bin/{name}\n[Install]\nWantedBy=multi-user.target\n"
-CHRONY_CONF = "confdir /etc/chrony/conf.d\npool 2.debian.pool.ntp.org iburst\nrtcsync\nmakestep 1 3\n"
+CHRONY_CONF = ("confdir /etc/chrony/conf.d\npool 2.debian.pool.ntp.org iburst\nsourcedir /run/chrony-dhcp\n"
+               "sourcedir /etc/chrony/sources.d\nkeyfile /etc/chrony/chrony.keys\n"
+               "driftfile /var/lib/chrony/chrony.drift\nntsdumpdir /var/lib/chrony\nlogdir /var/log/chrony\n"
+               "maxupdateskew 100.0\nrtcsync\nmakestep 1 3\nleapsectz right/UTC\n")
 
 
 def system(extra: dict[str, str | bytes | Link] | None = None, *, chrony: bool = True,
@@ -69,7 +81,7 @@ def source(files: dict[str, str | bytes | Link]) -> MemorySource:
     return MemorySource(files)
 
 
-def write_tree(root: object, files: dict[str, str | bytes | Link]) -> None:
+def write_tree(root: object, files: dict[str, str | bytes | File | Link]) -> None:
     """Materialise ``files`` under the directory ``root`` (a pathlib.Path) for on-disk tests."""
     from pathlib import Path
 
@@ -79,5 +91,8 @@ def write_tree(root: object, files: dict[str, str | bytes | Link]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(value, Link):
             target.symlink_to(value.target)
+        elif isinstance(value, File):
+            target.write_bytes(value.data.encode() if isinstance(value.data, str) else value.data)
+            target.chmod(value.mode)
         else:
             target.write_bytes(value.encode() if isinstance(value, str) else value)

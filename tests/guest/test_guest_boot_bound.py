@@ -40,6 +40,7 @@ import pytest
 from test_guest_boot_proof import parse_show, wall_us
 
 from vmcrash.lab.image import LAB_DIR
+from vmcrash.lab.systemd_guest import HOLD_MARK
 
 pytestmark = pytest.mark.lab
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ LOGIN = "vmcrash-guest login:"
 APPS = ("cron.service", "nginx.service", "mariadb.service")
 WAIT_UNIT = {"chrony": "chrony-wait.service", "timesyncd": "systemd-time-wait-sync.service"}
 LABELS = ("chrony-unreachable", "timesyncd-unreachable", "timesyncd-reachable")
-HOLD = "vmcrash-evidence: waiting for the host"
 
 
 @dataclass
@@ -89,6 +89,12 @@ def _host_side(guest: Any, config: Path, into: dict[str, Any]) -> None:
                           capture_output=True, text=True, timeout=400, check=False)
     into["cli"] = {"rc": done.returncode, "out": done.stdout, "err": done.stderr,
                    "seconds": time.monotonic() - t0}
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "vmcrash.cli.main", "--config", str(config), "doctor",
+                           "--guest-audit", "--json", guest.name], capture_output=True, text=True, timeout=400,
+                          check=False)
+    into["doctor"] = {"rc": done.returncode, "out": done.stdout, "err": done.stderr,
+                      "seconds": time.monotonic() - t0}
     agent = guest.agent(timeout_s=10)
     try:
         run_guest_cli(agent, ["audit"], python="python3-not-there", timeout_s=30)
@@ -113,15 +119,9 @@ def _cached(path: Path) -> dict[str, BoundBoot]:
 @pytest.fixture(scope="module")
 def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPathFactory,
                 ) -> Iterator[dict[str, BoundBoot]]:
+    from vmcrash.lab.labntp import HostNtpServer
     from vmcrash.lab.rootfs import build_variant
-    from vmcrash.lab.systemd_guest import (
-        HOST_ALIAS,
-        UNREACHABLE_NTP,
-        HostNtpServer,
-        boot_all,
-        build_boot_files,
-        prepare_lab_root,
-    )
+    from vmcrash.lab.systemd_guest import HOST_ALIAS, UNREACHABLE_NTP, boot_all, build_boot_files, prepare_lab_root
 
     timesyncd_root = build_variant(debian_root, "timesyncd")  # type: ignore[arg-type]
     work = LAB_DIR / "run" / f"guest-bound-{time.strftime('%H%M%S')}"
@@ -154,7 +154,7 @@ def bound_boots(hv: object, debian_root: object, tmp_path_factory: pytest.TempPa
                 staged[label] = (root, text, tuple(ordered.split(", ")))
             results = boot_all(hv, [staged[k][0] for k in LABELS], work, ntp,  # type: ignore[arg-type]
                                clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=900, watch=(LOGIN,),
-                               on_console={HOLD: lambda g: _host_side(g, config, host)})
+                               on_console={HOLD_MARK: lambda g: _host_side(g, config, host)})
             for label, result in zip(LABELS, results, strict=True):
                 root, text, fixed = staged[label]
                 ev = result.evidence
@@ -302,3 +302,26 @@ def test_host_side_audit_through_the_agent_shows_what_the_guest_sees(bound_boots
     assert host_doc["time_sync"]["held_by"] == ["systemd-time-wait-sync.service"]
     log.warning("host-side audit through the agent: %.1f s", cli["seconds"])
     assert "the guest has no python3-not-there" in boot.host["no_python"]
+
+
+def test_doctor_guest_audit_on_a_booted_guest_reports_what_the_guest_audit_finds(
+        bound_boots: dict[str, BoundBoot]) -> None:
+    """``vmcrash doctor --guest-audit`` on its success path: the guest has python3 and an agent, the audit
+    runs inside it, and the doctor check says what the guest's own audit (run in the guest itself just
+    before and just after) found: ok exactly when that audit found nothing, else its finding codes."""
+    boot = bound_boots["timesyncd-reachable"]
+    doctor = boot.host["doctor"]
+    (entry,) = json.loads(doctor["out"])
+    (check,) = [c for c in entry["checks"] if c["name"] == "guest-boot-order"]
+    assert "not audited" not in check["detail"], check
+    for key in ("audit", "audit_after_host"):
+        guest_doc = json.loads(boot.evidence[key]["out"])
+        codes = sorted({f["code"] for f in guest_doc["findings"]})
+        assert check["ok"] is (boot.evidence[key]["rc"] == 0 and not codes), (check, codes)
+        if codes:
+            assert check["detail"].startswith(f"{len(guest_doc['findings'])} finding(s): {', '.join(codes)}"), check
+        else:
+            assert check["detail"] == "services start after the clock is stepped, every wait bounded", check
+    # doctor's exit code covers every check of the domain, the guest audit among them
+    assert doctor["rc"] == (0 if entry["ok"] else 1), doctor
+    log.warning("doctor --guest-audit on a booted guest: %.1f s, check %s", doctor["seconds"], check)

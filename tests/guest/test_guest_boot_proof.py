@@ -1,12 +1,26 @@
-"""The proof on a real boot: the Debian root booted under QEMU with systemd, its clock 10 minutes behind.
+"""The proof on a real boot: debootstrapped Debian roots booted under QEMU with systemd, their clock 10 minutes behind.
 
-Two boots of the same root (module fixture, ~1 min each under TCG): as Debian ships it, and after
-``python3 -m vmcrash.guest fix --all-enabled`` applied to the image. The only NTP source is a
-chronyd on this host's loopback reached through QEMU's user network. Ground truth is what the
-guest's systemd and journal recorded, brought out by the in-guest collector:
+Three guests boot at the same time (module fixture, one vCPU each):
 
-* the clock step: chronyd's "System clock was stepped by" journal entry and, independently, the
-  jump of (realtime - monotonic) between consecutive journal entries;
+* ``before``: the Debian root with chrony as Debian ships it. Its only NTP source sits behind an
+  :class:`~vmcrash.lab.labntp.NtpGate` that drops every NTP packet until the guest's collector
+  (ordered after multi-user.target) says time-sync.target is active: the clock step then
+  necessarily comes after every application service started and after time-sync.target was
+  reached, which is the race this unfixed layout loses in the field (without the gate chrony could
+  win it on a fast boot). After its evidence the guest runs ``fix --root / --all-enabled`` on
+  itself and reboots into the fixed boot (the live proof, second evidence slot).
+* ``after``: the same root after ``python3 -m vmcrash.guest fix --all-enabled`` applied to the image.
+* ``ntpsec``: the root with Debian's ntpsec instead of chrony (ntpsec.service enabled, ntpsec-wait
+  installed and not enabled, as the package leaves them): audited as it is, fixed live inside the
+  guest, rebooted.
+
+The NTP server is a chronyd on this host's loopback port 123 (NTPsec has no port setting) reached
+through QEMU's user network. Ground truth is what each guest's systemd and journal recorded,
+brought out by the in-guest collector:
+
+* the clock step: chronyd's "System clock was stepped by" or ntpd's "CLOCK: time stepped by"
+  journal entry and, independently, the jump of (realtime - monotonic) between consecutive
+  journal entries;
 * when each service started: ``systemctl show`` ``InactiveExitTimestampMonotonic``, and its
   ``InactiveExitTimestamp`` (wall clock taken at the same moment), whose difference shows which
   side of the step the service started on;
@@ -38,6 +52,7 @@ from vmcrash.guest.audit import audit_graph, load_graph
 from vmcrash.guest.graph import BootGraph
 from vmcrash.guest.sources import RootSource
 from vmcrash.lab.image import LAB_DIR
+from vmcrash.lab.systemd_guest import NTP_GATE_MARK
 
 pytestmark = pytest.mark.lab
 log = logging.getLogger(__name__)
@@ -95,6 +110,10 @@ def critical_chain_trees(text: str) -> dict[str, list[tuple[str, str]]]:
     return trees
 
 
+#: What each daemon logs when it steps the clock: chronyd, and ntpd of NTPsec (libntp/systime.c).
+STEP_MESSAGES = (r"System clock was stepped by (-?[\d.]+) seconds", r"CLOCK: time stepped by (-?[\d.]+)")
+
+
 @dataclass
 class Step:
     """The clock step seen in the guest journal. ``lo_us < step <= hi_us`` (monotonic)."""
@@ -102,19 +121,18 @@ class Step:
     lo_us: int
     hi_us: int
     size_s: float
-    chrony_says_s: float
+    daemon_says_s: float
     base_before_us: int  # realtime - monotonic before the step
 
 
 def find_step(journal: list[list[Any]]) -> Step:
     entries = sorted((int(m), int(r), str(i), str(msg)) for m, r, i, _u, msg in journal if int(m) > 0)
-    chrony = [float(m.group(1)) for *_, msg in entries
-              if (m := re.search(r"System clock was stepped by (-?[\d.]+) seconds", msg))]
-    assert chrony, "chronyd never stepped the clock"
+    said = [float(m.group(1)) for *_, msg in entries for pattern in STEP_MESSAGES if (m := re.search(pattern, msg))]
+    assert said, "the time daemon never stepped the clock"
     for prev, cur in itertools.pairwise(entries):
         jump = (cur[1] - cur[0]) - (prev[1] - prev[0])
         if abs(jump) > 300_000_000:
-            return Step(prev[0], cur[0], jump / 1e6, chrony[0], prev[1] - prev[0])
+            return Step(prev[0], cur[0], jump / 1e6, said[0], prev[1] - prev[0])
     raise AssertionError("no jump of realtime - monotonic in the journal")
 
 
@@ -129,6 +147,9 @@ class Boot:
     run_seconds: float
     fixed: tuple[str, ...] = ()
     second: dict[str, Any] | None = None
+    #: the NTP gate in front of this guest's server: datagrams dropped while closed, relayed after
+    gate: dict[str, int] | None = None
+    console_seen_s: dict[str, float] | None = None
 
     def start_us(self, unit: str) -> int:
         return int(self.units[unit].get("InactiveExitTimestampMonotonic") or 0)
@@ -143,22 +164,31 @@ class Boot:
         return abs(base - self.step.base_before_us) > 300_000_000
 
 
+LABELS = ("before", "after", "ntpsec")
+
+
 @pytest.fixture(scope="module")
 def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
-    from vmcrash.lab.systemd_guest import HostNtpServer, boot_all, build_boot_files, prepare_lab_root
+    from vmcrash.lab.labntp import HostNtpServer, NtpGate
+    from vmcrash.lab.rootfs import build_variant
+    from vmcrash.lab.systemd_guest import boot_all, build_boot_files, prepare_lab_root
 
+    ntpsec_root = build_variant(debian_root, "ntpsec")  # type: ignore[arg-type]
+    bases = {"before": debian_root.root, "after": debian_root.root, "ntpsec": ntpsec_root.root}  # type: ignore[attr-defined]
     work = LAB_DIR / "run" / f"guest-proof-{time.strftime('%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Boot] = {}
     try:
         boot_files = build_boot_files()
-        with HostNtpServer() as ntp:
+        with HostNtpServer(port=123) as ntp, NtpGate(upstream_port=ntp.port) as gate:
             staged = {}
-            for label in ("before", "after"):
-                # the unfixed guest also gives the live proof: after its evidence it runs the fix on
-                # itself (--root /) and reboots into the fixed boot (second evidence slot)
-                root = prepare_lab_root(debian_root.root, work / label, ntp_port=ntp.port,  # type: ignore[attr-defined]
-                                        live_fix=("--all-enabled",) if label == "before" else ())
+            for label in LABELS:
+                # the unfixed guests also give the live proof: after their evidence they run the fix on
+                # themselves (--root /) and reboot into the fixed boot (second evidence slot)
+                port = gate.port if label == "before" else ntp.port
+                root = prepare_lab_root(bases[label], work / label, ntp_port=port,
+                                        live_fix=("--all-enabled",) if label != "after" else (),
+                                        ntp_gate=label == "before")
                 fixed: tuple[str, ...] = ()
                 if label == "after":
                     done = subprocess.run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", str(root),
@@ -169,11 +199,13 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
                 source = RootSource(root)
                 graph = load_graph(root, source)
                 staged[label] = (root, fixed, graph, audit_graph(graph, source, label=str(root)))
-            # both guests boot at the same time, one vCPU each
-            results = boot_all(hv, [staged[k][0] for k in ("before", "after")], work, ntp,  # type: ignore[arg-type]
-                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=1200,
-                               restart_on_reboot=(True, False))
-            for label, result in zip(("before", "after"), results, strict=True):
+            # the guests boot at the same time, one vCPU each
+            results = boot_all(hv, [staged[k][0] for k in LABELS], work, ntp,  # type: ignore[arg-type]
+                               clock_offset_s=CLOCK_OFFSET_S, boot=boot_files, timeout_s=1500,
+                               restart_on_reboot=(True, False, True), watch=(NTP_GATE_MARK,),
+                               on_console={NTP_GATE_MARK: lambda _guest: gate.open()})
+            gate_seen = {"dropped": gate.dropped, "relayed": gate.relayed}
+            for label, result in zip(LABELS, results, strict=True):
                 root, fixed, graph, report = staged[label]
                 ev = result.evidence
                 log.warning("%s boot: %.1f s (disk image %.1f s)", label, result.run_seconds, result.image_seconds)
@@ -185,21 +217,27 @@ def boots(hv: object, debian_root: object) -> Iterator[dict[str, Boot]]:
                 second = result.extra.get("second_boot")
                 out[label] = Boot(root, ev, parse_show(ev["show"]["out"]), find_step(ev["journal"]), graph,
                                   report, result.run_seconds, fixed,
-                                  second if isinstance(second, dict) else None)
+                                  second if isinstance(second, dict) else None,
+                                  gate_seen if label == "before" else None, result.console_seen_s)
         yield out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_clock_was_ten_minutes_behind_and_chrony_stepped_it(boots: dict[str, Boot]) -> None:
+def test_clock_was_ten_minutes_behind_and_the_daemon_stepped_it(boots: dict[str, Boot]) -> None:
     for label, boot in boots.items():
         assert 590 <= boot.step.size_s <= 615, (label, boot.step)
-        assert abs(boot.step.chrony_says_s - boot.step.size_s) < 2, (label, boot.step)
+        assert abs(boot.step.daemon_says_s - boot.step.size_s) < 2, (label, boot.step)
         assert boot.evidence["waitsync"]["rc"] == 0, boot.evidence["waitsync"]
 
 
 def test_before_fix_time_sync_is_reached_before_the_step_and_services_start_early(boots: dict[str, Boot]) -> None:
     boot = boots["before"]
+    # the premise, made certain by the NTP gate: chrony's packets were dropped until the guest said
+    # time-sync.target was active (after multi-user.target), so the step could only come after that
+    assert boot.evidence["time_sync_active_before_gate"] is True
+    assert boot.gate is not None and boot.gate["dropped"] > 0 and boot.gate["relayed"] > 0, boot.gate
+    assert boot.console_seen_s and NTP_GATE_MARK in boot.console_seen_s
     ts = int(boot.units["time-sync.target"]["ActiveEnterTimestampMonotonic"])
     assert 0 < ts <= boot.step.lo_us, "time-sync.target was reached only after the step"
     audited = [s.unit for s in boot.report.services if not s.after_time_sync]
@@ -248,7 +286,7 @@ def test_in_guest_audit_after_fix_only_flags_units_an_offline_image_cannot_show(
     assert doc["time_sync"]["held_by"] == ["chrony-wait.service"]
 
 
-@pytest.mark.parametrize("label", ["before", "after"])
+@pytest.mark.parametrize("label", LABELS)
 def test_model_after_and_wants_equal_what_systemd_reports(boots: dict[str, Boot], label: str) -> None:
     """For every unit both loaded: systemd's After= equals the model's, once the units systemd created at
     run time (devices, generator output, credential mounts), which an image cannot show, are set aside."""
@@ -268,7 +306,7 @@ def test_model_after_and_wants_equal_what_systemd_reports(boots: dict[str, Boot]
         assert systemd_wants == set(boot.graph.edges(s.unit, "wants")), s.unit
 
 
-@pytest.mark.parametrize("label", ["before", "after"])
+@pytest.mark.parametrize("label", LABELS)
 def test_model_transaction_matches_what_systemd_started(boots: dict[str, Boot], label: str) -> None:
     boot = boots[label]
     runtime_only = set(boot.units) - set(boot.graph.units)
@@ -283,7 +321,56 @@ def test_model_transaction_matches_what_systemd_started(boots: dict[str, Boot], 
         assert uid not in started
 
 
-@pytest.mark.parametrize("label", ["before", "after"])
+#: Conditions whose answer the boot itself changes: systemd-update-done.service writes /etc/.updated
+#: and /var/.updated once the update tools ran, so after boot they say "no update needed".
+BOOT_CHANGES = ("NeedsUpdate",)
+
+
+def _condition_truth(units: dict[str, dict[str, str]], kind: str) -> dict[str, bool]:
+    """unit -> systemd's own Condition/AssertResult, for the units whose conditions systemd tested this boot."""
+    return {u: p[f"{kind}Result"] == "yes" for u, p in units.items()
+            if int(p.get(f"{kind}TimestampMonotonic") or 0) > 0}
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_conditions_as_modelled_are_what_systemd_found(boots: dict[str, Boot], label: str) -> None:
+    """Every Condition*=/Assert*= the model answers, offline on the image before the boot and live inside
+    the booted guest (the guest's own audit, with the machine's facts), equals systemd's own
+    ConditionResult/AssertResult of that boot; what the model leaves unknown it says it does not know."""
+    boot = boots[label]
+    truth = {"Condition": _condition_truth(boot.units, "Condition"), "Assert": _condition_truth(boot.units, "Assert")}
+    live_doc = json.loads(boot.evidence["audit"]["out"])
+    assert live_doc["machine"] == "live"
+    models = {
+        "offline": {c.unit: (c.conditions.met, c.asserts.met, c.conditions.why + c.asserts.why)
+                    for c in boot.report.conditions},
+        "live": {c["unit"]: (c["condition"], c["assert"], tuple(c["why"])) for c in live_doc["conditions"]},
+    }
+    compared = {}
+    for name, model in models.items():
+        wrong, known, unknown = [], 0, 0
+        for uid, (cond, asrt, why) in sorted(model.items()):
+            unit = boot.graph.units.get(uid)
+            if unit is not None and any(a.key.endswith(BOOT_CHANGES) for a in unit.assignments):
+                continue
+            for kind, value in (("Condition", cond), ("Assert", asrt)):
+                if uid not in truth[kind]:
+                    continue  # systemd did not test it this boot (no job)
+                if value is None:
+                    unknown += 1
+                    continue
+                known += 1
+                if value != truth[kind][uid]:
+                    wrong.append((name, uid, kind, value, truth[kind][uid], why))
+        assert wrong == [], wrong
+        compared[name] = (known, unknown)
+    log.warning("%s: conditions compared with systemd's (known, unknown): %s", label, compared)
+    # the running machine answers what an image cannot: the live model knows more, and most of them
+    assert compared["live"][0] > compared["offline"][0] and compared["live"][0] >= 20
+    assert compared["live"][1] < compared["offline"][1]
+
+
+@pytest.mark.parametrize("label", LABELS)
 def test_every_critical_chain_link_is_an_edge_of_the_model(boots: dict[str, Boot], label: str) -> None:
     boot = boots[label]
     res = boot.evidence["critical_chain_all"]
@@ -304,11 +391,18 @@ def test_every_critical_chain_link_is_an_edge_of_the_model(boots: dict[str, Boot
     assert links > 10
 
 
+WAIT_UNIT = {"before": "chrony-wait.service", "ntpsec": "ntpsec-wait.service"}
+
+
+@pytest.mark.parametrize("label", ["before", "ntpsec"])
 def test_live_fix_on_the_running_guest_then_reboot_every_fixed_service_starts_after_the_step(
-        boots: dict[str, Boot]) -> None:
+        boots: dict[str, Boot], label: str) -> None:
     """Issue 12's live proof: ``fix --root /`` inside the booted guest, then a reboot (the RTC still 10 min
-    behind: the lab root has chrony's rtcsync off): every service the live fix ordered starts after the step."""
-    first = boots["before"]
+    behind: the lab root has chrony's rtcsync off, NTPsec's kernel discipline off): every service the live
+    fix ordered starts after the step, and the wait unit held time-sync.target until the clock was
+    synchronized, bounded by the fix (systemd reports 90 s)."""
+    first = boots[label]
+    wait_unit = WAIT_UNIT[label]
     live = first.evidence["live_fix"]
     assert live["rc"] == 0, live
     ordered = re.search(r"(?m)^ordered after time-sync.target: (.*)$", live["out"])
@@ -318,14 +412,19 @@ def test_live_fix_on_the_running_guest_then_reboot_every_fixed_service_starts_af
     assert "audit after the fix: no findings" in live["out"], live["out"]
     live_audit = json.loads(first.evidence["live_audit"]["out"])
     assert not {f["unit"] for f in live_audit["findings"]} & set(fixed), live_audit["findings"]
-    assert live_audit["time_sync"]["held_by"] == ["chrony-wait.service"]
+    assert live_audit["time_sync"]["held_by"] == [wait_unit]
+    assert live_audit["time_sync"]["max_wait_s"] == 90
     second = first.second
     assert second is not None, "the guest did not come back from the reboot with evidence"
     units = parse_show(second["show"]["out"])
     step = find_step(second["journal"])
     assert 590 <= step.size_s <= 615, step
     boot2 = Boot(first.root, second, units, step, first.graph, first.report, 0.0, tuple(fixed))
-    assert int(units["chrony-wait.service"]["ActiveEnterTimestampMonotonic"]) >= step.hi_us
+    wait = units[wait_unit]
+    assert wait["ActiveState"] == "active", wait  # synchronized, not given up
+    assert int(wait["ActiveEnterTimestampMonotonic"]) >= step.hi_us
+    assert wait["TimeoutStartUSec"] == "1min 30s", wait.get("TimeoutStartUSec")
+    assert int(units["time-sync.target"]["ActiveEnterTimestampMonotonic"]) >= step.hi_us
     started = 0
     for unit in fixed:
         verdict = boot2.started_after_step(unit)
@@ -335,3 +434,21 @@ def test_live_fix_on_the_running_guest_then_reboot_every_fixed_service_starts_af
         assert verdict is True and boot2.start_us(unit) >= step.hi_us, (unit, units[unit]["InactiveExitTimestamp"])
         started += 1
     assert started >= len(CORE)
+    log.warning("%s: after the live fix %d services started after the step at %.1f s, %s active at %.1f s",
+                label, started, step.hi_us / 1e6, wait_unit, int(wait["ActiveEnterTimestampMonotonic"]) / 1e6)
+
+
+def test_ntpsec_as_debian_ships_it_pulls_in_no_time_sync_target(boots: dict[str, Boot]) -> None:
+    """Debian 12's ntpsec.service wants no time-sync.target and ntpsec-wait.service is only WantedBy= it:
+    nothing pulls the target in. The model says so offline, the guest's own audit says so, and systemd
+    never started the target nor the wait unit."""
+    boot = boots["ntpsec"]
+    assert not boot.report.time_sync_in_transaction
+    assert "time-sync-not-pulled-in" in {f.code for f in boot.report.findings}
+    assert set(CORE) <= {s.unit for s in boot.report.services if not s.after_time_sync}
+    doc = json.loads(boot.evidence["audit"]["out"])
+    assert boot.evidence["audit"]["rc"] == 1 and doc["time_sync"]["in_transaction"] is False
+    assert [d["unit"] for d in doc["daemons"]] == ["ntpsec.service"]
+    for unit in ("time-sync.target", "ntpsec-wait.service"):
+        assert int(boot.units.get(unit, {}).get("ActiveEnterTimestampMonotonic") or 0) == 0, unit
+    assert boot.start_us("ntpsec.service") > 0

@@ -114,6 +114,11 @@ def test_wait_commands_that_give_up_by_themselves() -> None:
     assert bound("/usr/bin/chronyc waitsync 30 0.1 0.0 2") == 60.0
     assert bound("/usr/bin/chronyc waitsync 6") == 60.0  # default interval 10 s
     assert bound("/usr/sbin/ntp-wait -n 10 -s 3") == 30.0
+    # RHEL/CentOS 7's ntp-wait.service runs it bare: ntp-4.2.6p5's defaults, 1000 tries, 6 s apart
+    assert bound("/usr/sbin/ntp-wait") == 6000.0
+    # Debian 12's ntpsec-wait.service (ntpsec 1.2.2): NTPsec's ntpwait, range(1, tries) queries
+    assert bound("/usr/sbin/ntpwait -s 1 -n 30000") == 29999.0
+    assert bound("/usr/sbin/ntpwait") == 594.0  # its defaults: 100 tries, 6 s
     assert bound("/lib/systemd/systemd-time-wait-sync") == math.inf
     chrony_wait = unit_from("[Service]\nType=oneshot\nExecStart=/usr/bin/chronyc waitsync 0 0.1 0.0 1\n"
                             "TimeoutStartSec=180\n")

@@ -6,6 +6,7 @@ version cited there). Expected facts are stated from those files, not from the a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_centos7_ntpdate_takes_servers_from_ntp_conf_when_step_tickers_is_empty(
 @pytest.mark.parametrize(("family", "daemon_unit", "wait_unit"), [
     ("fedora", "chronyd.service", "chrony-wait.service"),
     ("suse", "chronyd.service", "chrony-wait.service"),
-    ("ubuntu", "systemd-timesyncd.service", "systemd-time-wait-sync.service"),
+    ("timesyncd", "systemd-timesyncd.service", "systemd-time-wait-sync.service"),
     ("ntpsec", "ntpsec.service", "ntpsec-wait.service"),
 ])
 def test_each_family_audit_then_fix_with_its_own_wait_unit(tmp_path: Path, family: str, daemon_unit: str,
@@ -142,3 +143,38 @@ def test_a_wait_unit_skipped_by_its_condition_holds_nothing(tmp_path: Path) -> N
     assert "time-sync-not-held" in codes(report)
     (tmp_path / "etc/chrony-wait-enabled").write_text("")
     assert audit(tmp_path).time_sync_held_by == ("chrony-wait.service",)
+
+
+def test_ntpsec_as_debian_12_ships_it_pulls_in_no_time_sync_target_and_the_fix_enables_its_wait(
+        tmp_path: Path) -> None:
+    """ntpsec 1.2.2+dfsg1-1+deb12u1: ntpsec.service wants no time-sync.target; ntpsec-wait.service is
+    WantedBy=time-sync.target (not Before= it) and runs ntpwait -s 1 -n 30000; NTPsec's stepout is 300 s."""
+    write_tree(tmp_path, FAMILIES["ntpsec"]())
+    report = audit(tmp_path)
+    assert not report.time_sync_in_transaction and "time-sync-not-pulled-in" in codes(report)
+    (wait,) = [c for c in report.clock_units if c.unit == "ntpsec-wait.service"]
+    assert wait.role == "waits" and not wait.in_transaction and not wait.before_time_sync
+    assert wait.bound is not None and wait.bound.command_s == 29999.0 and "ntpwait gives up" in wait.bound.why
+    assert wait.bound.timeout_s == math.inf  # a oneshot without TimeoutStartSec=
+    (daemon,) = report.daemons
+    assert daemon.daemon == "ntpsec" and daemon.data["stepout_s"] == 300.0 and daemon.data["g"] is True
+    plan = plan_fix(tmp_path, all_enabled=True)
+    links = {c.path: c.target for c in plan.changes if c.action == "symlink"}
+    assert links == {f"{ETC}/time-sync.target.wants/ntpsec-wait.service": "/lib/systemd/system/ntpsec-wait.service"}
+    assert run_fix(str(tmp_path), all_enabled=True) == 0
+    after = audit(tmp_path)
+    (wait,) = [c for c in after.clock_units if c.unit == "ntpsec-wait.service"]
+    # ordered before time-sync.target only because the target is ordered after what it wants
+    assert wait.holds and wait.before_time_sync and wait.bound is not None and wait.bound.bound_s == 90.0
+
+
+def test_centos7_ntpd_keeps_ntp_4_2_6s_900_s_stepout_and_ntpdate_wants_the_network_online(centos: Path) -> None:
+    report = audit(centos)
+    (ntpd,) = report.daemons
+    assert ntpd.data["stepout_s"] == 900.0  # CLOCK_MINSTEP of ntp-4.2.6p5
+    run_fix(str(centos), all_enabled=True)
+    after = audit(centos)
+    chain = [e.dst for e in after.services[0].chain]
+    assert chain == ["time-sync.target"]
+    (step,) = [c for c in after.clock_units if c.unit == "ntpdate.service"]
+    assert step.holds and step.in_transaction

@@ -22,7 +22,8 @@ Public surface: :func:`audit` -> :class:`AuditReport` (its :class:`Finding` and
 
 from __future__ import annotations
 
-from vmcrash.guest.audit import AuditReport, Finding, ServiceVerdict, audit, load_graph
+from vmcrash.guest.audit import audit, load_graph
+from vmcrash.guest.findings import AuditReport, Finding, ServiceVerdict
 from vmcrash.guest.fix import FixPlan, apply_fix, plan_fix, render_plan, undo_fix
 from vmcrash.guest.graph import BootGraph, Edge
 from vmcrash.guest.sources import Link, MemorySource, RootSource, UnitSource

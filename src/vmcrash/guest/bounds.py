@@ -13,7 +13,8 @@ from the files alone:
   snippets, 90 s when unset);
 * the command's own limit: ``chronyc waitsync MAX-TRIES ... INTERVAL`` gives up after
   ``tries * interval`` seconds (0 tries = never), ``ntp-wait -n TRIES -s SLEEP`` after
-  ``tries * sleep``; ``systemd-time-wait-sync`` never gives up.
+  ``tries * sleep`` (NTPsec's ``ntpwait``: ``(tries - 1) * sleep``); ``systemd-time-wait-sync``
+  never gives up.
 
 Pure functions over a :class:`~vmcrash.guest.units.Unit` and a
 :class:`~vmcrash.guest.sources.UnitSource`; ``None`` means "no bound" (waits forever).
@@ -124,6 +125,13 @@ def start_timeout_s(unit: Unit, manager_default_s: float = DEFAULT_TIMEOUT_START
     return manager_default_s, f"DefaultTimeoutStartSec ({manager_default_s:g} s)"
 
 
+#: The wait commands of ntpd: name -> (default tries, default sleep in seconds, tries that do not sleep).
+#: ntp.org's ntp-wait (ntp-4.2.6p5 scripts/ntp-wait.in, RHEL/CentOS 7): -n 1000 -s 6, a sleep after
+#: every try; NTPsec's ntpwait (1.2.2, ntpclients/ntpwait.py): -n 100 -s 6, ``range(1, tries)``: one
+#: try fewer.
+_NTP_WAIT = {"ntp-wait": (1000, 6.0, 0), "ntpwait": (100, 6.0, 1)}
+
+
 def _words(line: str) -> list[str]:
     try:
         return shlex.split(line.lstrip("-@:+!"))
@@ -149,8 +157,9 @@ def command_bound_s(unit: Unit) -> tuple[float, str]:
                 best, why = tries * interval, f"chronyc waitsync gives up after {tries} tries x {interval:g} s"
             elif tries <= 0:
                 why = "chronyc waitsync 0: unlimited tries"
-        elif any(n in ("ntp-wait", "ntpsec-wait") for n in names):
-            tries, sleep = 100, 6.0  # ntp-wait's own defaults (-n 100 -s 6)
+        elif any(n in _NTP_WAIT for n in names):
+            name = next(n for n in names if n in _NTP_WAIT)
+            tries, sleep, first = _NTP_WAIT[name]
             for i, w in enumerate(words[:-1]):
                 try:
                     if w == "-n":
@@ -159,8 +168,9 @@ def command_bound_s(unit: Unit) -> tuple[float, str]:
                         sleep = float(words[i + 1])
                 except ValueError:
                     continue
-            if tries * sleep < best:
-                best, why = tries * sleep, f"ntp-wait gives up after {tries} tries x {sleep:g} s"
+            waits = max(tries - first, 0) * sleep
+            if waits < best:
+                best, why = waits, f"{name} gives up after {tries} tries x {sleep:g} s"
     return best, why
 
 

@@ -44,22 +44,19 @@ from pathlib import Path
 from typing import Any
 
 from vmcrash.errors import StorageError, UnitFileError, UsageError
-from vmcrash.guest.audit import (
+from vmcrash.guest.audit import audit_prerequisites, load_graph
+from vmcrash.guest.clockunits import (
     GENERIC_WAIT_UNIT,
     KNOWN_WAIT_UNITS,
-    TIME_SYNC,
-    audit_prerequisites,
-    chrony_conf_path,
     conflicting_daemons,
     find_clock_units,
-    load_graph,
     time_daemons,
 )
-from vmcrash.guest.audit import _env_value as env_value
-from vmcrash.guest.graph import BootGraph
+from vmcrash.guest.conditions import OFFLINE, live_machine_for
+from vmcrash.guest.graph import TIME_SYNC, BootGraph
 from vmcrash.guest.roles import Role, RoleKind, classify
 from vmcrash.guest.sources import Link, OverlaySource, RootSource, UnitSource, resolve
-from vmcrash.guest.timecfg import ntpdate_servers, read_chrony
+from vmcrash.guest.timecfg import find_chrony_conf, ntpdate_servers, read_chrony
 from vmcrash.guest.units import UnitLoader
 
 __all__ = [
@@ -314,9 +311,7 @@ def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
 def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change], list[str]]:
     if not any(kind == "chrony" and uid in graph.transaction for uid, kind in time_daemons(graph)):
         return [], []
-    opts = (env_value(source, "/etc/default/chrony", "DAEMON_OPTS")
-            or env_value(source, "/etc/sysconfig/chronyd", "OPTIONS"))
-    path = chrony_conf_path(source, opts)
+    path = find_chrony_conf(source)
     if path is None:
         return [], ["chrony is started at boot but no chrony.conf was found; no snippet written"]
     cfg = read_chrony(source, path)
@@ -403,7 +398,7 @@ def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: 
                                   "synchronized", target=target))
             overrides[link] = Link(target)
     after = BootGraph(UnitLoader(OverlaySource(src, overrides)), "default.target", extra=names) if overrides else graph
-    clock = find_clock_units(after)
+    clock = find_clock_units(after, machine=live_machine_for(Path(root)) if source is None else OFFLINE)
     holders = [c.unit for c in clock if c.holds]
     roles = classify(after, holders, {c.unit for c in clock})
     services, chosen_warnings, left = _choose_services(after, names, all_enabled, roles, strict)

@@ -15,9 +15,10 @@ Built from a :class:`~vmcrash.guest.units.UnitLoader` the way systemd (252, Debi
   masked, or requiring one that cannot).
 
 Not modelled (see the audit's notes): generator output when auditing an image offline, mount
-units that exist only at run time (only ``-.mount`` and mount unit files are known), conditions
-in general (the audit evaluates the path conditions of clock units, :mod:`vmcrash.guest.conditions`)
-and ``Conflicts=`` in general (the audit reports conflicting time daemons).
+units that exist only at run time (only ``-.mount`` and mount unit files are known) and
+``Conflicts=`` in general (the audit reports conflicting time daemons). Conditions and assertions
+do not change the transaction (a unit skipped by one keeps its job and its ordering); what they
+change, whether a unit runs, the audit works out with :mod:`vmcrash.guest.conditions`.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from vmcrash.guest.names import escape_path, slice_for, unescape
 from vmcrash.guest.units import DepRef, Unit, UnitLoader
 
-__all__ = ["HARD_KINDS", "MAX_UNITS", "PULL_KINDS", "BootGraph", "Edge", "implicit_deps", "service_type"]
+__all__ = ["HARD_KINDS", "MAX_UNITS", "PULL_KINDS", "TIME_SYNC", "BootGraph", "Edge", "implicit_deps",
+           "service_type"]
 
 log = logging.getLogger(__name__)
 
+#: The target the whole audit is about: reached once the clock is synchronised, if something holds it.
+TIME_SYNC = "time-sync.target"
 #: Dependency kinds that put a start job for the other unit into the transaction.
 PULL_KINDS = ("requires", "binds_to", "wants", "upholds")
 #: Kinds whose target must be startable, or the depending unit's own job fails.
@@ -186,7 +191,7 @@ def implicit_deps(unit: Unit, loader: UnitLoader) -> list[DepRef]:
             out.append(_dd("before", "timers.target", unit, "part of timers.target"))
             out += early
             if unit.values("Timer", "OnCalendar"):
-                for target in ("time-set.target", "time-sync.target"):
+                for target in ("time-set.target", TIME_SYNC):
                     out.append(_dd("after", target, unit, "OnCalendar= needs the real time"))
             out += shutdown
         out.append(DepRef("before", _triggered(unit, "Timer", "Unit"), "implicit: timer triggers it"))
@@ -313,31 +318,69 @@ class BootGraph:
                     self._add(unit.id, "after", other_id, origin)
                     self._add(other_id, "before", unit.id, origin)
 
-    def _startable(self, unit_id: str, stack: set[str], memo: dict[str, bool]) -> bool:
-        if unit_id in memo:
-            return memo[unit_id]
-        unit = self.units.get(unit_id)
-        if unit is None or not unit.loaded:
-            memo[unit_id] = False
-            return False
-        if unit_id in stack:
-            return True
-        stack.add(unit_id)
-        ok = True
-        for kind in HARD_KINDS:
-            for other, edge in self.deps.get(unit_id, {}).get(kind, {}).items():
-                if not self._startable(other, stack, memo):
-                    ok = False
-                    state = self.units[other].load_state if other in self.units else "not-found"
-                    self.failed.setdefault(unit_id, f"{kind.replace('_', '')} {other} ({state}): {edge.origin}")
-        stack.discard(unit_id)
-        memo[unit_id] = ok
-        return ok
+    def _startable(self, unit_id: str, memo: dict[str, bool]) -> bool:
+        """True when ``unit_id`` and everything it requires (``HARD_KINDS``, transitively) can load.
+
+        Depth-first without recursion (a hostile tree's chain of ``Requires=`` is as long as it likes);
+        a unit met again on the current path (a requirement cycle) counts as startable there.
+        """
+        on_path: set[str] = set()
+        # frames: [unit, its hard dependencies left to look at, ok so far, the dependency waited for]
+        frames: list[list[Any]] = []
+
+        def enter(uid: str) -> bool | None:
+            """The answer when known at once, else None (a frame was pushed)."""
+            if uid in memo:
+                return memo[uid]
+            unit = self.units.get(uid)
+            if unit is None or not unit.loaded:
+                memo[uid] = False
+                return False
+            if uid in on_path:
+                return True
+            on_path.add(uid)
+            deps = [(kind, other, edge) for kind in HARD_KINDS
+                    for other, edge in self.deps.get(uid, {}).get(kind, {}).items()]
+            frames.append([uid, iter(deps), True, None])
+            return None
+
+        def fail(uid: str, kind: str, other: str, edge: Edge) -> None:
+            state = self.units[other].load_state if other in self.units else "not-found"
+            self.failed.setdefault(uid, f"{kind.replace('_', '')} {other} ({state}): {edge.origin}")
+
+        answer = enter(unit_id)
+        if answer is not None:
+            return answer
+        while frames:
+            frame = frames[-1]
+            uid, deps, _, waited = frame
+            if waited is not None:  # the dependency this frame descended into has its answer now
+                kind, other, edge = waited
+                frame[3] = None
+                if not memo[other]:
+                    frame[2] = False
+                    fail(uid, kind, other, edge)
+            descended = False
+            for kind, other, edge in deps:
+                found = enter(other)
+                if found is None:
+                    frame[3] = (kind, other, edge)
+                    descended = True
+                    break
+                if not found:
+                    frame[2] = False
+                    fail(uid, kind, other, edge)
+            if descended:
+                continue
+            frames.pop()
+            on_path.discard(uid)
+            memo[uid] = frame[2]
+        return memo[unit_id]
 
     def _transaction(self) -> frozenset[str]:
         memo: dict[str, bool] = {}
         self._pulled_by: dict[str, Edge | None] = {}
-        if not self._startable(self.start, set(), memo):
+        if not self._startable(self.start, memo):
             return frozenset()
         self._pulled_by[self.start] = None
         todo = deque([self.start])
@@ -345,7 +388,7 @@ class BootGraph:
             uid = todo.popleft()
             for kind in PULL_KINDS:
                 for other, edge in sorted(self.deps.get(uid, {}).get(kind, {}).items()):
-                    if other in self._pulled_by or not self._startable(other, set(), memo):
+                    if other in self._pulled_by or not self._startable(other, memo):
                         continue
                     self._pulled_by[other] = edge
                     todo.append(other)

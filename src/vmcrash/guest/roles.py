@@ -27,12 +27,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmcrash.guest.graph import PULL_KINDS, BootGraph
+from vmcrash.guest.graph import PULL_KINDS, TIME_SYNC, BootGraph
 from vmcrash.guest.names import template_of
 
 __all__ = ["AGENT_UNITS", "LOGIN_UNITS", "NETWORK_TARGETS", "SSH_UNITS", "Role", "RoleKind", "classify"]
 
-TIME_SYNC = "time-sync.target"
 #: Console and login services (templates by their ``foo@.service`` name).
 LOGIN_UNITS = frozenset({
     "getty@.service", "serial-getty@.service", "console-getty.service", "container-getty@.service",

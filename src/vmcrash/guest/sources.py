@@ -21,12 +21,33 @@ from typing import Literal, Protocol
 
 from vmcrash.errors import UnitFileError
 
-__all__ = ["MAX_SYMLINK_HOPS", "Kind", "Link", "MemorySource", "OverlaySource", "RootSource", "UnitSource", "resolve"]
+__all__ = [
+    "MAX_SYMLINK_HOPS",
+    "File",
+    "FileStat",
+    "Kind",
+    "Link",
+    "MemorySource",
+    "OverlaySource",
+    "RootSource",
+    "UnitSource",
+    "resolve",
+]
 
 Kind = Literal["file", "dir", "link", "other"]
 #: Linux's own limit on symlinks followed while resolving one path.
 MAX_SYMLINK_HOPS = 40
 MAX_DIR_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What is at a path, without following a final symlink: kind, permission bits, size, modification time."""
+
+    kind: Kind
+    mode: int
+    size_bytes: int
+    mtime_ns: int = 0
 
 
 class UnitSource(Protocol):
@@ -38,6 +59,9 @@ class UnitSource(Protocol):
 
     def kind(self, path: str) -> Kind | None:
         """What is at ``path`` without following a final symlink; None when nothing is there."""
+
+    def stat(self, path: str) -> FileStat | None:
+        """Kind, mode and size at ``path`` without following a final symlink; None when nothing is there."""
 
     def readlink(self, path: str) -> str:
         """The target text of the symlink at ``path``. :raises UnitFileError:"""
@@ -107,17 +131,18 @@ class RootSource:
         return os.path.join(str(self.root), path.lstrip("/"))
 
     def kind(self, path: str) -> Kind | None:
+        found = self.stat(path)
+        return found.kind if found is not None else None
+
+    def stat(self, path: str) -> FileStat | None:
         try:
-            mode = os.lstat(self._host(path)).st_mode
+            st = os.lstat(self._host(path))
         except OSError:
             return None
-        if stat.S_ISLNK(mode):
-            return "link"
-        if stat.S_ISDIR(mode):
-            return "dir"
-        if stat.S_ISREG(mode):
-            return "file"
-        return "other"
+        mode = st.st_mode
+        kind: Kind = ("link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
+                      else "file" if stat.S_ISREG(mode) else "other")
+        return FileStat(kind, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns)
 
     def readlink(self, path: str) -> str:
         try:
@@ -170,10 +195,24 @@ class Link:
 
 
 @dataclass(frozen=True)
-class MemorySource:
-    """A tree held in a dict (``path -> bytes | str | Link``); directories are implied. For tests."""
+class File:
+    """A regular file in a :class:`MemorySource` with permission bits other than 0644."""
 
-    files: Mapping[str, bytes | str | Link]
+    data: bytes | str
+    mode: int = 0o644
+
+
+def _data(value: bytes | str | File) -> bytes:
+    if isinstance(value, File):
+        value = value.data
+    return value.encode() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class MemorySource:
+    """A tree held in a dict (``path -> bytes | str | File | Link``); directories are implied. For tests."""
+
+    files: Mapping[str, bytes | str | File | Link]
     name: str = "<memory>"
 
     @property
@@ -197,6 +236,17 @@ class MemorySource:
             return "file"
         return "dir" if norm in self._dirs() else None
 
+    def stat(self, path: str) -> FileStat | None:
+        kind = self.kind(path)
+        if kind is None:
+            return None
+        value = self.files.get(_join([p for p in path.split("/") if p]))
+        if isinstance(value, Link):
+            return FileStat("link", 0o777, len(value.target))
+        if value is None:
+            return FileStat("dir", 0o755, 0)
+        return FileStat("file", value.mode if isinstance(value, File) else 0o644, len(_data(value)))
+
     def readlink(self, path: str) -> str:
         value = self.files.get(path)
         if not isinstance(value, Link):
@@ -216,7 +266,7 @@ class MemorySource:
         value = self.files.get(path)
         if value is None or isinstance(value, Link):
             raise UnitFileError("cannot read: not a regular file", path=path)
-        data = value.encode() if isinstance(value, str) else value
+        data = _data(value)
         if len(data) > limit:
             raise UnitFileError(f"larger than {limit} bytes; not read", path=path)
         return data
@@ -244,6 +294,17 @@ class OverlaySource:
         if found is None and any(p.startswith(norm.rstrip("/") + "/") for p in self.overrides):
             return "dir"
         return found
+
+    def stat(self, path: str) -> FileStat | None:
+        value = self.overrides.get(_join([p for p in path.split("/") if p]))
+        if isinstance(value, Link):
+            return FileStat("link", 0o777, len(value.target))
+        if value is not None:
+            return FileStat("file", 0o644, len(value))
+        kind = self.kind(path)
+        if kind == "dir":
+            return self.base.stat(path) or FileStat("dir", 0o755, 0)
+        return self.base.stat(path)
 
     def readlink(self, path: str) -> str:
         value = self.overrides.get(path)

@@ -20,6 +20,7 @@ from vmcrash.guest.unitfile import Problem
 __all__ = [
     "CHRONY_DEFAULT_MAXSLEWRATE_PPM",
     "NTPD_MAX_SLEW_PPM",
+    "NTPSEC_DEFAULT_STEPOUT_S",
     "REFERENCE_OFFSET_S",
     "ChronyConfig",
     "Directive",
@@ -27,6 +28,9 @@ __all__ = [
     "NtpdConfig",
     "TimesyncdConfig",
     "chrony_conf_path",
+    "chrony_options",
+    "env_value",
+    "find_chrony_conf",
     "ntpdate_servers",
     "read_chrony",
     "read_ntpd",
@@ -42,11 +46,18 @@ CHRONY_DEFAULT_MAXSLEWRATE_PPM = 83333.333
 NTPD_MAX_SLEW_PPM = 500.0
 NTPD_DEFAULT_PANIC_S = 1000.0
 NTPD_DEFAULT_STEP_S = 0.128
-NTPD_DEFAULT_STEPOUT_S = 900.0  # ntp 4.2.6 (CentOS 7); ntp 4.2.8 and NTPsec use 300
+#: ntpd's default stepout (CLOCK_MINSTEP in ntpd/ntp_loopfilter.c): 900 s in ntp 4.2.6p5 (RHEL/CentOS 7's
+#: ntp-4.2.6p5-29.el7), 300 s in NTPsec 1.2.2 (Debian 12's ntpsec).
+NTPD_DEFAULT_STEPOUT_S = 900.0
+NTPSEC_DEFAULT_STEPOUT_S = 300.0
 NTPD_SLEW_ONLY_STEP_S = 600.0  # ntpd -x
 _MAX_FILES = 256
 _MAX_DEPTH = 8
 _MAX_BYTES = 1 << 20
+_MAX_ENV_FILE_BYTES = 1 << 16
+#: Where each distribution keeps chronyd's command line options (shell-style ``KEY=VALUE`` files).
+CHRONY_OPTION_FILES = (("/etc/default/chrony", "DAEMON_OPTS"),  # Debian, Ubuntu
+                       ("/etc/sysconfig/chronyd", "OPTIONS"))  # RHEL, Fedora, SUSE
 
 
 def slew_seconds(offset_s: float, rate_ppm: float) -> float:
@@ -133,11 +144,41 @@ def _parse_makestep(d: Directive) -> MakeStep | None:
         return None
 
 
-def _read_text(source: UnitSource, path: str) -> str:
+def _read_text(source: UnitSource, path: str, limit: int = _MAX_BYTES) -> str:
     real = resolve(source, path)
     if real is None:
         raise UnitFileError("symlink loop", path=path)
-    return source.read_bytes(real, _MAX_BYTES).decode("utf-8", "replace")
+    return source.read_bytes(real, limit).decode("utf-8", "replace")
+
+
+def env_value(source: UnitSource, path: str, key: str) -> str:
+    """``KEY``'s value in the shell-style environment file ``path`` (``/etc/default/*``,
+    ``/etc/sysconfig/*``), quotes and comments removed, the last assignment winning; ``""`` when the
+    file or the key is missing or unreadable."""
+    try:
+        text = _read_text(source, path, _MAX_ENV_FILE_BYTES)
+    except UnitFileError:
+        return ""
+    value = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(key + "="):
+            rest = line[len(key) + 1:]
+            try:
+                words = shlex.split(rest, comments=True)
+                value = " ".join(words)
+            except ValueError:
+                value = rest.strip("\"'")
+    return value
+
+
+def chrony_options(source: UnitSource) -> str:
+    """chronyd's command line options as the distribution's environment file sets them (``""``: none)."""
+    for path, key in CHRONY_OPTION_FILES:
+        value = env_value(source, path, key)
+        if value:
+            return value
+    return ""
 
 
 def _glob(source: UnitSource, pattern: str) -> list[str]:
@@ -164,6 +205,11 @@ def chrony_conf_path(source: UnitSource, daemon_opts: str = "") -> str | None:
         if real and source.kind(real) == "file":
             return candidate
     return None
+
+
+def find_chrony_conf(source: UnitSource) -> str | None:
+    """The chrony.conf chronyd reads on this tree (its options' ``-f`` first); None when there is none."""
+    return chrony_conf_path(source, chrony_options(source))
 
 
 def read_chrony(source: UnitSource, path: str) -> ChronyConfig:
@@ -241,8 +287,12 @@ class NtpdConfig:
         return self.panic_s > 0 and abs(offset_s) > self.panic_s and not self.allow_first_big
 
 
-def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str) -> NtpdConfig:
-    """Read ntp.conf's ``tinker panic/step`` and the daemon options (``-g``, ``-x``)."""
+def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str,
+              default_stepout_s: float = NTPD_DEFAULT_STEPOUT_S) -> NtpdConfig:
+    """Read ntp.conf's ``tinker panic/step/stepout`` and the daemon options (``-g``, ``-x``).
+
+    ``default_stepout_s``: the daemon's own default (:data:`NTPSEC_DEFAULT_STEPOUT_S` for NTPsec).
+    """
     problems: list[Problem] = []
     try:
         opts = tuple(shlex.split(options))
@@ -250,7 +300,7 @@ def read_ntpd(source: UnitSource, conf_candidates: tuple[str, ...], options: str
         opts = tuple(options.split())
     flags = "".join(o[1:] for o in opts if o.startswith("-") and not o.startswith("--"))
     path = None
-    panic, step, stepout = NTPD_DEFAULT_PANIC_S, NTPD_DEFAULT_STEP_S, NTPD_DEFAULT_STEPOUT_S
+    panic, step, stepout = NTPD_DEFAULT_PANIC_S, NTPD_DEFAULT_STEP_S, default_stepout_s
     for candidate in conf_candidates:
         try:
             text = _read_text(source, candidate)

@@ -268,10 +268,6 @@ class UnitLoader:
         """The search directories that exist in this tree, precedence order."""
         return list(self._map.dirs)
 
-    def known_names(self) -> list[str]:
-        """Every unit name found in the search path (files, links, aliases, masks)."""
-        return sorted(self._map.fragments)
-
     # -- parsing ---------------------------------------------------------------------------
 
     def _read_assignments(self, path: str) -> tuple[Assignment, ...] | None:
@@ -471,7 +467,3 @@ class UnitLoader:
                             continue
                         seen.add((kind, target))
                         yield DepRef(kind, target, f"{ddir}/{entry}")
-
-    def loaded_units(self) -> list[Unit]:
-        """Every unit loaded so far (each once, by id)."""
-        return list(self._cache.values())

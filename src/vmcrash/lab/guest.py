@@ -20,7 +20,7 @@ from typing import Literal
 
 import libvirt
 
-from vmcrash.errors import AgentUnavailable, EnvironmentProblem, VmcrashError
+from vmcrash.errors import AgentUnavailable, EnvironmentProblem, UsageError, VmcrashError
 from vmcrash.host.agent import Agent
 from vmcrash.host.connection import Hypervisor, call, state_name
 from vmcrash.lab import kvm
@@ -45,6 +45,7 @@ READY_MARK = "vmcrash-lab: ready"
 #: What the guest kernel prints when it panics (checked on the serial console).
 PANIC_LINE = "Kernel panic - not syncing"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_DISK_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _counter = itertools.count(1)
 
 
@@ -67,6 +68,11 @@ class GuestSpec:
     :ivar agent_mode: ``"qemu-ga"`` or ``"garbage"`` (a guest script that answers junk).
     :ivar hwclock: keep ``/sbin/hwclock`` in the guest (``guest-set-time`` needs it).
     :ivar on_crash: libvirt's ``<on_crash>`` action; ``preserve`` leaves the guest to vmcrash.
+    :ivar on_reboot: libvirt's ``<on_reboot>`` action (``destroy``: a reboot inside the guest ends it).
+    :ivar kernel_cmdline: the whole kernel command line, instead of the lab init's (:meth:`cmdline`):
+        for guests that boot another init (the systemd guest of :mod:`vmcrash.lab.systemd_guest`).
+    :ivar disks: raw disk images attached as virtio ``vda``, ``vdb``... (``cache='unsafe'``: throwaway).
+    :ivar network: ``"user"``: a virtio NIC on QEMU's user-mode network (the host is 10.0.2.2).
     :ivar accel: ``"kvm"``, ``"qemu"`` (TCG) or ``None`` for the probed best.
     :ivar memory_backing: ``"anonymous"`` (QEMU's private RAM, the default), or RAM in a shared
         file the QEMU process holds (what capture mode ``hold`` needs): ``"memfd"`` (one memfd),
@@ -88,6 +94,10 @@ class GuestSpec:
     agent_mode: Literal["qemu-ga", "garbage"] = "qemu-ga"
     hwclock: bool = True
     on_crash: str = "preserve"
+    on_reboot: str = "restart"
+    kernel_cmdline: str | None = None
+    disks: tuple[Path, ...] = ()
+    network: Literal["none", "user"] = "none"
     accel: str | None = None
     hostname: str | None = None
     extra_cmdline: str = ""
@@ -135,7 +145,7 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
     _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
     _sub(os_el, "kernel", str(image.kernel))
     _sub(os_el, "initrd", str(image.initrd))
-    _sub(os_el, "cmdline", spec.cmdline())
+    _sub(os_el, "cmdline", spec.kernel_cmdline if spec.kernel_cmdline is not None else spec.cmdline())
     feats = _sub(dom, "features")
     _sub(feats, "acpi")
     _sub(feats, "apic")
@@ -161,16 +171,26 @@ def domain_xml(name: str, spec: GuestSpec, image: LabImage, serial_path: Path, a
     if spec.rtc == "guest":
         _sub(clock, "timer", name="rtc", track="guest")
     _sub(dom, "on_poweroff", "destroy")
-    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_reboot", spec.on_reboot)
     _sub(dom, "on_crash", spec.on_crash)
     devs = _sub(dom, "devices")
     _sub(devs, "emulator", "/usr/bin/qemu-system-x86_64")
+    if len(spec.disks) > len(_DISK_LETTERS):
+        raise UsageError(f"a lab guest takes at most {len(_DISK_LETTERS)} disks, not {len(spec.disks)}")
+    for index, path in enumerate(spec.disks):
+        disk = _sub(devs, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type="raw", cache="unsafe")
+        _sub(disk, "source", file=str(path))
+        _sub(disk, "target", dev="vd" + _DISK_LETTERS[index], bus="virtio")
     serial = _sub(devs, "serial", type="file")
     _sub(serial, "source", path=str(serial_path), append="on")
     _sub(serial, "target", port="0")
     if spec.agent:
         chan = _sub(devs, "channel", type="unix")
         _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
+    if spec.network == "user":
+        nic = _sub(devs, "interface", type="user")
+        _sub(nic, "model", type="virtio")
     if spec.panic_model == "isa":
         panic = _sub(devs, "panic", model="isa")
         _sub(panic, "address", type="isa", iobase="0x505")

@@ -219,10 +219,10 @@ def build_rootfs(lab_dir: Path = LAB_DIR, *, mirror: str | None = None) -> Rootf
 
 
 #: Derived roots: name -> packages installed on top of the base root (apt resolves the conflicts:
-#: systemd-timesyncd ``Conflicts: time-daemon``, so installing it purges chrony, as on a stock
-#: Debian 12 that never installed chrony). The timesyncd root also has the QEMU guest agent, for
-#: the host-side audit (``vmcrash guest audit --domain``).
-VARIANTS = {"timesyncd": ("systemd-timesyncd", "qemu-guest-agent")}
+#: systemd-timesyncd and ntpsec ``Conflicts: time-daemon``, so installing either purges chrony, as
+#: on a stock Debian 12 that never installed chrony). The timesyncd root also has the QEMU guest
+#: agent, for the host-side audit (``vmcrash guest audit --domain``).
+VARIANTS = {"timesyncd": ("systemd-timesyncd", "qemu-guest-agent"), "ntpsec": ("ntpsec",)}
 
 
 def build_variant(base: Rootfs, name: str, lab_dir: Path = LAB_DIR) -> Rootfs:

@@ -1,19 +1,20 @@
-"""Boot the Debian test root under QEMU with systemd as init, its clock wrong, and bring back evidence.
+"""Boot a debootstrapped Debian root under QEMU with systemd as init, its clock wrong, and bring back evidence.
 
 The proof that services start only after the clock is stepped needs a real boot: the host's
-Debian kernel, a small initramfs of our own (busybox + virtio/ext4 modules) that mounts the root
-disk and hands over to ``/sbin/init`` (systemd), the root as a raw ext4 image, the guest clock
-started 10 minutes behind (``<clock offset='variable' adjustment='-600'>``) and an NTP server
-reachable only inside the lab: a chronyd started here, bound to 127.0.0.1, serving the host clock
-(``local stratum 1``, ``-x``: it never touches the host clock), reached through QEMU's user-mode
-network at 10.0.2.2. The guest gets a static address and no default route, so nothing it sends
-can leave the machine.
+Debian kernel, a small initramfs of our own (busybox + virtio/ext4 modules, its init script is
+``data/sysboot-init.sh``) that mounts the root disk and hands over to ``/sbin/init`` (systemd),
+the root as a raw ext4 image, the guest clock started 10 minutes behind
+(``<clock offset='variable' adjustment='-600'>``) and an NTP server reachable only inside the lab
+(:class:`~vmcrash.lab.labntp.HostNtpServer`, reached through QEMU's user-mode network at
+10.0.2.2, optionally behind an :class:`~vmcrash.lab.labntp.NtpGate`). The guest gets a static
+address and no default route, so nothing it sends can leave the machine. Its domain XML is the
+lab's one builder (:func:`vmcrash.lab.guest.domain_xml`, from :func:`systemd_guest_spec`).
 
-Inside the guest a collector (:data:`COLLECTOR`) waits until boot has finished and chrony is
-synchronised, records what systemd itself reports (``systemctl show`` with dual timestamps,
-``systemd-analyze critical-chain``), the journal's (monotonic, realtime) stamps and the guest's
-own ``python3 -m vmcrash.guest audit --json``, writes that as JSON to a second disk and powers
-off. :func:`read_evidence` reads it back on the host.
+Inside the guest a collector (``data/evidence_collector.py``) waits until boot has finished and
+the time daemon is synchronised, records what systemd itself reports (``systemctl show`` with dual
+timestamps and condition results, ``systemd-analyze critical-chain``), the journal's
+(monotonic, realtime) stamps and the guest's own ``python3 -m vmcrash.guest audit --json``,
+writes that as JSON to a second disk and powers off. :func:`read_evidence` reads it back on the host.
 """
 
 from __future__ import annotations
@@ -25,38 +26,35 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import struct
 import subprocess
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Self
-
-import libvirt
 
 from vmcrash.errors import BadDataError, EnvironmentProblem
 from vmcrash.host.connection import Hypervisor, call
 from vmcrash.lab.cpio import CpioEntry, write_newc
-from vmcrash.lab.guest import LabGuest
+from vmcrash.lab.guest import GuestSpec, LabGuest
 from vmcrash.lab.image import BUSYBOX, LAB_DIR, LabImage, find_kernel
+from vmcrash.lab.labntp import HostNtpServer
 from vmcrash.lab.rootfs import copy_tree, make_disk_image
 
 __all__ = [
-    "COLLECTOR",
     "EVIDENCE_MAGIC",
+    "HOLD_MARK",
+    "HOST_ALIAS",
+    "NTP_GATE_MARK",
     "UNREACHABLE_NTP",
-    "HostNtpServer",
-    "SystemdGuest",
+    "LabBootResult",
     "boot_all",
-    "boot_and_collect",
     "build_boot_files",
-    "ntp_query",
+    "lab_data",
     "prepare_lab_root",
     "read_evidence",
+    "systemd_guest_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,135 +69,13 @@ EVIDENCE_SLOT_BYTES = 16 << 20
 #: Guest address on QEMU's user network; 10.0.2.2 is the host's loopback seen through slirp.
 GUEST_ADDRESS = "10.0.2.15/24"
 HOST_ALIAS = "10.0.2.2"
-
-INITRAMFS_INIT = r"""#!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "vmcrash-sysboot: initramfs"
-modprobe -a virtio_pci virtio_blk virtio_net virtio_console crc32c_generic ext4
-i=0
-while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-mkdir -p /newroot
-if ! mount -t ext4 -o rw /dev/vda /newroot; then
-  echo "vmcrash-sysboot: cannot mount /dev/vda"
-  poweroff -f
-fi
-echo "vmcrash-sysboot: switching to systemd"
-umount /proc /sys
-mount --move /dev /newroot/dev || umount /dev
-exec switch_root /newroot /sbin/init
-"""
-
-#: The in-guest evidence collector (runs with the guest's python3; test harness, not product code).
-COLLECTOR = r'''#!/usr/bin/python3
-"""vmcrash lab: wait for boot and clock sync, record what systemd reports, write it to /dev/vdb, power off."""
-import json, os, re, subprocess, sys, time
-
-OUT = "/dev/vdb"
-MAGIC = b"VMCRASH-EVIDENCE1\n"
-SLOT = 16 << 20  # the second boot's evidence (live-fix proof) starts here
-PROPS = ("Id,Names,LoadState,ActiveState,SubState,Type,After,Before,Wants,Requires,WantedBy,"
-         "DefaultDependencies,FragmentPath,DropInPaths,UnitFileState,"
-         "InactiveExitTimestamp,InactiveExitTimestampMonotonic,ActiveEnterTimestamp,"
-         "ActiveEnterTimestampMonotonic,ExecMainStartTimestamp,ExecMainStartTimestampMonotonic,TimeoutStartUSec")
-ENV = dict(os.environ, LC_ALL="C", SYSTEMD_COLORS="0", SYSTEMD_PAGER="", PYTHONPATH="/opt/vmcrash")
-
-
-def run(cmd, timeout=180):
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except Exception as exc:
-        rc, out, err = -1, "", repr(exc)
-    return {"cmd": cmd, "rc": rc, "out": out, "err": err[-4000:], "seconds": round(time.monotonic() - t0, 3)}
-
-
-ev = {"collector_started_monotonic_us": time.monotonic_ns() // 1000}
-try:
-    with open("/etc/vmcrash-lab.json") as f:
-        lab = json.load(f)
-except (OSError, ValueError):
-    lab = {"daemon": "chrony", "reachable": True}
-ev["lab"] = lab
-ev["is_system_running"] = run(["systemctl", "is-system-running", "--wait"], timeout=400)
-if lab.get("daemon") == "chrony":
-    if lab.get("reachable", True):
-        ev["waitsync"] = run(["chronyc", "-n", "-h", "127.0.0.1", "waitsync", "150", "0.1", "0", "1"], timeout=200)
-    ev["tracking"] = run(["chronyc", "-n", "-h", "127.0.0.1", "tracking"])
-    ev["sources"] = run(["chronyc", "-n", "-h", "127.0.0.1", "sources"])
-ev["adjtimex_sync_file"] = os.path.exists("/run/systemd/timesync/synchronized")
-units = run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full"])
-names = sorted({line.split()[0] for line in units["out"].splitlines() if line.split()})
-ev["list_units"] = units
-ev["show"] = run(["systemctl", "show", "--timestamp=us+utc", "-p", PROPS, "--", *names])
-ev["audit"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
-if lab.get("hold_for_host"):
-    # the host audits this running guest through its agent now, then creates the flag file
-    ev["hold_started_monotonic_us"] = time.monotonic_ns() // 1000
-    print("vmcrash-evidence: waiting for the host", flush=True)
-    deadline = time.monotonic() + 400
-    while not os.path.exists("/run/vmcrash-host-done") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    ev["host_done"] = os.path.exists("/run/vmcrash-host-done")
-    ev["audit_after_host"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
-try:
-    audited = [s["unit"] for s in json.loads(ev["audit"]["out"])["services"]]
-except Exception:
-    audited = []
-# one call for all units (each call costs seconds under TCG); chains start at column 0
-ev["critical_chain_all"] = run(["systemd-analyze", "critical-chain", "--no-pager", *audited]) if audited else None
-ev["critical_chain_default"] = run(["systemd-analyze", "critical-chain", "--no-pager"])
-entries = []
-j = subprocess.run(["journalctl", "-b", "-o", "json", "--no-pager"], capture_output=True, timeout=120, env=ENV)
-for line in j.stdout.splitlines():
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
-    msg = e.get("MESSAGE")
-    if not isinstance(msg, str):
-        msg = ""
-    entries.append([int(e.get("__MONOTONIC_TIMESTAMP", 0)), int(e.get("__REALTIME_TIMESTAMP", 0)),
-                    e.get("SYSLOG_IDENTIFIER", ""), e.get("_SYSTEMD_UNIT", ""), msg[:200]])
-ev["journal"] = entries
-ev["collector_done_monotonic_us"] = time.monotonic_ns() // 1000
-MARK = "/var/lib/vmcrash-lab-first-boot-done"
-second = os.path.exists(MARK)
-reboot = bool(lab.get("live_fix")) and not second
-if reboot:
-    # live proof: fix the running system itself (--root /), then reboot into the fixed boot
-    ev["live_fix"] = run([sys.executable, "-m", "vmcrash.guest", "fix", "--root", "/", *lab["live_fix"]])
-    ev["live_audit"] = run([sys.executable, "-m", "vmcrash.guest", "audit", "--json"])
-data = json.dumps(ev).encode()
-with open(OUT, "r+b") as f:
-    f.seek(SLOT if second else 0)
-    f.write(MAGIC + b"%d\n" % len(data) + data)
-    f.flush()
-    os.fsync(f.fileno())
-print("vmcrash-evidence: written %d bytes" % len(data), flush=True)
-if reboot:
-    open(MARK, "w").close()
-    subprocess.run(["systemctl", "reboot", "--no-block"])
-else:
-    subprocess.run(["systemctl", "poweroff", "--no-block"])
-'''
-
-COLLECTOR_UNIT = """[Unit]
-Description=vmcrash lab: collect boot evidence, then power off
-After=multi-user.target
-
-[Service]
-# simple, not oneshot: the boot must be able to finish while the collector waits for it
-Type=simple
-ExecStart=/usr/bin/python3 /usr/local/sbin/vmcrash-evidence
-StandardOutput=journal+console
-
-[Install]
-WantedBy=multi-user.target
-"""
+#: An address on QEMU's user network where nothing answers: a guest given it has no time source.
+UNREACHABLE_NTP = "10.0.2.99"
+#: The systemd guest's kernel command line: its console, no reboot on panic, classic NIC names (eth0).
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 printk.time=1 net.ifnames=0"
+#: Console lines of the collector: it waits for the host (``hold_for_host``) / the NTP gate may open.
+HOLD_MARK = "vmcrash-evidence: waiting for the host"
+NTP_GATE_MARK = "vmcrash-evidence: open the NTP gate"
 
 NETWORK_FILE = f"""[Match]
 Name=e*
@@ -209,6 +85,11 @@ Address={GUEST_ADDRESS}
 LinkLocalAddressing=no
 IPv6AcceptRA=no
 """
+
+
+def lab_data(name: str) -> str:
+    """The text of the lab data file ``name`` (``vmcrash/lab/data/``, shipped as package data)."""
+    return resources.files("vmcrash.lab").joinpath("data", name).read_text(encoding="utf-8")
 
 
 # -- kernel + initramfs --------------------------------------------------------------------
@@ -259,7 +140,8 @@ def build_boot_files(lab_dir: Path = LAB_DIR) -> LabImage:
     """
     kernel, release = find_kernel()
     modules = _module_files(release)
-    h = hashlib.sha256(f"format={BOOT_FORMAT}\n{INITRAMFS_INIT}".encode())
+    init_script = lab_data("sysboot-init.sh")
+    h = hashlib.sha256(f"format={BOOT_FORMAT}\n{init_script}".encode())
     for path in [kernel, Path(BUSYBOX), *modules]:
         h.update(str(path).encode() + b"\0" + path.read_bytes())
     digest = h.hexdigest()[:16]
@@ -285,7 +167,7 @@ def build_boot_files(lab_dir: Path = LAB_DIR) -> LabImage:
                     shutil.copyfile(base / extra, stage / "lib/modules" / release / extra)
             subprocess.run(["depmod", "-b", str(stage), release], check=True, capture_output=True)
             init = stage / "init"
-            init.write_text(INITRAMFS_INIT)
+            init.write_text(init_script)
             init.chmod(0o755)
             result = Path(tmp) / "out"
             result.mkdir()
@@ -306,78 +188,6 @@ def build_boot_files(lab_dir: Path = LAB_DIR) -> LabImage:
 # -- the lab NTP server ----------------------------------------------------------------------
 
 
-def ntp_query(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> float | None:
-    """Ask an NTP server for the time once (SNTP client packet); its transmit time as a Unix time, or None."""
-    packet = b"\x23" + b"\0" * 47  # LI=0, VN=4, mode=3 (client)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout_s)
-        try:
-            s.sendto(packet, (host, port))
-            data, _ = s.recvfrom(512)
-        except OSError:
-            return None
-    if len(data) < 48 or data[0] & 0x07 != 4:
-        return None
-    seconds, fraction = struct.unpack("!II", data[40:48])
-    return seconds - 2208988800 + fraction / 2**32
-
-
-@dataclass
-class HostNtpServer:
-    """A chronyd of our own on 127.0.0.1:``port`` serving the host clock; never adjusts the host clock."""
-
-    port: int = 0
-    directory: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        """Start it and wait until it answers. :raises EnvironmentProblem:"""
-        self.directory = Path(tempfile.mkdtemp(prefix="vmcrash-ntp-"))
-        if not self.port:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", 0))
-                self.port = s.getsockname()[1]
-        conf = self.directory / "chrony.conf"
-        conf.write_text(
-            f"bindaddress 127.0.0.1\nport {self.port}\ncmdport 0\nlocal stratum 1\nallow 127.0.0.1\n"
-            f"pidfile {self.directory}/chronyd.pid\n")
-        log_path = self.directory / "chronyd.log"
-        try:
-            with open(log_path, "wb") as logf:
-                self.proc = subprocess.Popen(["chronyd", "-d", "-x", "-u", "root", "-f", str(conf)],
-                                             stdout=logf, stderr=subprocess.STDOUT)
-        except FileNotFoundError as exc:
-            raise EnvironmentProblem("chronyd not found; install chrony (make setup does)") from exc
-        deadline = time.monotonic() + timeout_s
-        while ntp_query(self.port, timeout_s=0.5) is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                text = log_path.read_text(errors="replace")[-500:]
-                self.stop()
-                raise EnvironmentProblem(f"lab chronyd on 127.0.0.1:{self.port} did not answer: {text}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Stop the chronyd this object started and remove its directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 # -- the lab root ------------------------------------------------------------------------------
 
 
@@ -389,28 +199,87 @@ def _link(root: Path, link: str, target: str) -> None:
     path.symlink_to(target)
 
 
-#: An address on QEMU's user network where nothing answers: a guest given it has no time source.
-UNREACHABLE_NTP = "10.0.2.99"
+def _comment_out(text: str, pattern: str, why: str) -> str:
+    """``text`` with every line matching ``pattern`` (a regex anchored at the line start) commented out."""
+    return re.sub(rf"(?m)^({pattern})", rf"# vmcrash lab: {why}\n# \1", text)
+
+
+def _owner(root: Path, user: str) -> tuple[int, int] | None:
+    """(uid, gid) of ``user`` in the root's own /etc/passwd, or None."""
+    for line in (root / "etc/passwd").read_text().splitlines():
+        parts = line.split(":")
+        if len(parts) > 3 and parts[0] == user and parts[2].isdigit() and parts[3].isdigit():
+            return int(parts[2]), int(parts[3])
+    return None
+
+
+def _time_source(dest: Path, ntp_host: str, ntp_port: int, live_fix: bool) -> str:
+    """Point the root's time daemon at ``ntp_host``:``ntp_port`` only; return which daemon it is."""
+    ntpsec_conf = dest / "etc/ntpsec/ntp.conf"
+    chrony_conf = dest / "etc/chrony/chrony.conf"
+    reachable = ntp_host != UNREACHABLE_NTP
+    if ntpsec_conf.exists():
+        if int(ntp_port) != 123 and reachable:
+            raise EnvironmentProblem("ntpd (NTPsec) has no port setting, it talks to port 123: start the lab "
+                                     "server there")
+        text = _comment_out(ntpsec_conf.read_text(), r"pool\s", "no outside sources")
+        text = _comment_out(text, r"tos minclock\s", "one source is enough")
+        text += (f"\n# vmcrash lab: the only source\nserver {ntp_host} iburst minpoll 0 maxpoll 2\n"
+                 "tos minclock 1 minsane 1\n")
+        if live_fix:
+            text += ("# vmcrash lab: keep the RTC wrong across the reboot (the kernel's 11-minute mode writes it "
+                     "once ntpd's kernel discipline says synchronized)\ndisable kernel\n")
+        ntpsec_conf.write_text(text)
+        # a system that has run before has a drift file: ntpd then steps at its first update and is
+        # synchronized at the next, instead of training its frequency for 300 s first
+        drift = dest / "var/lib/ntpsec/ntp.drift"
+        drift.parent.mkdir(parents=True, exist_ok=True)
+        drift.write_text("0.000\n")
+        owner = _owner(dest, "ntpsec")
+        if owner is not None:
+            os.chown(drift, *owner)
+        return "ntpsec"
+    if chrony_conf.exists():
+        text = _comment_out(chrony_conf.read_text(), r"pool\s", "no outside sources")
+        if live_fix:
+            text = _comment_out(text, r"rtcsync", "keep the RTC wrong across the reboot")
+        chrony_conf.write_text(text)
+        (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
+            f"server {ntp_host} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
+        return "chrony"
+    if (dest / "lib/systemd/system/systemd-timesyncd.service").exists():
+        if int(ntp_port) != 123 and reachable:
+            raise EnvironmentProblem("systemd-timesyncd only talks to port 123; start the lab server there")
+        (dest / "etc/systemd/timesyncd.conf.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/systemd/timesyncd.conf.d/vmcrash-lab.conf").write_text(
+            f"[Time]\nNTP={ntp_host}\nFallbackNTP=\nPollIntervalMinSec=16\n")
+        return "timesyncd"
+    raise EnvironmentProblem(f"{dest}: none of ntpsec, chrony or systemd-timesyncd installed")
 
 
 def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path | None = None,
                      ntp_host: str = HOST_ALIAS, hold_for_host: bool = False,
-                     live_fix: tuple[str, ...] = ()) -> Path:
+                     live_fix: tuple[str, ...] = (), ntp_gate: bool = False) -> Path:
     """Copy ``base`` to ``dest`` and add what the lab boot needs; return ``dest``.
 
     Added: a static address without default route (systemd-networkd), the time daemon's only
     source = ``ntp_host``:``ntp_port`` (chrony: Debian's pool line commented out, ``makestep`` and
-    everything else left as shipped; systemd-timesyncd: ``NTP=`` and an empty ``FallbackNTP=``
-    in a drop-in, port 123 only, timesyncd has no port setting), the collector unit with its
-    mode in ``/etc/vmcrash-lab.json``, and ``vmcrash`` (errors + guest only) under
-    ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``. ``ntp_host`` =
-    :data:`UNREACHABLE_NTP` gives a guest without a time source. ``hold_for_host``: the collector
-    prints ``vmcrash-evidence: waiting for the host`` and waits (at most 400 s) for
+    everything else left as shipped; NTPsec: its pool lines and ``tos minclock 4 minsane 3``
+    commented out, one ``server`` with ``tos minsane 1``, and a drift file; systemd-timesyncd:
+    ``NTP=`` and an empty ``FallbackNTP=`` in a drop-in; NTPsec and timesyncd talk to port 123
+    only), the collector unit with its settings in ``/etc/vmcrash-lab.json``, and ``vmcrash``
+    (errors + guest only) under ``/opt/vmcrash`` so the guest can run ``python3 -m vmcrash.guest``.
+    ``ntp_host`` = :data:`UNREACHABLE_NTP` gives a guest without a time source.
+
+    ``hold_for_host``: the collector prints :data:`HOLD_MARK` and waits (at most 400 s) for
     ``/run/vmcrash-host-done`` before it goes on, so the host can work on the running guest.
     ``live_fix``: after the first boot's evidence the collector runs ``python3 -m vmcrash.guest fix
     --root / LIVE_FIX...`` on the running guest and reboots; the second boot's evidence goes to
-    slot 1 (boot the domain with ``restart_on_reboot``). chrony's ``rtcsync`` is commented out so
-    the RTC keeps the wrong time across that reboot.
+    slot 1 (boot the domain with ``restart_on_reboot``); the daemon's RTC sync is turned off
+    (chrony's ``rtcsync`` commented out, NTPsec's ``disable kernel``) so the RTC keeps the wrong
+    time across that reboot. ``ntp_gate``: the collector waits until time-sync.target is active,
+    then prints :data:`NTP_GATE_MARK` (for a relay that holds NTP back until then).
     """
     copy_tree(base, dest)
     (dest / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
@@ -419,33 +288,16 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
           "/lib/systemd/system/systemd-networkd.service")
     _link(dest, "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
           "/lib/systemd/system/systemd-networkd.socket")
-    conf = dest / "etc/chrony/chrony.conf"
-    if conf.exists():
-        daemon = "chrony"
-        text = re.sub(r"(?m)^(pool\s)", r"# vmcrash lab: no outside sources\n# \1", conf.read_text())
-        if live_fix:
-            text = re.sub(r"(?m)^(rtcsync)", r"# vmcrash lab: keep the RTC wrong across the reboot\n# \1", text)
-        conf.write_text(text)
-        (dest / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
-        (dest / "etc/chrony/sources.d/vmcrash-lab.sources").write_text(
-            f"server {ntp_host} port {int(ntp_port)} iburst minpoll 0 maxpoll 2\n")
-    elif (dest / "lib/systemd/system/systemd-timesyncd.service").exists():
-        daemon = "timesyncd"
-        if int(ntp_port) != 123 and ntp_host != UNREACHABLE_NTP:
-            raise EnvironmentProblem("systemd-timesyncd only talks to port 123; start the lab server there")
-        (dest / "etc/systemd/timesyncd.conf.d").mkdir(parents=True, exist_ok=True)
-        (dest / "etc/systemd/timesyncd.conf.d/vmcrash-lab.conf").write_text(
-            f"[Time]\nNTP={ntp_host}\nFallbackNTP=\nPollIntervalMinSec=16\n")
-    else:
-        raise EnvironmentProblem(f"{base}: neither chrony nor systemd-timesyncd installed")
+    daemon = _time_source(dest, ntp_host, ntp_port, bool(live_fix))
     (dest / "etc/vmcrash-lab.json").write_text(json.dumps(
         {"daemon": daemon, "ntp": f"{ntp_host}:{int(ntp_port)}", "reachable": ntp_host != UNREACHABLE_NTP,
-         "hold_for_host": hold_for_host, "live_fix": list(live_fix)}))
+         "hold_for_host": hold_for_host, "live_fix": list(live_fix), "ntp_gate": ntp_gate,
+         "evidence": {"magic": EVIDENCE_MAGIC.decode(), "slot_bytes": EVIDENCE_SLOT_BYTES}}))
     collector = dest / "usr/local/sbin/vmcrash-evidence"
     collector.parent.mkdir(parents=True, exist_ok=True)
-    collector.write_text(COLLECTOR)
+    collector.write_text(lab_data("evidence_collector.py"))
     collector.chmod(0o755)
-    (dest / "etc/systemd/system/vmcrash-evidence.service").write_text(COLLECTOR_UNIT)
+    (dest / "etc/systemd/system/vmcrash-evidence.service").write_text(lab_data("vmcrash-evidence.service"))
     _link(dest, "/etc/systemd/system/multi-user.target.wants/vmcrash-evidence.service",
           "/etc/systemd/system/vmcrash-evidence.service")
     src = vmcrash_src or Path(__file__).resolve().parents[1]
@@ -461,88 +313,19 @@ def prepare_lab_root(base: Path, dest: Path, *, ntp_port: int, vmcrash_src: Path
 # -- the guest ------------------------------------------------------------------------------
 
 
-def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-    el = ET.SubElement(parent, tag, attrs)
-    if text is not None:
-        el.text = text
-    return el
+def systemd_guest_spec(disk: Path, evidence_disk: Path, *, clock_offset_s: int = -600, vcpus: int = 1,
+                       restart_on_reboot: bool = False) -> GuestSpec:
+    """The lab guest that boots ``disk`` (root, ``vda``) with systemd, evidence on ``vdb`` (pure).
 
-
-@dataclass
-class SystemdGuest(LabGuest):
-    """A lab domain that boots a disk image with systemd as init (see the module docstring).
-
-    ``disk`` is the root image (the domain writes to it), ``evidence_disk`` the collector's output.
+    1 GiB, the agent channel, a NIC on QEMU's user network, no panic device, TCG unless
+    ``VMCRASH_LAB_ACCEL`` says otherwise; a reboot inside the guest ends the domain unless
+    ``restart_on_reboot`` (the live-fix proof reboots once).
     """
-
-    disk: Path = Path()
-    evidence_disk: Path = Path()
-    clock_offset_s: int = -600
-    memory_mib: int = 1024
-    vcpus: int = 1
-    #: let a reboot inside the guest restart it (the live-fix proof) instead of ending the domain
-    restart_on_reboot: bool = False
-
-    def domain_xml(self) -> str:
-        """The libvirt XML of this guest (pure given the fields)."""
-        assert self.image is not None
-        dom = ET.Element("domain", {"type": self.accel or "qemu"})
-        _sub(dom, "name", self.name)
-        _sub(dom, "memory", str(self.memory_mib), unit="MiB")
-        _sub(dom, "vcpu", str(self.vcpus))
-        os_el = _sub(dom, "os")
-        _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
-        _sub(os_el, "kernel", str(self.image.kernel))
-        _sub(os_el, "initrd", str(self.image.initrd))
-        _sub(os_el, "cmdline", "console=ttyS0 panic=-1 printk.time=1 net.ifnames=0")
-        feats = _sub(dom, "features")
-        _sub(feats, "acpi")
-        _sub(feats, "apic")
-        _sub(dom, "clock", offset="variable", adjustment=str(int(self.clock_offset_s)), basis="utc")
-        for event in ("on_poweroff", "on_reboot", "on_crash"):
-            _sub(dom, event, "restart" if event == "on_reboot" and self.restart_on_reboot else "destroy")
-        devs = _sub(dom, "devices")
-        _sub(devs, "emulator", "/usr/bin/qemu-system-x86_64")
-        for path, dev in ((self.disk, "vda"), (self.evidence_disk, "vdb")):
-            disk = _sub(devs, "disk", type="file", device="disk")
-            _sub(disk, "driver", name="qemu", type="raw", cache="unsafe")
-            _sub(disk, "source", file=str(path))
-            _sub(disk, "target", dev=dev, bus="virtio")
-        channel = _sub(devs, "channel", type="unix")
-        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
-        iface = _sub(devs, "interface", type="user")
-        _sub(iface, "model", type="virtio")
-        serial = _sub(devs, "serial", type="file")
-        _sub(serial, "source", path=str(self.serial_path), append="on")
-        _sub(serial, "target", port="0")
-        _sub(devs, "memballoon", model="none")
-        ET.indent(dom)
-        return ET.tostring(dom, encoding="unicode")
-
-    def define(self) -> libvirt.virDomain:
-        """Define the domain (TCG unless ``accel`` was set); does not start it."""
-        assert self.hv is not None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o755)
-        self.accel = self.accel or os.environ.get("VMCRASH_LAB_ACCEL", "qemu")
-        self.dom = call(self.hv.conn.defineXML, self.domain_xml(), domain=self.name)
-        return self.dom
-
-    def run_to_poweroff(self, timeout_s: float = 600.0) -> float:
-        """Start the guest and wait until it powers itself off; return the seconds it ran.
-
-        :raises EnvironmentProblem: still running after ``timeout_s`` (console tail in the message).
-        """
-        t0 = time.monotonic()
-        self.start()
-        assert self.dom is not None
-        while call(self.dom.isActive, domain=self.name):
-            if time.monotonic() - t0 > timeout_s:
-                tail = self.serial_text()[-1500:]
-                raise EnvironmentProblem(f"{self.name}: still running after {timeout_s:.0f} s; console tail: "
-                                         f"{tail!r}")
-            time.sleep(0.5)
-        return time.monotonic() - t0
+    return GuestSpec(memory_mib=1024, vcpus=vcpus, panic_model="none", vmcoreinfo=False, agent=True,
+                     clock_offset_s=clock_offset_s, on_crash="destroy",
+                     on_reboot="restart" if restart_on_reboot else "destroy",
+                     accel=os.environ.get("VMCRASH_LAB_ACCEL", "qemu"), kernel_cmdline=KERNEL_CMDLINE,
+                     disks=(disk, evidence_disk), network="user")
 
 
 def new_evidence_disk(path: Path, size_bytes: int = EVIDENCE_DISK_BYTES) -> Path:
@@ -592,28 +375,17 @@ class LabBootResult:
     console_seen_s: dict[str, float] = field(default_factory=dict)
 
 
-def boot_and_collect(hv: Hypervisor, root: Path, work: Path, ntp: HostNtpServer, *,
-                     clock_offset_s: int = -600, timeout_s: float = 600.0,
-                     boot: LabImage | None = None, vcpus: int = 1) -> LabBootResult:
-    """Make a disk image of ``root``, boot it with the clock ``clock_offset_s`` off, return the evidence.
-
-    The domain is always destroyed and undefined; disk images are removed afterwards.
-    """
-    return boot_all(hv, [root], work, ntp, clock_offset_s=clock_offset_s, timeout_s=timeout_s, boot=boot,
-                    vcpus=vcpus)[0]
-
-
 def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
              clock_offset_s: int = -600, timeout_s: float = 600.0,
              boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = (),
-             on_console: dict[str, Callable[[SystemdGuest], None]] | None = None,
+             on_console: dict[str, Callable[[LabGuest], None]] | None = None,
              restart_on_reboot: tuple[bool, ...] = ()) -> list[LabBootResult]:
     """Boot one guest per root *at the same time* (one vCPU each) and return their evidence, in order.
 
     ``watch``: console strings whose first appearance is timed (host seconds since the guests were
     started, polled every 0.5 s): :attr:`LabBootResult.console_seen_s`. ``on_console``: console
     string -> function called once with the guest when the string first appears (it runs in this
-    loop; the guests keep running meanwhile).
+    loop; the guests keep running meanwhile). ``restart_on_reboot``: per root, in order.
 
     :raises EnvironmentProblem: a guest did not power off in time (its console tail is in the message).
     :raises BadDataError: a guest powered off without writing evidence (console tail in the message).
@@ -621,20 +393,20 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
     boot = boot or build_boot_files()
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
-    guests: list[SystemdGuest] = []
+    guests: list[LabGuest] = []
     image_s: list[float] = []
     try:
-        for root in roots:
+        for index, root in enumerate(roots):
             tag = secrets.token_hex(3)
             disk = work / f"root-{tag}.img"
             evidence_disk = new_evidence_disk(work / f"evidence-{tag}.img")
             t0 = time.monotonic()
             make_disk_image(root, disk)
             image_s.append(time.monotonic() - t0)
-            guest = SystemdGuest(hv=hv, image=boot, run_dir=work, keep_serial=False, disk=disk,
-                                 evidence_disk=evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus,
-                                 restart_on_reboot=len(guests) < len(restart_on_reboot)
-                                 and restart_on_reboot[len(guests)])
+            restart = index < len(restart_on_reboot) and restart_on_reboot[index]
+            spec = systemd_guest_spec(disk, evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus,
+                                      restart_on_reboot=restart)
+            guest = LabGuest(spec, hv=hv, image=boot, run_dir=work, keep_serial=False)
             guests.append(guest)
             guest.define()
         t0 = time.monotonic()
@@ -664,14 +436,15 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
         results = []
         for guest, img_s in zip(guests, image_s, strict=True):
             serial = guest.serial_text()
+            evidence_disk = guest.spec.disks[1]
             try:
-                evidence = read_evidence(guest.evidence_disk)
+                evidence = read_evidence(evidence_disk)
             except BadDataError as exc:
                 raise BadDataError(f"{exc}; console tail: {serial[-1500:]!r}") from exc
             extra: dict[str, object] = {"ntp_port": ntp.port}
-            if guest.restart_on_reboot:
+            if guest.spec.on_reboot == "restart":
                 try:
-                    extra["second_boot"] = read_evidence(guest.evidence_disk, 1)
+                    extra["second_boot"] = read_evidence(evidence_disk, 1)
                 except BadDataError as exc:
                     raise BadDataError(f"second boot: {exc}; console tail: {serial[-1500:]!r}") from exc
             results.append(LabBootResult(evidence=evidence, serial=serial, run_seconds=ran[guest.name],
@@ -680,5 +453,5 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
     finally:
         for guest in guests:
             guest.cleanup()
-            guest.disk.unlink(missing_ok=True)
-            guest.evidence_disk.unlink(missing_ok=True)
+            for path in guest.spec.disks:
+                path.unlink(missing_ok=True)
