@@ -226,7 +226,7 @@ def test_sigterm_mid_dump(hv, lab_guest, daemon, mode: str) -> None:  # type: ig
     no partial file is left."""
     g = lab_guest(memory_mib=1024, fill_mib=600)
     # kdump-zlib: QEMU compresses in one thread, slow enough to signal the daemon mid-dump
-    d = daemon(f'[domains."{g.name}"]\nwatch = true\nformat = "kdump-zlib"\n', staging=f'mode = "{mode}"\n')
+    d = daemon(f'[domains."{g.name}"]\nwatch = true\nformat = "kdump-zlib"\n', capture=mode)
     d.start()
     g.boot(240)
     g.crash()

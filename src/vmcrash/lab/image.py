@@ -39,7 +39,7 @@ BUSYBOX = "/bin/busybox"
 QEMU_GA = "/usr/sbin/qemu-ga"
 
 # The guest's /init. Kernel command-line words it understands:
-#   fill_mb=N            fill N MiB of a tmpfs with /dev/urandom before reporting ready
+#   fill_mb=N            fill N MiB of a tmpfs with random data before reporting ready
 #   vmcrash.agent=MODE   qemu-ga (default) | garbage (a script answering junk) | none
 #   vmcrash.hwclock=0    remove /sbin/hwclock, so guest-set-time is refused
 #   vmcrash.host=NAME    the guest's hostname
@@ -66,8 +66,20 @@ done
 modprobe -a pvpanic-mmio pvpanic-pci qemu_fw_cfg virtio_pci virtio_console
 if [ "$fill" -gt 0 ] 2>/dev/null; then
   mkdir -p /fill
-  mount -t tmpfs -o size=$((fill + 16))m,mode=0700 fill /fill
-  dd if=/dev/urandom of=/fill/random bs=1M count="$fill" 2>/dev/null
+  mount -t tmpfs -o size=$((fill + 32))m,mode=0700 fill /fill
+  # 16 MiB from /dev/urandom (about 50 MiB/s under TCG), then copies of it, each after a few bytes
+  # of its own (a different odd count each time): no two 4 KiB pages are alike and none compresses,
+  # about 3x faster than urandom throughout
+  blk=16; [ "$fill" -lt "$blk" ] && blk="$fill"
+  dd if=/dev/urandom of=/fill/block bs=1M count="$blk" 2>/dev/null
+  left=$((fill - blk)); i=1
+  { cat /fill/block
+    while [ "$left" -gt 0 ]; do
+      dd if=/dev/urandom bs=$((i * 2 + 1)) count=1 2>/dev/null
+      if [ "$left" -ge "$blk" ]; then cat /fill/block; else dd if=/fill/block bs=1M count="$left" 2>/dev/null; fi
+      left=$((left - blk)); i=$((i + 1))
+    done; } > /fill/random
+  rm -f /fill/block
   echo "vmcrash-lab: filled $fill MiB"
 fi
 port=""
