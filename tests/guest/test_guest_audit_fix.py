@@ -234,3 +234,24 @@ def test_masked_wait_unit_is_not_unmasked(root: Path) -> None:
     assert plan.wait_unit is None
     assert any("masked" in w for w in plan.warnings)
     assert not [c for c in plan.changes if c.action == "symlink"]
+
+
+def test_plan_skips_a_wait_unit_whose_requirements_conflict_with_the_running_daemon() -> None:
+    """Pure: a wait unit that Requires= a daemon the running one Conflicts= is not enabled (it would put
+    both daemons in the boot transaction); the next candidate is taken, here none."""
+    files = system(chrony=False, extra={
+        f"{LIB}/chrony.service": "[Unit]\nDescription=chrony\n[Service]\nType=forking\nExecStart=/usr/sbin/chronyd\n"
+                                 "[Install]\nWantedBy=multi-user.target\n",
+        f"{LIB}/chrony-wait.service": CHRONY_WAIT.replace("chronyd.service", "chrony.service"),
+        f"{LIB}/chrony-alt.service": "[Unit]\nConflicts=chrony.service\n[Service]\nType=forking\n"
+                                     "ExecStart=/usr/sbin/chronyd -U\n[Install]\nWantedBy=multi-user.target\n",
+        f"{ETC}/multi-user.target.wants/chrony-alt.service": Link(f"{LIB}/chrony-alt.service"),
+    })
+    plan = plan_fix("/", all_enabled=True, source=MemorySource(files))
+    assert plan.wait_unit is None
+    assert not [c for c in plan.changes if c.action == "symlink"]
+    assert any(w.startswith("chrony-wait.service not used") and "chrony.service" in w for w in plan.warnings)
+    # without the conflict the same wait unit is enabled
+    alt = str(files[f"{LIB}/chrony-alt.service"])
+    files[f"{LIB}/chrony-alt.service"] = alt.replace("Conflicts=chrony.service\n", "")
+    assert plan_fix("/", all_enabled=True, source=MemorySource(files)).wait_unit == "chrony-wait.service"

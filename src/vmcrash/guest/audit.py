@@ -187,8 +187,12 @@ def audit_graph(graph: BootGraph, source: UnitSource, units: Iterable[str] = (),
         active = [c.unit for c in clock if c.in_transaction and c.before_time_sync]
         waiters = [c.unit for c in clock if c.role in ("waits", "steps") and not c.in_transaction
                    and c.load_state == "loaded"]
-        msg = (f"{TIME_SYNC} is reached without waiting for the clock: ordered before it only "
-               f"{', '.join(active) or 'nothing'}, which become active before the first clock update")
+        if active:
+            msg = (f"{TIME_SYNC} is reached without waiting for the clock: ordered before it only "
+                   f"{', '.join(active)}, which become active before the first clock update")
+        else:
+            msg = (f"{TIME_SYNC} is reached without waiting for the clock: nothing that waits for it is "
+                   "ordered before it")
         if waiters:
             msg += f"; installed but not pulled in: {', '.join(waiters)}"
         findings.append(Finding("time-sync-not-held", msg))

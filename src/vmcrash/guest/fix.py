@@ -12,7 +12,10 @@
   ``time-sync.target``, ssh only when named explicitly and never with ``strict``;
 * the wait unit of the time daemon in use (``chrony-wait.service``, ``ntpsec-wait.service``,
   ``systemd-time-wait-sync.service``) enabled the way ``systemctl enable`` would, so something
-  really holds ``time-sync.target`` until the clock is synchronised;
+  really holds ``time-sync.target`` until the clock is synchronised -- but not one whose
+  requirements would start a daemon that conflicts with the one in use (Fedora's
+  ``chronyd-restricted.service`` ``Conflicts=chronyd.service``, which ``chrony-wait.service``
+  ``Requires=``): then the next candidate, or none (and the re-audit fails);
 * for every unit that then holds ``time-sync.target``, a drop-in
   ``/etc/systemd/system/<wait>.d/50-vmcrash-wait-timeout.conf`` with a finite
   ``TimeoutStartSec=`` (:data:`DEFAULT_WAIT_TIMEOUT_S` unless told otherwise), whatever the unit
@@ -250,8 +253,9 @@ def _choose_services(graph: BootGraph, units: Iterable[str], all_enabled: bool, 
     return chosen, warnings, left
 
 
-def _wait_unit(graph: BootGraph) -> tuple[str | None, list[str]]:
-    """The wait unit for the time daemon of the transaction, or None (and why).
+def _wait_units(graph: BootGraph) -> tuple[list[str], list[str]]:
+    """The wait units that could hold time-sync.target for the time daemon of the transaction, best
+    first, or none (and why).
 
     Follows the distribution: the daemon's own wait or step unit first (:data:`KNOWN_WAIT_UNITS`:
     chrony-wait, ntpsec-wait, RHEL/CentOS 7's ntpdate), systemd-time-wait-sync otherwise.
@@ -259,18 +263,20 @@ def _wait_unit(graph: BootGraph) -> tuple[str | None, list[str]]:
     for daemon_unit, kind in time_daemons(graph):
         if daemon_unit not in graph.transaction:
             continue
-        masked = []
+        masked, loaded = [], []
         for candidate in (*KNOWN_WAIT_UNITS.get(kind, ()), GENERIC_WAIT_UNIT):
             unit = graph.loader.load(candidate)
             if unit.load_state == "loaded":
-                return unit.id, []
-            if unit.load_state == "masked":
+                loaded.append(unit.id)
+            elif unit.load_state == "masked":
                 masked.append(candidate)
+        if loaded:
+            return loaded, []
         if masked:
-            return None, [f"{', '.join(masked)} masked; unmask (systemctl unmask {masked[0]}) so it can "
-                          f"hold {TIME_SYNC}"]
-        return None, [f"no wait unit for {kind} is installed ({', '.join(KNOWN_WAIT_UNITS.get(kind, ()))})"]
-    return None, ["no time daemon is started at boot: nothing synchronizes the clock, so nothing can wait for it"]
+            return [], [f"{', '.join(masked)} masked; unmask (systemctl unmask {masked[0]}) so it can "
+                        f"hold {TIME_SYNC}"]
+        return [], [f"no wait unit for {kind} is installed ({', '.join(KNOWN_WAIT_UNITS.get(kind, ()))})"]
+    return [], ["no time daemon is started at boot: nothing synchronizes the clock, so nothing can wait for it"]
 
 
 def _as_distribution_links(source: UnitSource, fragment: str) -> str:
@@ -306,6 +312,25 @@ def _enable_links(graph: BootGraph, unit_id: str) -> list[tuple[str, str]]:
     if not links:
         links.append((f"/etc/systemd/system/{TIME_SYNC}.wants/{unit.id}", fragment))
     return links
+
+
+def _enabling(graph: BootGraph, src: UnitSource, wait: str) -> tuple[list[Change], list[str], dict[str, bytes | Link]]:
+    """The links that enable ``wait`` (none when it is already in the transaction), warnings, overlay."""
+    changes: list[Change] = []
+    warnings: list[str] = []
+    overrides: dict[str, bytes | Link] = {}
+    if wait in graph.transaction:
+        return changes, warnings, overrides
+    for link, target in _enable_links(graph, wait):
+        if src.kind(link) == "link" and src.readlink(link) == target:
+            continue
+        if src.kind(link) is not None:
+            warnings.append(f"{link} exists and is not the expected link; left alone")
+            continue
+        changes.append(Change(link, "symlink", f"enable {wait}: it holds {TIME_SYNC} until the clock is "
+                              "synchronized", target=target))
+        overrides[link] = Link(target)
+    return changes, warnings, overrides
 
 
 def _chrony_changes(source: UnitSource, graph: BootGraph) -> tuple[list[Change], list[str]]:
@@ -379,25 +404,36 @@ def plan_fix(root: str | Path = "/", units: Iterable[str] = (), *, all_enabled: 
     clash = conflicting_daemons(graph)
     if clash:
         raise UsageError(f"cannot make this boot safe: {clash[0].message}")
-    wait, why = _wait_unit(graph)
+    candidates, why = _wait_units(graph)
     warnings.extend(why)
+    wait: str | None = None
+    after = graph
+    for candidate in candidates:
+        links, link_warnings, links_over = _enabling(graph, src, candidate)
+        tried = (BootGraph(UnitLoader(OverlaySource(src, links_over)), "default.target", extra=names)
+                 if links_over else graph)
+        # enabling it must not start a unit that conflicts with the time daemon (Fedora's
+        # chronyd-restricted.service Conflicts=chronyd.service, which chrony-wait.service Requires=)
+        if conflicting_daemons(tried):
+            started = [u for u, _ in time_daemons(tried) if u in tried.transaction and u not in graph.transaction]
+            warnings.append(f"{candidate} not used: enabling it would also start "
+                            f"{', '.join(started) or 'a time daemon'}, which conflicts with the time daemon "
+                            "started at boot (Conflicts=)")
+            continue
+        wait, after = candidate, tried
+        changes.extend(links)
+        warnings.extend(link_warnings)
+        overrides.update(links_over)
+        break
+    else:
+        if candidates:
+            warnings.append(f"no wait unit can hold {TIME_SYNC} without a conflict ({', '.join(candidates)})")
     if wait == "ntpdate.service":
         servers, origin = ntpdate_servers(src)
         if not servers:
             raise UsageError("ntpdate.service would step the clock from no server: /etc/ntp/step-tickers and "
                              "/etc/ntp.conf name none; add one to /etc/ntp/step-tickers")
         warnings.append(f"ntpdate.service steps the clock from {', '.join(servers[:4])} ({origin})")
-    if wait is not None and wait not in graph.transaction:
-        for link, target in _enable_links(graph, wait):
-            if src.kind(link) == "link" and src.readlink(link) == target:
-                continue
-            if src.kind(link) is not None:
-                warnings.append(f"{link} exists and is not the expected link; left alone")
-                continue
-            changes.append(Change(link, "symlink", f"enable {wait}: it holds {TIME_SYNC} until the clock is "
-                                  "synchronized", target=target))
-            overrides[link] = Link(target)
-    after = BootGraph(UnitLoader(OverlaySource(src, overrides)), "default.target", extra=names) if overrides else graph
     clock = find_clock_units(after, machine=live_machine_for(Path(root)) if source is None else OFFLINE)
     holders = [c.unit for c in clock if c.holds]
     roles = classify(after, holders, {c.unit for c in clock})
