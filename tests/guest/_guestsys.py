@@ -1,8 +1,7 @@
 """Literal miniature systemd systems for the guest tests (in memory).
 
-The targets are short versions of systemd 252's own (only the lines the ordering reads; not
-checked line by line against a published copy); the chrony texts are Debian 12's, checked and
-cited below.
+The targets are short versions of systemd's own (see BASE); the chrony texts are Debian 12's,
+checked and cited below.
 
 These are fakes for *pure logic* tests only; the same code is tested against the real Debian
 root built by debootstrap and against systemd itself on a booted guest (test_guest_rootfs.py,
@@ -16,21 +15,44 @@ from vmcrash.guest.sources import File, Link, MemorySource
 LIB = "/lib/systemd/system"
 ETC = "/etc/systemd/system"
 
-#: The targets every test system has (short versions of systemd's own files).
+#: The targets every test system has: systemd's own target files, checked line by line against
+#: systemd 252.39-1~deb12u2 (Debian 12, /lib/systemd/system of the package, apt-get download +
+#: dpkg-deb -x) and units/*.target of systemd 249.11 and 255.4 as Ubuntu 22.04/24.04 build them
+#: (GitHub pop-os/systemd at the Ubuntu release commits ca6a2b8 and 24f87a1): the same lines in all
+#: three but for the order of sysinit.target's (249 has no Before=emergency.*). Kept: Description=,
+#: DefaultDependencies=, RefuseManualStart=, the dependency and ordering lines; left out:
+#: Documentation=, AllowIsolate=, OnFailure=/OnFailureJobMode=, and basic.target's tmp.mount lines
+#: (Wants=/After=tmp.mount, RequiresMountsFor=/var /var/tmp: no tmp.mount unit here). default.target is
+#: the package's link to graphical.target. systemd 219 (CentOS 7), 239 (RHEL 8), 257 (Fedora 42) and
+#: openSUSE's are NOT checked. systemd-journald.socket is a stand-in (only what its ordering needs).
 BASE: dict[str, str | bytes | Link] = {
-    f"{LIB}/default.target": Link("multi-user.target"),
+    f"{LIB}/default.target": Link("graphical.target"),
+    f"{LIB}/graphical.target": "[Unit]\nDescription=Graphical Interface\nRequires=multi-user.target\n"
+                               "Wants=display-manager.service\nConflicts=rescue.service rescue.target\n"
+                               "After=multi-user.target rescue.service rescue.target display-manager.service\n",
     f"{LIB}/multi-user.target": "[Unit]\nDescription=Multi-User System\nRequires=basic.target\n"
-                                "Conflicts=rescue.service rescue.target\nAfter=basic.target rescue.service\n",
+                                "Conflicts=rescue.service rescue.target\n"
+                                "After=basic.target rescue.service rescue.target\n",
     f"{LIB}/basic.target": "[Unit]\nDescription=Basic System\nRequires=sysinit.target\n"
-                           "Wants=sockets.target timers.target\nAfter=sysinit.target sockets.target\n",
-    f"{LIB}/sysinit.target": "[Unit]\nDescription=System Initialization\nDefaultDependencies=no\n"
-                             "Wants=local-fs.target\nAfter=local-fs.target\n",
-    f"{LIB}/local-fs.target": "[Unit]\nDescription=Local File Systems\nDefaultDependencies=no\n",
-    f"{LIB}/sockets.target": "[Unit]\nDescription=Sockets\n",
-    f"{LIB}/timers.target": "[Unit]\nDescription=Timers\nDefaultDependencies=no\n",
-    f"{LIB}/shutdown.target": "[Unit]\nDescription=Shutdown\nDefaultDependencies=no\n",
-    f"{LIB}/network.target": "[Unit]\nDescription=Network\n",
-    f"{LIB}/time-set.target": "[Unit]\nDescription=System Time Set\n",
+                           "Wants=sockets.target timers.target paths.target slices.target\n"
+                           "After=sysinit.target sockets.target paths.target slices.target\n",
+    f"{LIB}/sysinit.target": "[Unit]\nDescription=System Initialization\nWants=local-fs.target swap.target\n"
+                             "After=local-fs.target swap.target\nConflicts=emergency.service emergency.target\n"
+                             "Before=emergency.service emergency.target\n",
+    f"{LIB}/local-fs.target": "[Unit]\nDescription=Local File Systems\nDefaultDependencies=no\n"
+                              "Conflicts=shutdown.target\nAfter=local-fs-pre.target\n",
+    f"{LIB}/swap.target": "[Unit]\nDescription=Swaps\n",
+    f"{LIB}/sockets.target": "[Unit]\nDescription=Socket Units\n",
+    f"{LIB}/timers.target": "[Unit]\nDescription=Timer Units\nDefaultDependencies=no\nConflicts=shutdown.target\n",
+    f"{LIB}/paths.target": "[Unit]\nDescription=Path Units\n",
+    f"{LIB}/slices.target": "[Unit]\nDescription=Slice Units\nWants=-.slice system.slice\n"
+                            "After=-.slice system.slice\n",
+    f"{LIB}/shutdown.target": "[Unit]\nDescription=System Shutdown\nDefaultDependencies=no\nRefuseManualStart=yes\n",
+    f"{LIB}/network-pre.target": "[Unit]\nDescription=Preparation for Network\nRefuseManualStart=yes\n",
+    f"{LIB}/network.target": "[Unit]\nDescription=Network\nAfter=network-pre.target\nRefuseManualStart=yes\n",
+    f"{LIB}/network-online.target": "[Unit]\nDescription=Network is Online\nAfter=network.target\n",
+    f"{LIB}/nss-lookup.target": "[Unit]\nDescription=Host and Network Name Lookups\nRefuseManualStart=yes\n",
+    f"{LIB}/time-set.target": "[Unit]\nDescription=System Time Set\nRefuseManualStart=yes\n",
     f"{LIB}/time-sync.target": "[Unit]\nDescription=System Time Synchronized\nRefuseManualStart=yes\n"
                                "After=time-set.target\nWants=time-set.target\n",
     f"{LIB}/systemd-journald.socket": "[Unit]\nDefaultDependencies=no\nBefore=sockets.target\n"

@@ -92,8 +92,12 @@ def test_centos7_ntpdate_takes_servers_from_ntp_conf_when_step_tickers_is_empty(
 
 @pytest.mark.parametrize(("family", "daemon_unit", "wait_unit"), [
     ("fedora", "chronyd.service", "chrony-wait.service"),
+    ("rhel9", "chronyd.service", "chrony-wait.service"),
+    ("rhel8", "chronyd.service", "chrony-wait.service"),
     ("suse", "chronyd.service", "chrony-wait.service"),
     ("timesyncd", "systemd-timesyncd.service", "systemd-time-wait-sync.service"),
+    ("ubuntu2204", "systemd-timesyncd.service", "systemd-time-wait-sync.service"),
+    ("ubuntu2404", "systemd-timesyncd.service", "systemd-time-wait-sync.service"),
     ("ntpsec", "ntpsec.service", "ntpsec-wait.service"),
 ])
 def test_each_family_audit_then_fix_with_its_own_wait_unit(tmp_path: Path, family: str, daemon_unit: str,
@@ -178,3 +182,74 @@ def test_centos7_ntpd_keeps_ntp_4_2_6s_900_s_stepout_and_ntpdate_wants_the_netwo
     assert chain == ["time-sync.target"]
     (step,) = [c for c in after.clock_units if c.unit == "ntpdate.service"]
     assert step.holds and step.in_transaction
+
+
+def test_suse_chronyd_of_chrony_4_1_is_ordered_before_time_sync_target_but_holds_nothing(tmp_path: Path) -> None:
+    """openSUSE's 4.1-era chrony-service-ordering.patch: chronyd.service Wants= and Before=time-sync.target
+    (as Debian's chrony.service), so the target is in the transaction and reached as soon as chronyd has
+    forked, before any clock update; only chrony-wait.service (installed, not enabled) would hold it."""
+    write_tree(tmp_path, FAMILIES["suse"]())
+    report = audit(tmp_path)
+    assert report.time_sync_in_transaction and report.time_sync_held_by == ()
+    clock = {c.unit: c for c in report.clock_units}
+    assert clock["chronyd.service"].role == "daemon" and clock["chronyd.service"].before_time_sync
+    assert clock["chronyd.service"].in_transaction and not clock["chronyd.service"].holds
+    assert not clock["chrony-wait.service"].in_transaction
+    (held,) = [f for f in report.findings if f.code == "time-sync-not-held"]
+    assert "chronyd.service" in held.message and "chrony-wait.service" in held.message
+    (d,) = report.daemons
+    assert d.data["files"] == ["/etc/chrony.conf", "/etc/chrony.d/pool.conf"]  # the include of /etc/chrony.d
+
+
+def test_fedora_42_chronyd_is_type_notify_and_chronyd_restricted_is_installed_only(tmp_path: Path) -> None:
+    """chrony 4.8-1.fc42: chronyd.service Type=notify, ExecStart=chronyd -n $OPTIONS (READY=1 is sent where
+    4.6 released its forking parent: before the first clock update); chronyd-restricted.service installed,
+    not enabled (90-default.preset enables chronyd.service only)."""
+    write_tree(tmp_path, FAMILIES["fedora"]())
+    report = audit(tmp_path)
+    assert [d.unit for d in report.daemons] == ["chronyd.service"]
+    clock = {c.unit: c for c in report.clock_units}
+    assert clock["chronyd.service"].in_transaction and "active before its first clock update" in clock[
+        "chronyd.service"].note
+    assert "chronyd-restricted.service" not in report.time_sync_held_by
+    plan = plan_fix(tmp_path, all_enabled=True)
+    assert "chronyd-restricted.service" not in {c.path.rsplit("/", 1)[-1] for c in plan.changes}
+
+
+def test_fedora_with_chronyd_restricted_enabled_the_fix_does_not_enable_chrony_wait(tmp_path: Path) -> None:
+    """chrony-wait.service Requires=chronyd.service, which chronyd-restricted.service Conflicts= (and chronyc
+    -h 127.0.0.1 could not reach chronyd -U anyway): enabling it would start both daemons. The fix takes the
+    next wait unit (systemd-time-wait-sync: chronyd keeps the kernel's STA_UNSYNC), or none."""
+    files = FAMILIES["fedora"]()
+    del files[f"{ETC}/multi-user.target.wants/chronyd.service"]
+    files[f"{ETC}/multi-user.target.wants/chronyd-restricted.service"] = Link(
+        f"{USR_LIB}/chronyd-restricted.service")
+    write_tree(tmp_path, files)
+    plan = plan_fix(tmp_path, all_enabled=True)
+    assert plan.wait_unit is None
+    assert any("chrony-wait.service not used" in w and "chronyd.service" in w for w in plan.warnings), plan.warnings
+    assert not [c for c in plan.changes if c.action == "symlink"]
+    # with systemd's generic wait unit installed, that one is enabled and the fixed boot passes
+    (tmp_path / USR_LIB.lstrip("/") / "systemd-time-wait-sync.service").write_text(FAMILIES["timesyncd"]()[
+        "/lib/systemd/system/systemd-time-wait-sync.service"])  # type: ignore[arg-type]
+    plan = plan_fix(tmp_path, all_enabled=True)
+    assert plan.wait_unit == "systemd-time-wait-sync.service"
+    assert run_fix(str(tmp_path), all_enabled=True) == 0
+    after = audit(tmp_path)
+    assert after.exit_code == 0, after.render_text()
+    assert after.time_sync_held_by == ("systemd-time-wait-sync.service",)
+    assert "chronyd.service" not in {c.unit for c in after.clock_units if c.in_transaction}
+
+
+@pytest.mark.parametrize("family", ["ubuntu2204", "ubuntu2404"])
+def test_ubuntu_fix_enables_time_wait_sync_on_the_path_the_package_uses(tmp_path: Path, family: str) -> None:
+    """Ubuntu 22.04 ships units in /lib/systemd/system (split-usr build on a merged-/usr root), 24.04 in
+    /usr/lib/systemd/system: the new link names the same directory as the package's own links."""
+    write_tree(tmp_path, FAMILIES[family]())
+    plan = plan_fix(tmp_path, all_enabled=True)
+    links = {c.path: c.target for c in plan.changes if c.action == "symlink"}
+    lib = "/lib/systemd/system" if family == "ubuntu2204" else USR_LIB
+    assert links == {f"{ETC}/sysinit.target.wants/systemd-time-wait-sync.service":
+                     f"{lib}/systemd-time-wait-sync.service"}
+    (d,) = audit(tmp_path).daemons
+    assert d.daemon == "timesyncd" and d.data["servers"] == []  # timesyncd.conf: all commented out

@@ -80,6 +80,7 @@ def test_transaction_skips_missing_wants_and_units_requiring_missing_ones() -> N
     assert "chrony-wait.service" not in g.transaction
     chain = g.pull_chain("time-sync.target")
     assert chain is not None and [(e.src, e.kind, e.dst) for e in chain] == [
+        ("graphical.target", "requires", "multi-user.target"),  # default.target -> graphical.target
         ("multi-user.target", "wants", "chrony.service"), ("chrony.service", "wants", "time-sync.target")]
 
 
