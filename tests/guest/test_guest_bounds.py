@@ -120,6 +120,15 @@ def test_wait_commands_that_give_up_by_themselves() -> None:
     assert bound("/usr/sbin/ntpwait -s 1 -n 30000") == 29999.0
     assert bound("/usr/sbin/ntpwait") == 594.0  # its defaults: 100 tries, 6 s
     assert bound("/lib/systemd/systemd-time-wait-sync") == math.inf
+    # ntpdate gives up by itself: ntp-4.2.6p5's 4 samples, at least 2 s apart (-t is raised to 2 s)
+    assert bound("/usr/sbin/ntpdate -s -b pool.ntp.org") == 8.0
+    assert bound("/usr/sbin/ntpdate -p 1 -t 5 a b") == 5.0
+    assert bound("/usr/sbin/ntpdate -p 2 -t 0.2 a") == 4.0
+    assert bound("/usr/sbin/ntpdate -p 99 a") == 16.0  # ntpdate takes 1 to 8 samples
+    # RHEL/CentOS 7's ntpdate.service: the wrapper runs ntpdate once with OPTIONS="-p 2"
+    assert bound("/usr/libexec/ntpdate-wrapper") == 4.0
+    text = command_bound_s(unit_from("[Service]\nExecStart=/usr/libexec/ntpdate-wrapper\n"))[1]  # type: ignore[arg-type]
+    assert "plus name resolution" in text
     chrony_wait = unit_from("[Service]\nType=oneshot\nExecStart=/usr/bin/chronyc waitsync 0 0.1 0.0 1\n"
                             "TimeoutStartSec=180\n")
     assert wait_bound(chrony_wait).bound_s == 180.0  # type: ignore[arg-type]

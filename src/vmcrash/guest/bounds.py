@@ -132,6 +132,38 @@ def start_timeout_s(unit: Unit, manager_default_s: float = DEFAULT_TIMEOUT_START
 _NTP_WAIT = {"ntp-wait": (1000, 6.0, 0), "ntpwait": (100, 6.0, 1)}
 
 
+#: ntp.org's ntpdate (ntp-4.2.6p5, ntpdate/ntpdate.h): DEFSAMPLES 4 samples per server, at least
+#: MINTIMEOUT = 2 * TIMER_HZ ticks = 2 s between them (``-t`` is raised to that; its HTML page still
+#: says 1 s). Servers are polled at once, so one run gives up after about samples x 2 s, plus name
+#: resolution. RHEL/CentOS 7's ``/usr/libexec/ntpdate-wrapper`` runs it once with
+#: ``/etc/sysconfig/ntpdate``'s ``OPTIONS="-p 2"`` (ntp-4.2.6p5-29.el7 ntpdate.wrapper, ntpdate.sysconfig).
+_NTPDATE_SAMPLES = 4
+_NTPDATE_MIN_TIMEOUT_S = 2.0
+_NTPDATE_WRAPPER_SAMPLES = 2
+
+
+def _ntpdate_bound_s(words: list[str], wrapper: bool) -> tuple[float, str]:
+    """(seconds one ntpdate run polls at most, why) for an ``ntpdate`` command line or the RHEL wrapper."""
+    if wrapper:
+        samples = _NTPDATE_WRAPPER_SAMPLES
+        return samples * _NTPDATE_MIN_TIMEOUT_S, (
+            f"ntpdate-wrapper runs ntpdate once (OPTIONS=\"-p {samples}\"), which gives up after {samples} samples x "
+            f"{_NTPDATE_MIN_TIMEOUT_S:g} s per server, plus name resolution")
+    samples, timeout = _NTPDATE_SAMPLES, _NTPDATE_MIN_TIMEOUT_S
+    for i, w in enumerate(words[:-1]):
+        try:
+            if w == "-p":
+                samples = min(max(int(words[i + 1]), 1), 8)
+            elif w == "-t":
+                timeout = max(float(words[i + 1]), _NTPDATE_MIN_TIMEOUT_S)
+        except ValueError:
+            continue
+    if not math.isfinite(timeout):
+        return math.inf, "ntpdate with an endless -t"
+    return samples * timeout, (f"ntpdate gives up after {samples} samples x {timeout:g} s per server, "
+                               "plus name resolution")
+
+
 def _words(line: str) -> list[str]:
     try:
         return shlex.split(line.lstrip("-@:+!"))
@@ -157,6 +189,10 @@ def command_bound_s(unit: Unit) -> tuple[float, str]:
                 best, why = tries * interval, f"chronyc waitsync gives up after {tries} tries x {interval:g} s"
             elif tries <= 0:
                 why = "chronyc waitsync 0: unlimited tries"
+        elif "ntpdate" in names or "ntpdate-wrapper" in names:
+            waits, said = _ntpdate_bound_s(words, "ntpdate-wrapper" in names)
+            if waits < best:
+                best, why = waits, said
         elif any(n in _NTP_WAIT for n in names):
             name = next(n for n in names if n in _NTP_WAIT)
             tries, sleep, first = _NTP_WAIT[name]
