@@ -232,6 +232,8 @@ def run_vmcrash_mode(hv: Hypervisor, guest: LabGuest, events: Any, tmp: Path, *,
                   "on_disk_bytes": allocated(Path(row.dump_path or "/nonexistent")), "state": row.state,
                   "error": row.error}
         result["final_bytes"] = result["on_disk_bytes"]
+        # where the freeze went: the crash's own log, in seconds after the panic event
+        result["timeline"] = [(e["kind"], round((e["at_ns"] - panic_ns) / 1e9, 3)) for e in cat.events(row.id)]
         cat.close()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -290,7 +292,9 @@ def _bench_one(hv: Hypervisor, events: Any, gib: int, fill: str, backing: str, t
         g.boot(900)
         for capture in ("auto", "stream"):
             res[capture] = run_vmcrash_mode(hv, g, events, tmp, capture=capture)
+            timeline = res[capture].pop("timeline")
             print(f"   {capture} {res[capture]}", flush=True)
+            print("      timeline: " + ", ".join(f"{k} {t:.2f}" for k, t in timeline), flush=True)
     print("   " + ", ".join(f"{k} {res[k]['freeze_s']:.2f} s" for k in ("builtin", "auto", "stream", "copy")
                            if k in res), flush=True)
     return res
