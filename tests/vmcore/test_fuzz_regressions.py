@@ -1,20 +1,27 @@
 """Inputs found by the fuzz campaign (``bench/fuzz.py``), minimized and kept in ``fuzz-regressions/``.
 
-Each file once made a reader or the triage fail in a way the fuzzer counts as a crash (an
-exception that is not a VmcrashError, or an input that ran past the time bound). Each test runs
-the same calls as the campaign's dump targets and checks the specific outcome.
+Dump readers and triage, and the host side's parsers of what QEMU, /proc and the guest agent
+print (targets ``qemumem`` and ``agent``). Each file once made a reader or the triage fail in a
+way the fuzzer counts as a crash (an exception that is not a VmcrashError, or an input that ran
+past the time bound). Each test runs the same calls as the campaign's targets and checks the
+specific outcome.
 """
 
 from __future__ import annotations
 
+import base64
 import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 from vmcore_builders import PAGE, MemReader, build_elf, build_prb, note, prstatus
 
-from vmcrash.errors import DumpFormatError, GuestMemoryError, VmcrashError
+from vmcrash.capture.hold import MAX_TRAILER_BYTES, parse_dump_header
+from vmcrash.errors import AgentProtocolError, DumpFormatError, GuestMemoryError, VmcrashError
+from vmcrash.host.guest_exec import decode_result
+from vmcrash.host.qemu_memory import parse_status_rss
 from vmcrash.vmcore import KernelMemory, analyze, convert_to_kdump, for_each_record, open_dump, parse_vmcoreinfo
 from vmcrash.vmcore._oops import find_crash
 from vmcrash.vmcore._triage import NOT_RECOVERED
@@ -127,3 +134,44 @@ def test_the_same_line_through_a_whole_dump(tmp_path: Path) -> None:
     triage = analyze(path)
     assert triage.panic_line == "Kernel panic - not syncing: Fatal exception"
     assert triage.log_records == 3 and triage.crashing_cpu == 0  # one vCPU note
+
+
+# -- QEMU's dump header and /proc text (target ``qemumem``), the guest audit's result (``agent``) ------------
+
+
+def test_qemu_header_whose_string_table_claims_2_to_the_63_bytes() -> None:
+    """A QEMU dump header whose ``.shstrtab`` section claims 2^63 bytes after the memory (qemumem #28,
+    minimized from 31771 bytes): section_trailers rebuilt the table with ``bytearray(sh_size)`` and
+    raised OverflowError (2^63), MemoryError or spent 18 s zero-filling (some GiB). QEMU's table is
+    11 bytes; one over MAX_TRAILER_BYTES is refused with one DumpFormatError."""
+    raw = (INPUTS / "qemu-header-shstrtab-2p63-bytes.bin").read_bytes()
+    with pytest.raises(DumpFormatError, match="string table is 9223372036854775808 bytes"):
+        parse_dump_header(raw)
+
+    def table_at(offset: int, size: int) -> bytes:  # section 1's sh_offset and sh_size (at 128 + 24)
+        return raw[:152] + struct.pack("<QQ", offset, size) + raw[168:]
+
+    for size in (MAX_TRAILER_BYTES + 1, 3 << 30):  # MemoryError / a long zero-fill before
+        with pytest.raises(DumpFormatError, match="string table"):
+            parse_dump_header(table_at(1 << 20, size))
+    assert parse_dump_header(table_at(1 << 20, 11)).trailers == ((1 << 20, b".shstrtab\0\0"),)  # sh_name 0
+
+
+def test_qemu_status_rss_with_a_superscript_digit() -> None:
+    """``RssAnon: ² kB`` (qemumem #717, minimized from 634 bytes): ``"²".isdigit()`` is true and
+    ``int("²")`` raised ValueError; 5000 digits raised it too (4300-digit limit). A value that is
+    not at most 20 ASCII digits counts as a missing line (0)."""
+    text = (INPUTS / "qemu-status-rssanon-superscript-two.txt").read_text()
+    assert parse_status_rss(text + "RssShmem:\t12 kB\n") == (0, 12 * 1024)
+    assert parse_status_rss("RssAnon:\t" + "9" * 5000 + " kB\nRssShmem:\t\u0663 kB\n") == (0, 0)
+    assert parse_status_rss("RssAnon:\t1048576 kB\n") == (1 << 30, 0)
+
+
+def test_guest_audit_result_nested_too_deep() -> None:
+    """A guest-exec result whose JSON is nested arrays (agent #116: 100000 of them, minimized to
+    989): json.loads raised RecursionError through decode_result. It is one AgentProtocolError
+    now, like any other result that is not the expected JSON."""
+    out = (INPUTS / "guest-result-nested-arrays.txt").read_bytes()
+    assert len(zlib.decompress(base64.b64decode(out.split(b" ", 1)[1]))) == 100000
+    with pytest.raises(AgentProtocolError, match="not valid"):
+        decode_result(out, domain="fuzz")

@@ -321,6 +321,8 @@ def parse_dump_header(raw: bytes) -> DumpHeader:
 #: Section names QEMU's x86 dump carries (QEMU 7.2 adds a section header table whose only named
 #: section is the string table itself, written after the memory).
 _KNOWN_SECTIONS = {3: b".shstrtab"}
+#: QEMU's string table is 11 bytes (``"\\0.shstrtab\\0"``); a larger one is not rebuilt.
+MAX_TRAILER_BYTES = 4096
 
 
 def section_trailers(raw: bytes) -> tuple[tuple[int, bytes], ...]:
@@ -329,7 +331,8 @@ def section_trailers(raw: bytes) -> tuple[tuple[int, bytes], ...]:
     QEMU 7.2 writes a NULL section and a ``.shstrtab`` string table (``"\\0.shstrtab\\0"``) at the
     end of the file; older QEMU writes no section table (``e_shnum == 0``, nothing to rebuild).
 
-    :raises DumpFormatError: a section this reader does not know how to rebuild.
+    :raises DumpFormatError: a section this reader does not know how to rebuild, or a string table
+        larger than :data:`MAX_TRAILER_BYTES`.
     """
     (_id, _t, _m, _v, _e, _phoff, shoff, _f, _eh, _pe, _pn, shentsize, shnum, shstrndx) = _EHDR.unpack_from(raw)
     if shnum == 0 or shoff == 0:
@@ -344,6 +347,8 @@ def section_trailers(raw: bytes) -> tuple[tuple[int, bytes], ...]:
         if i != shstrndx or sh_type not in _KNOWN_SECTIONS:
             raise DumpFormatError(f"QEMU's dump has section {i} of type {sh_type} after the memory (unknown)")
         name = _KNOWN_SECTIONS[sh_type] + b"\0"
+        if sh_size > MAX_TRAILER_BYTES:
+            raise DumpFormatError(f"QEMU's section string table is {sh_size} bytes (more than {MAX_TRAILER_BYTES})")
         table = bytearray(sh_size)
         if sh_name + len(name) > sh_size:
             raise DumpFormatError("QEMU's section string table does not fit its own name")

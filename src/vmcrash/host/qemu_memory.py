@@ -294,13 +294,15 @@ def find_fd(pid: int, inode: int, dev: str) -> str | None:
 
 
 def parse_status_rss(text: str) -> tuple[int, int]:
-    """``(RssAnon, RssShmem)`` in bytes from ``/proc/<pid>/status`` text; 0 for a missing line. Pure."""
+    """``(RssAnon, RssShmem)`` in bytes from ``/proc/<pid>/status`` text; 0 for a missing line or one
+    that is not at most 20 ASCII digits and ``kB``. Pure."""
     found = {"RssAnon": 0, "RssShmem": 0}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         if key in found:
             words = rest.split()
-            if len(words) == 2 and words[1] == "kB" and words[0].isdigit():
+            if len(words) == 2 and words[1] == "kB" and words[0].isascii() and words[0].isdigit() \
+                    and len(words[0]) <= 20:
                 found[key] = int(words[0]) * 1024
     return found["RssAnon"], found["RssShmem"]
 
