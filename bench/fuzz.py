@@ -1277,11 +1277,13 @@ class Context:
 
 @dataclass(frozen=True)
 class Case:
-    """One generated input: bytes, and for dumps the sparse zeros appended when written."""
+    """One generated input: bytes, and for dumps the sparse zeros appended when written. ``index``: the
+    input's number when replayed (some targets do more with every 4th or 16th input)."""
 
     data: bytes
     extend: int = 0
     origin: str = ""
+    index: int = 1
 
 
 def generate(ctx: Context, target: str, index: int) -> Case:
@@ -2114,12 +2116,12 @@ def table(totals: dict[str, Stats]) -> str:
 def load_case(path: Path) -> Case:
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return Case(path.read_bytes(), int(meta.get("extend", 0)), str(meta.get("origin", "")))
+    return Case(path.read_bytes(), int(meta.get("extend", 0)), str(meta.get("origin", "")), int(meta.get("index", 1)))
 
 
 def replay_key(ctx: Context, target: str, case: Case) -> str | None:
     try:
-        run_case(ctx, target, case, 1)
+        run_case(ctx, target, case, case.index)
     except BaseException as exc:  # noqa: B036
         return crash_key(exc)
     return None
@@ -2135,7 +2137,7 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
     can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops", "timecfg", "conditions")
 
     def same(d: bytes) -> bool:
-        return replay_key(ctx, target, Case(d, case.extend, case.origin)) == key
+        return replay_key(ctx, target, Case(d, case.extend, case.origin, case.index)) == key
 
     lo, hi = 0, len(data)  # shortest prefix that still crashes
     while lo < hi and time.monotonic() < deadline:
@@ -2161,7 +2163,7 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
                 pos += chunk
         chunk //= 2
     print(f"minimized {len(case.data)} -> {len(data)} bytes ({key})")
-    return Case(data, case.extend, case.origin)
+    return Case(data, case.extend, case.origin, case.index)
 
 
 def main() -> int:
@@ -2190,9 +2192,8 @@ def main() -> int:
         ctx = Context(args.seed, Path(tempfile.mkdtemp(prefix="vmcrash-fuzz-")))
         try:
             if args.replay:
-                meta_path = args.replay.with_suffix(".json")
-                index = json.loads(meta_path.read_text()).get("index", 1) if meta_path.exists() else 1
-                run_case(ctx, args.target, load_case(args.replay), index)
+                case = load_case(args.replay)
+                run_case(ctx, args.target, case, case.index)
                 print("no crash")
             else:
                 small = minimize(ctx, args.target, load_case(args.minimize))

@@ -9,8 +9,10 @@ import math
 import os
 from pathlib import Path
 
+import pytest
 from _guestsys import system
 
+from vmcrash.errors import UnitFileError
 from vmcrash.guest.audit import audit
 from vmcrash.guest.conditions import (
     OFFLINE,
@@ -107,3 +109,25 @@ def test_needs_update_stamp_that_is_not_a_plain_number(tmp_path: Path) -> None:
         (tmp_path / "etc/.updated").write_text(f"TIMESTAMP_NSEC={stamp}\n")
         os.utime(tmp_path / "etc/.updated", ns=(0, 1_700_000_000_000_000_000))
         assert evaluate_conditions(unit, src, live).met is runs, stamp[:20]
+
+
+def test_glob_of_a_hostname_with_a_nul_on_the_running_system(tmp_path: Path) -> None:
+    """``ConditionPathExistsGlob=/%H`` with a kernel hostname of ``\\0/`` (conditions #7960,
+    minimized from 3525 bytes): the expanded path held a NUL, and RootSource's ``os.lstat`` raised
+    ValueError ("embedded null byte") through the audit. No file has a NUL in its path: nothing
+    is there, the glob matches nothing, and every RootSource call answers as for a missing path."""
+    (tmp_path / "etc/systemd/system/fuzz.service.d").mkdir(parents=True)
+    (tmp_path / "etc/systemd/system/fuzz.service").write_text("[Unit]\n")
+    (tmp_path / "etc/systemd/system/fuzz.service.d/x.conf").write_bytes(
+        (INPUTS / "glob-of-the-hostname.conf").read_bytes())
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/hostname").write_bytes((INPUTS / "hostname-nul-slash").read_bytes())
+    src = RootSource(tmp_path)
+    machine = probe_machine(tmp_path, lambda *a: None)
+    assert machine.hostname == "\0/"
+    cond = unit_conditions(UnitLoader(src).load("fuzz.service"), src, machine)
+    assert cond.conditions.met is False and cond.describe() == "skipped at boot: ConditionPathExistsGlob=/%H false"
+    assert src.stat("/etc/\0") is None and src.kind("/\0/") is None and src.listdir("/etc\0") == []
+    for call in (src.readlink, lambda p: src.read_bytes(p, 10)):
+        with pytest.raises(UnitFileError, match="NUL in the path"):
+            call("/etc/\0x")

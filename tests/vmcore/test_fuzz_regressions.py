@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from vmcore_builders import PAGE, MemReader, build_elf, build_prb, note, prstatus
 
-from vmcrash.capture.hold import MAX_TRAILER_BYTES, parse_dump_header
+from vmcrash.capture.hold import MAX_FILE_BYTES, MAX_TRAILER_BYTES, parse_dump_header
 from vmcrash.errors import AgentProtocolError, DumpFormatError, GuestMemoryError, VmcrashError
 from vmcrash.host.guest_exec import decode_result
 from vmcrash.host.qemu_memory import parse_status_rss
@@ -175,3 +175,21 @@ def test_guest_audit_result_nested_too_deep() -> None:
     assert len(zlib.decompress(base64.b64decode(out.split(b" ", 1)[1]))) == 100000
     with pytest.raises(AgentProtocolError, match="not valid"):
         decode_result(out, domain="fuzz")
+
+
+def test_qemu_header_with_a_load_at_file_offset_2_to_the_63() -> None:
+    """A PT_LOAD at file offset 2^63 (qemumem #3776, minimized from 31803 bytes): the header
+    parsed, and write_held's pwrite raised OverflowError (the offset does not fit an off_t). A
+    segment or a section that ends beyond MAX_FILE_BYTES (2^63 - 1) is refused when parsed."""
+    raw = (INPUTS / "qemu-header-load-at-2p63.bin").read_bytes()
+    with pytest.raises(DumpFormatError, match="segment of 4096 bytes at file offset 0x8000000000000000"):
+        parse_dump_header(raw)
+    load = 192 + 2 * 56  # the third program header: offset 2^63, paddr 0x1200000, 4096 bytes
+    fits = raw[:load + 8] + struct.pack("<Q", MAX_FILE_BYTES - 4096) + raw[load + 16:]
+    assert parse_dump_header(fits).file_size_bytes == MAX_FILE_BYTES
+    note = raw[:load] + struct.pack("<I", 4) + raw[load + 4:]  # the same as a PT_NOTE
+    with pytest.raises(DumpFormatError, match="beyond the largest file"):
+        parse_dump_header(note)
+    table = (INPUTS / "qemu-header-shstrtab-2p63-bytes.bin").read_bytes()
+    with pytest.raises(DumpFormatError, match="section 1 at file offset 0x7ffffffffffffffc"):
+        parse_dump_header(table[:152] + struct.pack("<QQ", MAX_FILE_BYTES - 3, 11) + table[168:])
