@@ -43,6 +43,7 @@ a :class:`Machine`; :func:`probe_machine` is the only reader of the running syst
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import posixpath
 import re
@@ -355,14 +356,21 @@ def _virtualization(value: str, machine: Machine) -> bool | None:
     return v != "none" and value == v
 
 
+@functools.lru_cache(maxsize=4)
+def _cmdline_words(line: str) -> tuple[str, ...]:
+    """The words of a kernel command line, split once per line (shlex over 64 KiB takes ~0.1 s, and a
+    unit may carry thousands of ``ConditionKernelCommandLine=``)."""
+    try:
+        return tuple(shlex.split(line))
+    except ValueError:
+        return tuple(line.split())
+
+
 def _kernel_cmdline(value: str, machine: Machine) -> bool | None:
     line = machine.kernel_cmdline
     if line is None:
         return None
-    try:
-        words = shlex.split(line)
-    except ValueError:
-        words = line.split()
+    words = _cmdline_words(line)
     if "=" in value:
         return value in words
     return any(w == value or w.startswith(value + "=") for w in words)
