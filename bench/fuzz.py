@@ -1135,10 +1135,18 @@ def unpack_unit_tree(blob: bytes) -> dict[str, Any]:
     for entry in blob.split(b"\x1e")[:64]:
         path, _, content = entry.partition(b"\x1f")
         p = path.decode("utf-8", "replace")
-        if not p.startswith("/"):
+        if not p.startswith("/") or not fits_a_file_system(p):
             continue
         files[p] = Link(content[1:].decode("utf-8", "replace")) if content.startswith(b"@") else content
     return files
+
+
+def fits_a_file_system(path: str) -> bool:
+    """A path a Linux file system can hold (PATH_MAX 4096, NAME_MAX 255 bytes): a mutation that runs
+    a file's content into its name makes trees no guest can have (and MemorySource, a stand-in for
+    such a tree, is quadratic in the length of its paths)."""
+    raw = path.encode("utf-8", "surrogatepass")
+    return len(raw) < 4096 and all(len(c) <= 255 for c in raw.split(b"/"))
 
 
 def unpack_entries(blob: bytes) -> tuple[list[tuple[str, bytes]], dict[str, bytes]]:
@@ -1152,7 +1160,7 @@ def unpack_entries(blob: bytes) -> tuple[list[tuple[str, bytes]], dict[str, byte
             meta[p[1:]] = content
             continue
         parts = [c for c in p.split("/") if c not in ("", ".")]
-        if p.startswith("/") and parts and ".." not in parts:
+        if p.startswith("/") and parts and ".." not in parts and fits_a_file_system(p):
             entries.append(("/" + "/".join(parts), content))
     return entries, meta
 
@@ -1670,7 +1678,15 @@ def run_held(ctx: Context, body: bytes, index: int) -> None:
     header = hold.parse_dump_header(raw)
     first = hold.data_start(header)
     size = header.file_size_bytes
-    image = hold.HeldImage("fuzz", header, [hold.HeldRange(p, len(d), data=d) for p, d in ranges])
+    held = [hold.HeldRange(p, len(d), data=d) for p, d in ranges]
+    # hold_image refuses a header whose PT_LOADs QEMU's memory does not cover; here the gaps are
+    # zeros (as untouched RAM is), up to 32 MiB, else there is no image to triage or write
+    gaps = [ld for ld in header.loads if ld.file_size and not any(
+        r.paddr <= ld.paddr and ld.paddr + ld.file_size <= r.paddr + r.size_bytes for r in held)]
+    if sum(ld.file_size for ld in gaps) > 32 << 20:
+        return
+    held += [hold.HeldRange(ld.paddr, ld.file_size, data=bytes(ld.file_size)) for ld in gaps]
+    image = hold.HeldImage("fuzz", header, held)
     src = hold.HeldElfSource(image)
     for off in (0, len(raw) - 100, first, size - 100):
         try:
