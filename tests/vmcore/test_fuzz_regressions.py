@@ -19,9 +19,9 @@ import pytest
 from vmcore_builders import PAGE, MemReader, build_elf, build_prb, note, prstatus
 
 from vmcrash.capture.hold import MAX_FILE_BYTES, MAX_TRAILER_BYTES, parse_dump_header
-from vmcrash.errors import AgentProtocolError, DumpFormatError, GuestMemoryError, VmcrashError
+from vmcrash.errors import AgentProtocolError, DumpFormatError, EnvironmentProblem, GuestMemoryError, VmcrashError
 from vmcrash.host.guest_exec import decode_result
-from vmcrash.host.qemu_memory import parse_status_rss
+from vmcrash.host.qemu_memory import parse_flatview, parse_status_rss
 from vmcrash.vmcore import KernelMemory, analyze, convert_to_kdump, for_each_record, open_dump, parse_vmcoreinfo
 from vmcrash.vmcore._oops import find_crash
 from vmcrash.vmcore._triage import NOT_RECOVERED
@@ -193,3 +193,15 @@ def test_qemu_header_with_a_load_at_file_offset_2_to_the_63() -> None:
     table = (INPUTS / "qemu-header-shstrtab-2p63-bytes.bin").read_bytes()
     with pytest.raises(DumpFormatError, match="section 1 at file offset 0x7ffffffffffffffc"):
         parse_dump_header(table[:152] + struct.pack("<QQ", MAX_FILE_BYTES - 3, 11) + table[168:])
+
+
+def test_qemu_flat_view_section_that_ends_before_it_starts() -> None:
+    """A RAM section ``0080000000001000-0000000100000fff`` (qemumem #72570, minimized from 500
+    bytes): parse_flatview returned a section of -36028792723996672 bytes, and resolve_ranges
+    silently resolved nothing for it (the campaign checks that every merged section is covered).
+    QEMU prints an inclusive end that is never before the start: one EnvironmentProblem."""
+    text = (INPUTS / "qemu-flatview-end-before-start.txt").read_text()
+    with pytest.raises(EnvironmentProblem, match="ends before it starts: '0080000000001000-0000000100000fff"):
+        parse_flatview(text)
+    good = text.replace("0080000000001000-", "0000000000100000-")
+    assert [(s.start, s.size_bytes) for s in parse_flatview(good)] == [(0, 0xA0000), (0x100000, 0xFFF01000)]
