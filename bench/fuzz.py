@@ -2150,7 +2150,7 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
         raise SystemExit("the input does not crash")
     deadline = time.monotonic() + budget_s
     data = case.data
-    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops", "timecfg", "conditions")
+    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops", "timecfg", "conditions", "qemumem")
 
     def same(d: bytes) -> bool:
         return replay_key(ctx, target, Case(d, case.extend, case.origin, case.index)) == key
