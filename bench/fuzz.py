@@ -16,11 +16,30 @@ version of this script: ``runs.jsonl`` records the commit of each run):
 ``vmcoreinfo`` mutated VMCOREINFO text -> ``parse_vmcoreinfo`` and the code that reads it first
 ``oops``       kernel log lines (guest-written text) around a crash report -> ``find_crash``, ``parse_frame``
 ``agent``      guest-agent reply text -> ``host/agent_protocol.py`` decoders, ``Agent`` methods over a replay
-               transport, ``clock/_transport.py`` validators
-``unitfile``   generated/mutated unit files -> ``decode_unit_bytes``, ``parse_unit_text``
-``units``      small generated unit trees (links, masks, drop-ins, .wants) -> ``UnitLoader``, ``BootGraph``
+               transport, ``clock/_transport.py`` validators, ``host/guest_exec.py``'s ``decode_result``
+               (what the guest audit run through guest-exec prints)
+``unitfile``   generated/mutated unit files (with ``Condition*=``/``Assert*=`` lines: ``|``/``!`` forms,
+               specifiers, resets, tricky characters) -> ``decode_unit_bytes``, ``parse_unit_text``,
+               and the file's conditions -> ``unit_conditions`` over a fixed tree, offline and live
+``units``      small generated unit trees (links, masks, drop-ins, .wants, conditions) -> ``UnitLoader``,
+               ``BootGraph``, the whole ``audit_graph`` (conditions, clock units, daemon reports,
+               roles; ``to_json``, ``render_text``), every 4th input ``plan_fix`` + ``render_plan``
 ``timecfg``    time-daemon configuration trees (chrony.conf + include/confdir, ntp.conf, timesyncd.conf)
                -> ``guest/timecfg.py`` readers and what the audit computes from them
+``conditions`` a unit (fragment, drop-ins) full of conditions and assertions plus the facts they read:
+               ``/etc/machine-id``, ``/etc/hostname``, ``/proc/cmdline``, PID 1's ``CapBnd``,
+               ``/proc/self/mountinfo``, ``/sys`` security/firmware/power-supply/cgroup files,
+               ``/run``, ``.updated`` stamps with mtimes, modes, links, ``systemd-detect-virt``'s
+               answer -> ``guest/conditions.py``: offline over memory; ``probe_machine`` over the
+               tree written to tmpfs (a ``RootSource``; links kept inside it); or a ``Machine``
+               built from the facts as they are -> ``unit_conditions``, ``conditions_of``
+``qemumem``    ``info mtree -f`` text, ``gpa2hva`` answers, ``/proc/<pid>/maps`` and ``status`` text,
+               pagemap slices, and QEMU's dump header (its real 7.2 header and QEMU-7.2-style headers
+               of small built guests; ELF, program and section header fields and notes mutated) ->
+               ``host/qemu_memory.py`` parsers and ``resolve_ranges`` (must cover every merged
+               section), ``capture/hold.py`` ``header_extent``, ``parse_dump_header``
+               (``section_trailers``), a held image read through ``HeldElfSource``, every 4th
+               ``triage_held``, every 16th ``write_held`` to tmpfs
 ============  =====================================================================================
 
 A *crash* is an exception that is not a :class:`vmcrash.errors.VmcrashError` (deduplicated by type
@@ -46,8 +65,9 @@ How to run (the machine is shared: always ``nice -n 19``)::
 Dump files are written to ``/dev/shm`` (tmpfs). ``--minimize`` shrinks a crashing input while its
 crash key stays the same (cuts the tail; deletes chunks of text inputs, zeroes chunks of binary ones)
 and writes ``<file>.min.bin``: that is what goes to ``tests/vmcore/fuzz-regressions/`` with a test in
-``tests/vmcore/test_fuzz_regressions.py``. Exit status 0 when it ran (crashes are reported, not an
-error status).
+``tests/vmcore/test_fuzz_regressions.py`` (also the host and capture targets' inputs; guest inputs go
+to ``tests/guest/fuzz-regressions/`` and ``tests/guest/test_guest_fuzz_regressions.py``). Exit status 0
+when it ran (crashes are reported, not an error status).
 """
 
 from __future__ import annotations
@@ -67,6 +87,7 @@ import tempfile
 import time
 import traceback
 import tracemalloc
+import zlib
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -94,8 +115,9 @@ CORPUS = ROOT / "tests" / "vmcore" / "corpus"
 DUMP_TARGETS = ("elf", "kdump", "flattened")
 #: share of the budget per target (cheap pure parsers get more executions than whole dumps)
 WEIGHTS = {"elf": 2, "kdump": 2, "flattened": 2, "printk": 10, "kallsyms": 14, "vmcoreinfo": 16, "oops": 8,
-           "agent": 24, "unitfile": 27, "units": 3, "timecfg": 6}
-BLOCK = {"elf": 200, "kdump": 200, "flattened": 200, "printk": 500, "units": 500}
+           "agent": 24, "unitfile": 27, "units": 3, "timecfg": 6, "conditions": 12, "qemumem": 12}
+BLOCK = {"elf": 200, "kdump": 200, "flattened": 200, "printk": 500, "units": 500, "conditions": 1000,
+         "qemumem": 1000}
 DEFAULT_BLOCK = 4000
 SAMPLE_TRACEMALLOC = 50  # one input in this many runs under tracemalloc
 TRACEMALLOC_SLOWDOWN = 8  # such an input gets this many times the time bound (measured: ~5x slower)
@@ -634,6 +656,9 @@ def gen_agent(rng: random.Random) -> bytes:
         doc = _json_value(rng)
     else:
         doc = None
+    if op % 11 == 10 and doc is not None and rng.random() < 0.6:  # the guest audit's result (host/guest_exec.py)
+        doc = {"rc": rng.choice((0, 1, True, "0", None, _json_value(rng))),
+               "out": rng.choice(("", "{}", '{"findings": []}', _json_value(rng))), "err": _json_value(rng)}
     if doc is not None:
         try:
             text = json.dumps(doc).encode("utf-8", "surrogatepass")
@@ -660,6 +685,75 @@ UNIT_NAMES = ("a.service", "b.service", "c.target", "default.target", "multi-use
               "bad name", "%i.service", "x@%i.service", "..service", "a.b.c.service")
 
 
+#: Condition*=/Assert*= keys (systemd 252) and some it does not know
+COND_KEYS = ("PathExists", "PathExistsGlob", "PathIsDirectory", "PathIsSymbolicLink", "PathIsMountPoint",
+             "PathIsReadWrite", "PathIsEncrypted", "DirectoryNotEmpty", "FileNotEmpty", "FileIsExecutable",
+             "NeedsUpdate", "FirstBoot", "Architecture", "Firmware", "Virtualization", "Host",
+             "KernelCommandLine", "KernelVersion", "Credential", "Security", "Capability", "ACPower", "Memory",
+             "CPUFeature", "CPUs", "Environment", "User", "Group", "ControlGroupController", "OSRelease",
+             "MemoryPressure", "CPUPressure", "IOPressure", "Foo", "pathexists", "PathExist")
+COND_PATHS = ("/etc/machine-id", "/etc/hostname", "/etc/systemd/system", "/lib/systemd/system/a.service",
+              "/proc/cmdline", "/proc/1", "/sys/fs/selinux", "/sys/firmware/efi", "/run/systemd/first-boot",
+              "/run", "/dev/null", "/usr", "/var", "/etc", "/", "//", "/etc/../etc/./hostname", "relative/path",
+              "/etc/x*", "/etc/systemd/*/*.service", "/*", "/**", "/[", "/etc/[!a-", "/*/*/*/*/*/*/*/*",
+              "/?tc/*", "/%i", "/%n/%p", "/etc/%Z", "/run/%v", "/var/%H", "/proc/self/../1", "/loop/a",
+              "/etc/link", "/etc/empty", "/etc/exe", "/var/.updated", "/etc/.updated", "/mnt/ro", "/mnt/rw")
+COND_VALUES = {
+    "FirstBoot": ("yes", "no", "true", "0", "maybe", "", "TRUE "),
+    "ACPower": ("yes", "no", "1", "off", "sometimes"),
+    "Virtualization": ("kvm", "qemu", "vm", "container", "private-users", "yes", "no", "none", "KVM", "docker",
+                       "other"),
+    "Host": ("fuzzhost", "fuzz*", "[a-", "*" * 40 + "x", "0123456789abcdef0123456789abcdef",
+             "01234567-89ab-cdef-0123-456789abcdef", "%H", "%v", "FUZZ?OST"),
+    "KernelCommandLine": ("quiet", "console=ttyS0", "systemd.condition-first-boot=1", 'a="b c"', "'", "=",
+                          "ro", "init"),
+    "Capability": ("CAP_SYS_TIME", "cap_sys_time", "21", "40", "41", "99999999999999999999", "CAP_FOO", "-1",
+                   "0x1"),
+    "Security": ("apparmor", "selinux", "smack", "ima", "tomoyo", "audit", "uefi-secureboot", "tpm2", "x"),
+    "Architecture": ("x86-64", "native", "arm64", "x86", ""),
+    "Firmware": ("uefi", "device-tree", "smbios-field(board_name = x)", "bios"),
+    "User": ("root", "0", "@system", "nobody", "1000"),
+    "Group": ("root", "0", "wheel"),
+    "ControlGroupController": ("v1", "v2", "cpu", "memory io"),
+    "KernelVersion": (">=6.1", "<  5", "6.1.0"),
+    "OSRelease": ("ID=debian", "VERSION_ID>=12", "ID!=x"),
+    "Memory": (">=1G", "<=x"), "CPUs": (">1", "4"), "Environment": ("A=b", "A"),
+}
+#: Characters that are digits to str.isdigit() but not to int(), change length when lowered, split lines...
+TRICKY = ("\u00b2", "\u0663", "\u0130", "\u00df", "\u2028", "\x85", "\u00a0", "\x1c", "\ufeff",
+          "\u00bd", "\U0001d7d9", "%", "%%", "\\", '"', "'", "*", "[", " ", "\t", "..", "/", "=", "|", "!")
+
+
+def hostile_text(rng: random.Random, text: str) -> str:
+    """``text`` with a tricky character inserted or substituted, repeated, or replaced by a long run."""
+    r = rng.randrange(4)
+    tricky = rng.choice(TRICKY)
+    if r == 0:
+        pos = rng.randint(0, len(text))
+        return text[:pos] + tricky + text[pos:]
+    if r == 1:
+        return tricky * rng.choice((1, 2, 30))
+    if r == 2:
+        return (text * rng.choice((2, 50, 1000)))[:70000]
+    return text + tricky
+
+
+def gen_condition_line(rng: random.Random) -> str:
+    """One ``Condition*=``/``Assert*=`` assignment: ``|``/``!`` forms, specifiers, hostile values, resets."""
+    key = rng.choice(COND_KEYS)
+    prefix = rng.choice(("Condition", "Condition", "Assert"))
+    if rng.random() < 0.06:
+        return f"{prefix}{key}="  # an empty assignment resets the list
+    if key.startswith(("Path", "Directory", "File", "Needs")) or (key not in COND_VALUES and rng.random() < 0.5):
+        value = rng.choice(COND_PATHS)
+    else:
+        value = rng.choice(COND_VALUES.get(key, ("x", "")))
+    if rng.random() < 0.2:
+        value = hostile_text(rng, value)
+    mark = rng.choice(("", "", "", "|", "!", "|!", "| !", "!|", "||", "!!", "|  ", "! "))
+    return f"{prefix}{key}={mark}{value}"
+
+
 def gen_unit_text(rng: random.Random) -> bytes:
     lines = []
     for _ in range(rng.randint(0, 25)):
@@ -676,6 +770,10 @@ def gen_unit_text(rng: random.Random) -> bytes:
                                      "ExecStart=/bin/sh -c 'a \\\\'", "\\", "A=\\\\", "\ufeffDescription=x")))
         elif r == 4:
             lines.append("X" * rng.choice((100, 5000)) + "=" + "y" * rng.choice((1, 70000)))
+        elif r in (5, 6):
+            if not any(ln.strip() == "[Unit]" for ln in lines):
+                lines.append("[Unit]")
+            lines.append(gen_condition_line(rng))
         else:
             key = rng.choice(UNIT_KEYS)
             value = " ".join(rng.sample(UNIT_NAMES, rng.randint(0, 4)))
@@ -753,6 +851,283 @@ def gen_timecfg(rng: random.Random) -> bytes:
     return mutate(rng, blob, max_ops=4) if rng.random() < 0.3 else blob
 
 
+MOUNTINFO_LINES = ("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+                   "23 22 0:5 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw",
+                   "24 22 8:2 / /usr ro,relatime shared:2 - ext4 /dev/sda2 ro",
+                   "25 22 8:3 / /mnt/ro ro - ext4 /dev/sda3 ro", "26 22 8:3 / /mnt/rw rw - ext4 /dev/sda3 rw",
+                   "27 22 0:6 / /mnt/a\\040b rw - tmpfs t rw", "28 22 0:7 / /mnt/\\777\\000 ro - tmpfs t ro",
+                   "29 22 0:8 / /etc ro", "30 1 0:9 / / ro - overlay o ro", "x y z", "", "1 2 3 4 5",
+                   "31 22 0:10 / /mnt/ro rw - tmpfs t rw")
+CMDLINE_WORDS = ("BOOT_IMAGE=/vmlinuz", "root=/dev/sda1", "ro", "quiet", "console=ttyS0", "init=/bin/sh",
+                 "systemd.condition-needs-update=1", "systemd.condition-needs-update=maybe",
+                 "systemd.condition-needs-update", "systemd.condition-first-boot=0", 'a="b c"', "'", '"',
+                 "x=\\", "=")
+
+
+def gen_facts(rng: random.Random) -> list[tuple[str, bytes]]:
+    """What the conditions read from a tree and from the running machine: machine-id, hostname,
+    /proc (cmdline, PID 1's CapBnd, mountinfo, hostname), /sys (security, firmware, power supplies,
+    cgroup), /run, /usr and .updated stamps (with mtimes), executables, directories, links."""
+    def pick(*options: str) -> bytes:
+        text = rng.choice(options)
+        return (hostile_text(rng, text) if rng.random() < 0.15 else text).encode("utf-8", "surrogatepass")
+
+    out: list[tuple[str, bytes]] = []
+    if rng.random() < 0.8:
+        out.append(("/etc/machine-id", pick("0123456789abcdef0123456789abcdef\n", "uninitialized\n", "", "\n",
+                                            "UNINITIALIZED", "01234567-89ab-cdef-0123-456789abcdef",
+                                            "0123456789ABCDEF0123456789ABCDEF", "xyz")))
+    if rng.random() < 0.7:
+        out.append(("/etc/hostname", pick("fuzzhost\n", "# comment\nfuzzhost", "", "  \n\n", "FuzzHost",
+                                          "\u0130stanbul", "a" * 300)))
+    out.append(("/proc/cmdline", " ".join(rng.choice(CMDLINE_WORDS) for _ in range(rng.randint(0, 8))).encode()
+                if rng.random() < 0.85 else pick("", "\n", "\x00", "a" * 70000)))
+    out.append(("/proc/1/status", ("Name:\tsystemd\n" + rng.choice((
+        "CapBnd:\t000001ffffffffff\n", "CapBnd:\t0000000000000000\n", "CapBnd:\t\n", "CapBnd:\txyz\n",
+        "CapBnd: " + "f" * 5000 + "\n", "CapBnd:\t\u00b2\n", "CapBnd:\t\uff10\n", "", "CapBnd:\n"))).encode()))
+    mi = [rng.choice(MOUNTINFO_LINES) for _ in range(rng.randint(0, 12))]
+    if rng.random() < 0.15:
+        mi = [hostile_text(rng, line) for line in mi]
+    out.append(("/proc/self/mountinfo", "\n".join(mi).encode("utf-8", "surrogatepass")))
+    if rng.random() < 0.5:
+        out.append(("/proc/sys/kernel/hostname", pick("fuzzhost\n", "", "FUZZ", "\u0130")))
+    if rng.random() < 0.5:
+        out.append(("/sys/module/apparmor/parameters/enabled", pick("Y\n", "N\n", "yes", "")))
+    for path in ("/sys/kernel/security/ima", "/sys/fs/smackfs", "/sys/fs/selinux", "/sys/firmware/efi",
+                 "/sys/firmware/devicetree", "/run/systemd/first-boot", "/sys/kernel/security/tomoyo/version",
+                 "/sys/fs/cgroup/cgroup.controllers", "/run/systemd/system", "/var/empty.d", "/etc/emptydir"):
+        if rng.random() < 0.3:
+            out.append((path, rng.choice((DIR, b"", b"x"))))
+    for i in range(rng.choice((0, 0, 1, 2, 3))):
+        dev = f"/sys/class/power_supply/{rng.choice(('AC', 'BAT0', 'usb', 'x'))}{i}"
+        out.append((dev + "/type", pick("Mains\n", "Battery\n", "USB\n", "UPS", "")))
+        out.append((dev + "/online", pick("1\n", "0\n", "", "\u00b2", "99999999999999999999999", "-1")))
+        out.append((dev + "/status", pick("Discharging\n", "Charging", "Full", "")))
+    if rng.random() < 0.4:
+        out.append(("/usr/bin/true", b"\x7fELF"))
+        for d in ("/var", "/etc"):
+            if rng.random() < 0.6:
+                out.append((f"{d}/.updated", pick("# systemd-update-done\nTIMESTAMP_NSEC=1700000000000000000\n",
+                                                   "TIMESTAMP_NSEC=\u00b2", "TIMESTAMP_NSEC=" + "9" * 5000, "",
+                                                   "TIMESTAMP_NSEC=\u0663\u0663", "TIMESTAMP_NSEC= 12")))
+        second = rng.choice((1_700_000_000, 1_600_000_000))
+        out.append(("!mtime:/usr", str(second * 10**9 + rng.choice((0, 0, 1, 999_999_999))).encode()))
+        out.append(("!mtime:/var/.updated", str(rng.choice((1_700_000_000, 1_600_000_000)) * 10**9
+                                                 + rng.choice((0, 0, 5))).encode()))
+    if rng.random() < 0.4:
+        out.append(("/etc/exe", b"#!/bin/sh\n"))
+        out.append(("!mode:/etc/exe", rng.choice((b"755", b"644", b"100", b"7777", b"x"))))
+    if rng.random() < 0.3:
+        out.append(("/etc/empty", b""))
+    for _ in range(rng.choice((0, 0, 1, 3))):
+        link = rng.choice(("/etc/link", "/loop/a", "/loop/b", "/etc/systemd/system/l.service", "/var/l", "/lib"))
+        target = rng.choice(("/etc/hostname", "/loop/b", "/loop/a", "../etc", "/dev/null", "..", ".",
+                             "/etc/link", "usr/lib", "/nonexistent", "../../../../../../etc/hostname", ""))
+        out.append((link, b"@" + target.encode()))
+    out.append(("!virt", pick("kvm", "qemu", "none", "docker", "", "lxc", "vm-other", "\n")))
+    out.append(("!userns", rng.choice((b"yes", b"no", b"?"))))
+    return out
+
+
+#: the content that makes an entry of a generated tree a directory
+DIR = b"\x7fdir"
+
+
+def gen_conditions(rng: random.Random) -> bytes:
+    """A unit (fragment and drop-ins full of conditions and assertions), the facts they ask about, and
+    how to evaluate: ``!mode`` 0 offline over memory, 1 probed from a real tree on tmpfs, 2 a machine
+    built from the facts directly."""
+    name = rng.choice(("fuzz.service", "fuzz@inst.service", "fuzz@a-b\\x2dc.service", "fuzz@.service",
+                       "a.service", "fuzz.mount", "fuzz@%i.service"))
+    frag = name if "@" not in name else name.split("@")[0] + "@.service"
+    entries: list[tuple[str, bytes]] = []
+
+    def unit_text() -> bytes:
+        lines = ["[Unit]"] + [gen_condition_line(rng) for _ in range(rng.randint(1, 12))]
+        if rng.random() < 0.3:
+            lines.append(rng.choice(("[Service]", "ExecStart=/bin/true", "[Install]", "WantedBy=a.target")))
+            lines.append(gen_condition_line(rng))  # not in [Unit]: not a condition
+        return "\n".join(lines).encode("utf-8", "surrogatepass")
+
+    entries.append((f"/etc/systemd/system/{frag}", unit_text()))
+    for i in range(rng.choice((0, 0, 1, 2))):
+        entries.append((f"/etc/systemd/system/{frag}.d/{i}.conf", unit_text()))
+    if rng.random() < 0.2:
+        entries.append((f"/lib/systemd/system/{frag}", unit_text()))
+    entries += gen_facts(rng)
+    entries.append(("!mode", str(rng.randrange(3)).encode()))
+    entries.append(("!unit", name.encode()))
+    blob = b"\x1e".join(p.encode("utf-8", "surrogatepass") + b"\x1f" + c for p, c in entries)
+    return mutate(rng, blob, max_ops=4) if rng.random() < 0.25 else blob
+
+
+# -- seeds: QEMU's memory map, /proc text, QEMU's dump header ------------------------------------------
+
+UNIT_DATA = ROOT / "tests" / "unit" / "data"
+MTREE_KINDS = ("ram", "rom", "romd", "i/o", "ram/x", "RAM", "")
+MTREE_NAMES = ("pc.ram", "pc.bios", "pc.rom", "vga.vram", "ram-node0", "memory-backend-memfd", "a b", "x)")
+
+
+def gen_flatview(rng: random.Random) -> tuple[str, list[tuple[int, int, str, str, int]]]:
+    """``info mtree -f`` text with a ``memory`` flat view of random sections; (text, its sections)."""
+    secs = []
+    addr = rng.choice((0, 0x1000))
+    for _ in range(rng.randint(0, 12)):
+        size = rng.choice((0x1000, 0xc3000, 0x100000, 1 << 30, 1 << 32, 1))
+        kind = rng.choice(MTREE_KINDS[:4]) if rng.random() < 0.9 else rng.choice(MTREE_KINDS)
+        name = rng.choice(MTREE_NAMES)
+        offset = rng.choice((0, addr, 0xc3000, (1 << 64) - 1))
+        secs.append((addr, min(addr + size - 1, (1 << 64) - 1), kind, name, offset))
+        addr += size + rng.choice((0, 0, 0x1000, 1 << 32))
+    lines = ["FlatView #0", rng.choice((' AS "memory", root: system', ' AS "memory"', ' AS "memory-x", root: system',
+                                        ' AS "I/O", root: io')),
+             ' AS "cpu-memory-0", root: system', " Root memory region: system"]
+    for start, end, kind, name, offset in secs:
+        at = f" @{offset:016x}" if offset or rng.random() < 0.2 else ""
+        lines.append(f"  {start:016x}-{end:016x} (prio {rng.choice((0, 1, -1, 4096))}, {kind}): {name}{at}")
+    if rng.random() < 0.3:
+        lines += ["", "FlatView #1", ' AS "memory", root: system', " Root memory region: system",
+                  "  0000000000000000-ffffffffffffffff (prio 0, ram): late"]
+    return "\n".join(lines) + "\n", secs
+
+
+def gen_maps(rng: random.Random, hvas: list[int]) -> str:
+    lines = []
+    for hva in hvas + [rng.choice((0x55d0c2a00000, 0x7f0000000000))] * rng.randint(0, 3):
+        size = rng.choice((1 << 12, 1 << 20, 1 << 30, 1 << 34, 1))
+        perms = rng.choice(("rw-s", "rw-p", "r-xp", "---p", "rwxs"))
+        inode = rng.choice((0, 6772, 40, (1 << 64) + 5))
+        path = rng.choice(("/memfd:memory-backend-memfd (deleted)", "/dev/hugepages/x", "", "[heap]",
+                           "/usr/bin/qemu-system-x86_64", "  /with spaces  "))
+        lines.append(f"{hva:x}-{hva + size:x} {perms} {rng.choice((0, 0x1000, 3 << 30)):08x} "
+                     f"{rng.choice(('00:01', 'fe:00', '103:02'))} {inode} {path}".rstrip())
+    rng.shuffle(lines)
+    return "\n".join(lines) + "\n"
+
+
+def gen_status(rng: random.Random) -> str:
+    lines = ["Name:\tqemu-system-x86", "VmRSS:\t  123456 kB"]
+    for key in ("RssAnon", "RssShmem", "RssFile"):
+        if rng.random() < 0.8:
+            value = rng.choice(("  1048576 kB", "0 kB", "12 MB", "x kB", "1 2 kB", "", "9" * 40 + " kB",
+                                "9" * 5000 + " kB", "\u00b2 kB"))
+            lines.append(f"{key}:\t{value}")
+    return "\n".join(lines) + "\n"
+
+
+def qemu_header(segments: list[tuple[int, int]], notes: bytes, rng: random.Random) -> bytes:
+    """A memory-only ELF header laid out as QEMU 7.2 writes it: ELF header, section headers (NULL and
+    ``.shstrtab``), program headers (PT_NOTE then a PT_LOAD per (paddr, size)), the notes; the memory
+    follows at once and the string table after it."""
+    shnum = rng.choice((2, 2, 2, 0))
+    phnum = 1 + len(segments)
+    shoff = 64 if shnum else 0
+    phoff = 64 + 64 * shnum
+    notes_off = phoff + 56 * phnum
+    data_off = notes_off + len(notes)
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + b"\0" * 9, 4, 62, 1, 0, phoff, shoff, 0,
+                       64, 56, phnum, 64, shnum, 1 if shnum else 0)
+    end = data_off + sum(size for _, size in segments)
+    shdrs = (struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+             + struct.pack("<IIQQQQIIQQ", 1, 3, 0, 0, end, 11, 0, 0, 0, 0)) if shnum else b""
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, notes_off, 0, 0, len(notes), len(notes), 0)
+    off = data_off
+    for paddr, size in segments:
+        phdrs += struct.pack("<IIQQQQQQ", 1, 0, off, paddr, paddr, size, size, 0)
+        off += size
+    return ehdr + shdrs + phdrs + notes
+
+
+def header_fields(raw: bytes) -> tuple[Field, ...]:
+    """The ELF header, program header, section header and note fields of a dump header."""
+    fields = [Field(o, n) for o, n in ((16, 2), (32, 8), (40, 8), (54, 2), (56, 2), (58, 2), (60, 2), (62, 2))]
+    if len(raw) >= 64:
+        phoff, shoff = struct.unpack_from("<QQ", raw, 32)
+        phnum, _shentsize, shnum = struct.unpack_from("<HHH", raw, 56)
+        for i in range(min(phnum, 64)):
+            base = phoff + 56 * i
+            fields += [Field(base + o, n) for o, n in ((0, 4), (8, 8), (24, 8), (32, 8), (40, 8))]
+            if base + 56 <= len(raw) and struct.unpack_from("<I", raw, base)[0] == 4:
+                off, size = struct.unpack_from("<Q", raw, base + 8)[0], struct.unpack_from("<Q", raw, base + 32)[0]
+                fields += note_fields(raw, off, size)
+        for i in range(min(shnum, 8)):
+            base = shoff + 64 * i
+            fields += [Field(base + o, n) for o, n in ((0, 4), (4, 4), (24, 8), (32, 8))]
+    return tuple(fields)
+
+
+def pack_held(raw: bytes, ranges: list[tuple[int, bytes]]) -> bytes:
+    """A dump header and the guest memory a held image has: ``QH``, header length, header, then
+    (paddr, length, bytes) per range."""
+    return b"QH" + struct.pack("<I", len(raw)) + raw + b"".join(struct.pack("<QI", p, len(d)) + d for p, d in ranges)
+
+
+def unpack_held(data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+    if len(data) < 6:
+        return data, []
+    (n,) = struct.unpack_from("<I", data, 2)
+    raw = data[6:6 + n]
+    pos = 6 + n
+    ranges: list[tuple[int, bytes]] = []
+    while pos + 12 <= len(data) and len(ranges) < 64:
+        paddr, size = struct.unpack_from("<QI", data, pos)
+        ranges.append((paddr, data[pos + 12:pos + 12 + size]))
+        pos += 12 + size
+    return raw, ranges
+
+
+def build_held_seeds(rng: random.Random, count: int = 8) -> list[tuple[bytes, list[tuple[int, bytes]]]]:
+    """QEMU's real 7.2 header (no memory) and built headers of small guests with their memory."""
+    seeds: list[tuple[bytes, list[tuple[int, bytes]]]] = [((UNIT_DATA / "qemu72_dump_head.bin").read_bytes(), [])]
+    for _ in range(count):
+        mem, vmci = rich_memory(rng)
+        segs = [(lo * PAGE, b"".join(bytes(mem.pages[p]) for p in range(lo, hi)))
+                for lo, hi in _runs(sorted(mem.pages))]
+        raw = qemu_header([(p, len(d)) for p, d in segs], dump_notes(rng, vmci), rng)
+        seeds.append((raw, segs))
+    return seeds
+
+
+QEMUMEM_KINDS = ("flatview", "gpa2hva", "maps", "status", "resolve", "header", "header", "header")
+
+
+def gen_qemumem(rng: random.Random, pool: dict[str, Any]) -> bytes:
+    """One kind byte, then: ``info mtree -f`` text, a ``gpa2hva`` answer, ``/proc/<pid>/maps`` or
+    ``status`` text (and a pagemap slice), the three of a resolution joined by \\x1e, or a held image."""
+    kind = rng.randrange(len(QEMUMEM_KINDS))
+    what = QEMUMEM_KINDS[kind]
+    if what == "flatview":
+        text = (rng.choice(pool["mtree"]) if rng.random() < 0.3 else gen_flatview(rng)[0]).encode()
+    elif what == "gpa2hva":
+        text = rng.choice((f"Host virtual address for {rng.choice((0, 0xfffc0000)):#x} ({rng.choice(MTREE_NAMES)}) "
+                           f"is {rng.choice(INTERESTING):#x}\r\n",
+                           "No memory is mapped at address 0xf0000000\r\n", "", "Host virtual address for 0x0 () is 0x",
+                           "Host virtual address for 0x0 (x) is 0x" + "f" * 5000)).encode()
+    elif what == "maps":
+        text = gen_maps(rng, [rng.choice((0x7fba87fff000, 0x1000, 0))]).encode()
+    elif what == "status":
+        table = b"".join(struct.pack("<Q", rng.choice((0, 1 << 63, 1 << 62, 5, (1 << 64) - 1)))
+                         for _ in range(rng.choice((0, 1, 7, 64))))
+        text = gen_status(rng).encode() + b"\x1e" + table
+    elif what == "resolve":
+        view, secs = gen_flatview(rng)
+        hvas = [rng.choice((0x7fba87fff000, 0x7f2900000000, 0x1000, (1 << 64) - 4096)) for _ in secs]
+        answers = "\x1d".join(f"Host virtual address for {s[0]:#x} ({s[3]}) is {h:#x}" for s, h in zip(secs, hvas))
+        text = "\x1e".join((view, answers, gen_maps(rng, hvas))).encode()
+    else:
+        raw, ranges = rng.choice(pool["held"])
+        raw = mutate(rng, raw, header_fields(raw), max_ops=rng.choice((1, 2, 4, 8)), resize=rng.random() < 0.1)
+        return bytes([kind]) + pack_held(raw, ranges)
+    if rng.random() < 0.2:  # a tricky character or a long run in one line
+        lines = text.split(b"\n")
+        i = rng.randrange(len(lines))
+        lines[i] = hostile_text(rng, lines[i].decode("utf-8", "replace")).encode("utf-8", "surrogatepass")
+        text = b"\n".join(lines)
+    if rng.random() < 0.35:
+        text = mutate(rng, text, max_ops=rng.choice((1, 3, 8)))
+    return bytes([kind]) + text
+
+
 def unpack_unit_tree(blob: bytes) -> dict[str, Any]:
     from vmcrash.guest.sources import Link
 
@@ -760,10 +1135,116 @@ def unpack_unit_tree(blob: bytes) -> dict[str, Any]:
     for entry in blob.split(b"\x1e")[:64]:
         path, _, content = entry.partition(b"\x1f")
         p = path.decode("utf-8", "replace")
-        if not p.startswith("/"):
+        if not p.startswith("/") or not fits_a_file_system(p):
             continue
         files[p] = Link(content[1:].decode("utf-8", "replace")) if content.startswith(b"@") else content
     return files
+
+
+def fits_a_file_system(path: str) -> bool:
+    """A path a Linux file system can hold (PATH_MAX 4096, NAME_MAX 255 bytes): a mutation that runs
+    a file's content into its name makes trees no guest can have (and MemorySource, a stand-in for
+    such a tree, is quadratic in the length of its paths)."""
+    raw = path.encode("utf-8", "surrogatepass")
+    return len(raw) < 4096 and all(len(c) <= 255 for c in raw.split(b"/"))
+
+
+def unpack_entries(blob: bytes) -> tuple[list[tuple[str, bytes]], dict[str, bytes]]:
+    """Tree entries (normalized absolute paths, no ``..``) and the ``!meta`` entries of a blob."""
+    entries: list[tuple[str, bytes]] = []
+    meta: dict[str, bytes] = {}
+    for entry in blob.split(b"\x1e")[:96]:
+        path, _, content = entry.partition(b"\x1f")
+        p = path.decode("utf-8", "replace")
+        if p.startswith("!"):
+            meta[p[1:]] = content
+            continue
+        parts = [c for c in p.split("/") if c not in ("", ".")]
+        if p.startswith("/") and parts and ".." not in parts and fits_a_file_system(p):
+            entries.append(("/" + "/".join(parts), content))
+    return entries, meta
+
+
+def memory_tree(entries: list[tuple[str, bytes]], meta: dict[str, bytes]) -> dict[str, Any]:
+    from vmcrash.guest.sources import File, Link
+
+    files: dict[str, Any] = {}
+    for path, content in entries:
+        if content == DIR:
+            files[path + "/.keep"] = b""
+        elif content.startswith(b"@"):
+            files[path] = Link(content[1:].decode("utf-8", "replace"))
+        elif f"mode:{path}" in meta:
+            files[path] = File(content, _octal(meta[f"mode:{path}"]))
+        else:
+            files[path] = content
+    return files
+
+
+def _octal(text: bytes) -> int:
+    try:
+        return int(text, 8) & 0o7777
+    except ValueError:
+        return 0o644
+
+
+def _in_root(path: str) -> str:
+    """``path`` (absolute, in the tree) normalized the way the tree's resolver treats ``..`` at ``/``."""
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(part)
+    return "/" + "/".join(out)
+
+
+def materialize(root: Path, entries: list[tuple[str, bytes]], meta: dict[str, bytes]) -> None:
+    """Write a generated tree under ``root`` (on tmpfs): files and directories first, then symlinks,
+    each rewritten relative and kept inside ``root`` (a link never points at the host's files; none is
+    made under /proc, /sys, /run or /dev, which the machine probe reads)."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    real_root = os.path.realpath(root)
+    for path, content in sorted(entries, key=lambda e: e[1].startswith(b"@")):
+        host = root / path.lstrip("/")
+        try:
+            if content.startswith(b"@"):
+                if path.split("/")[1] in ("proc", "sys", "run", "dev"):
+                    continue
+                parent_real = os.path.realpath(host.parent) if host.parent.exists() else None
+                if parent_real is None:
+                    host.parent.mkdir(parents=True, exist_ok=True)
+                    parent_real = os.path.realpath(host.parent)
+                if not (parent_real + "/").startswith(real_root + "/") and parent_real != real_root:
+                    continue
+                rel = os.path.relpath(parent_real, real_root)
+                here = "/" if rel == "." else "/" + rel
+                target = content[1:].decode("utf-8", "replace")
+                if not target or "\0" in target:
+                    continue
+                goal = _in_root(target if target.startswith("/") else here + "/" + target)
+                os.symlink(os.path.relpath(goal, here), host)
+            elif content == DIR:
+                host.mkdir(parents=True, exist_ok=True)
+            else:
+                host.parent.mkdir(parents=True, exist_ok=True)
+                host.write_bytes(content)
+                if f"mode:{path}" in meta:
+                    host.chmod(_octal(meta[f"mode:{path}"]))
+        except (OSError, ValueError):
+            continue
+    for key, value in meta.items():
+        if key.startswith("mtime:"):
+            target_path = root / key[6:].lstrip("/")
+            try:
+                ns = int(value)
+                os.utime(target_path, ns=(ns, ns), follow_symlinks=False)
+            except (OSError, ValueError, OverflowError):
+                pass
 
 
 # -- the targets: generate one input, run one input ---------------------------------------------------
@@ -790,6 +1271,10 @@ class Context:
                 self.pools[target] = build_printk_seeds(rng)
             elif target == "kallsyms":
                 self.pools[target] = build_kallsyms_seeds(rng)
+            elif target == "qemumem":
+                self.pools[target] = {"mtree": [(UNIT_DATA / n).read_text() for n in
+                                                ("mtree_4g_memfd.txt", "mtree_512m_memfd.txt")],
+                                      "held": build_held_seeds(rng)}
             elif target == "vmcoreinfo":
                 _, vmci = rich_memory(rng)
                 self.pools[target] = [(CORPUS / "vmcoreinfo-6.1.txt").read_bytes(), vmci]
@@ -800,11 +1285,13 @@ class Context:
 
 @dataclass(frozen=True)
 class Case:
-    """One generated input: bytes, and for dumps the sparse zeros appended when written."""
+    """One generated input: bytes, and for dumps the sparse zeros appended when written. ``index``: the
+    input's number when replayed (some targets do more with every 4th or 16th input)."""
 
     data: bytes
     extend: int = 0
     origin: str = ""
+    index: int = 1
 
 
 def generate(ctx: Context, target: str, index: int) -> Case:
@@ -843,6 +1330,10 @@ def generate(ctx: Context, target: str, index: int) -> Case:
         return Case(gen_unit_tree(rng))
     if target == "timecfg":
         return Case(gen_timecfg(rng))
+    if target == "conditions":
+        return Case(gen_conditions(rng))
+    if target == "qemumem":
+        return Case(gen_qemumem(rng, ctx.pool(target)))
     raise ValueError(f"unknown target {target}")
 
 
@@ -993,7 +1484,7 @@ def run_agent(case: Case) -> None:
     real = ag.Agent.__new__(ag.Agent)
     real.name, real.timeout_s = "fuzz", 1
     real.raw = replay.raw  # type: ignore[method-assign]
-    which = op % 10
+    which = op % 11
     try:
         if which == 0:
             proto.decode_reply(reply, command="guest-x", domain="fuzz")
@@ -1016,24 +1507,204 @@ def run_agent(case: Case) -> None:
             tr.ping(replay, timeout_s=1)
         elif which == 8:
             tr.timed_set_time(replay, 1000)
-        else:
+        elif which == 9:
             err = tr.set_time_refusal(AgentRefused(reply[:4096], domain="fuzz", command="guest-set-time"),
                                       domain="fuzz")
             str(err)
+        else:  # what the guest audit run through guest-exec printed (host/guest_exec.py)
+            from vmcrash.host.guest_exec import decode_result
+
+            out = case.data[1:]
+            if not out.startswith(b"VMCRASH-RESULT "):
+                out = b"noise\nVMCRASH-RESULT " + base64.b64encode(zlib.compress(out)) + b"\n"
+            decode_result(out, domain="fuzz")
     except VmcrashError:
         pass
 
 
-def run_unitfile(case: Case) -> None:
-    from vmcrash.guest.unitfile import decode_unit_bytes, parse_unit_text
+#: the tree and machines the ``unitfile`` target evaluates a file's conditions against
+UNITFILE_TREE = {"/etc/machine-id": b"0123456789abcdef0123456789abcdef\n", "/etc/hostname": b"fuzzhost\n",
+                 "/etc/systemd/system/a.service": b"[Unit]\n", "/lib/systemd/system/b.service": b"",
+                 "/etc/empty": b"", "/var/.updated": b"TIMESTAMP_NSEC=1\n", "/usr/bin/true": b"\x7fELF"}
 
-    text, _problems = decode_unit_bytes(case.data, "/etc/systemd/system/x.service")
-    parsed = parse_unit_text(text, "/etc/systemd/system/x.service")
+
+def unitfile_machines() -> tuple[Any, ...]:
+    from vmcrash.guest.conditions import OFFLINE, Machine
+
+    live = Machine(live=True, virtualization="kvm", user_namespace=False, kernel_cmdline="ro quiet a=\"b c\" '",
+                   capability_bounding=(1 << 41) - 1, hostname="fuzzhost", architecture="x86-64",
+                   security=frozenset({"apparmor"}), security_known=frozenset({"apparmor", "selinux"}),
+                   ac_power=True, firmware=frozenset({"uefi"}), first_boot=False, cgroup_v2=True,
+                   mounts=frozenset({"/", "/usr", "/proc"}), read_only=frozenset({"/usr"}))
+    return OFFLINE, live
+
+
+def run_unitfile(case: Case, index: int) -> None:
+    from vmcrash.guest.conditions import unit_conditions
+    from vmcrash.guest.sources import MemorySource
+    from vmcrash.guest.unitfile import decode_unit_bytes, parse_unit_text
+    from vmcrash.guest.units import Unit
+
+    text, _problems = decode_unit_bytes(case.data, "/etc/systemd/system/x@i.service")
+    parsed = parse_unit_text(text, "/etc/systemd/system/x@i.service")
     for p in parsed.problems:
         str(p)
+    # its Condition*=/Assert*= as the unit x@i.service would have them
+    unit = Unit("x@i.service", ("x@i.service",), "loaded", parsed.path, assignments=parsed.assignments)
+    source = MemorySource(UNITFILE_TREE)
+    try:
+        cond = unit_conditions(unit, source, unitfile_machines()[index % 2])
+        _ = cond.runs, cond.unknown, cond.describe()
+    except VmcrashError:
+        pass
 
 
-def run_units(case: Case) -> None:
+def run_conditions(ctx: Context, case: Case) -> None:
+    from vmcrash.guest.conditions import OFFLINE, conditions_of, evaluate_conditions, probe_machine, unit_conditions
+    from vmcrash.guest.sources import MemorySource, RootSource, UnitSource
+    from vmcrash.guest.units import UnitLoader
+
+    entries, meta = unpack_entries(case.data)
+    mode = meta.get("mode", b"0")[:1]
+    virt = meta.get("virt", b"").decode("utf-8", "replace")
+    userns = {b"yes": "yes", b"no": "no"}.get(meta.get("userns", b""))
+
+    def detect_virt(*args: str) -> str | None:
+        return userns if args else (virt or None)
+
+    root = ctx.scratch / "root"
+    source: UnitSource
+    try:
+        if mode == b"1":
+            materialize(root, entries, meta)
+            source = RootSource(root)
+            machine = probe_machine(root, detect_virt=detect_virt)
+        else:
+            files = memory_tree(entries, meta)
+            source = MemorySource(files)
+            machine = OFFLINE if mode == b"0" else direct_machine(files, meta)
+        loader = UnitLoader(source)
+        units = [loader.load(n) for n in (meta.get("unit", b"fuzz.service").decode("utf-8", "replace"),
+                                          "a.service", "l.service")]
+        for unit in units:
+            cond = unit_conditions(unit, source, machine)
+            _ = cond.runs, cond.skipped, cond.fails, cond.unknown, cond.describe()
+            evaluate_conditions(unit, source, machine)
+        for cond in conditions_of(units, source, machine):
+            cond.describe()
+        for p in loader.problems:
+            str(p)
+    except VmcrashError:
+        pass
+    finally:
+        if mode == b"1":
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def direct_machine(files: dict[str, Any], meta: dict[str, bytes]) -> Any:
+    """A running machine whose facts are the generated ones as they are (no probe in between)."""
+    from vmcrash.guest.conditions import Machine, _mountinfo
+
+    def text(path: str) -> str:  # as much as probe_machine reads of a fact
+        value = files.get(path)
+        return value[:1 << 16].decode("utf-8", "replace") if isinstance(value, bytes) else ""
+
+    mounts, read_only = _mountinfo(text("/proc/self/mountinfo"))
+    digest = hashlib.sha1(text("/proc/1/status").encode("utf-8", "surrogatepass")).digest()
+    virt = meta.get("virt", b"").decode("utf-8", "replace")
+    return Machine(live=digest[0] % 4 != 0, virtualization=virt or None,
+                   user_namespace=(None, True, False)[digest[1] % 3], kernel_cmdline=text("/proc/cmdline") or None,
+                   capability_bounding=int.from_bytes(digest[2:8], "little") if digest[8] % 4 else None,
+                   hostname=text("/etc/hostname").strip() or None,
+                   architecture=("x86-64", "arm64", None, virt)[digest[9] % 4],
+                   security=frozenset(("apparmor", "selinux", virt)[:digest[10] % 4]),
+                   security_known=frozenset(("apparmor", "selinux", "ima", "tpm2")[:digest[11] % 5]),
+                   ac_power=(None, True, False)[digest[12] % 3],
+                   firmware=(None, frozenset(), frozenset({"uefi"}), frozenset({virt}))[digest[13] % 4],
+                   first_boot=(None, True, False)[digest[14] % 3], cgroup_v2=(None, True, False)[digest[15] % 3],
+                   mounts=mounts if digest[16] % 4 else None, read_only=read_only if digest[17] % 4 else None)
+
+
+def run_qemumem(ctx: Context, case: Case, index: int) -> None:
+    from vmcrash.host import qemu_memory as qm
+
+    kind = QEMUMEM_KINDS[case.data[0] % len(QEMUMEM_KINDS)] if case.data else "flatview"
+    body = case.data[1:]
+    try:
+        if kind == "header":
+            run_held(ctx, body, index)
+            return
+        text = body.decode("utf-8", "replace")
+        if kind == "flatview":
+            for sec in qm._merge(qm.parse_flatview(text)):
+                _ = sec.size_bytes, sec.is_memory
+        elif kind == "gpa2hva":
+            qm.parse_gpa2hva(text)
+        elif kind == "maps":
+            for m in qm.parse_maps(text):
+                _ = m.shared
+        elif kind == "status":
+            from vmcrash.capture.hold import present_runs
+
+            status, _, table = body.partition(b"\x1e")
+            qm.parse_status_rss(status.decode("utf-8", "replace"))
+            present_runs(table[:len(table) // 8 * 8], 0x7F0000000000)  # the kernel gives whole entries
+        else:
+            view, answers, maps = (text.split("\x1e") + ["", ""])[:3]
+            secs = qm.parse_flatview(view)
+            hvas = {}
+            for sec, answer in zip(secs, answers.split("\x1d")):
+                try:
+                    hvas[sec.start] = qm.parse_gpa2hva(answer)
+                except VmcrashError:
+                    pass
+            ranges = qm.resolve_ranges(secs, hvas, qm.parse_maps(maps))
+            want = sum(sec.size_bytes for sec in qm._merge(secs))
+            if sum(r.size_bytes for r in ranges) != want:
+                raise Crash(f"resolved ranges cover {sum(r.size_bytes for r in ranges)} of {want} bytes")
+    except VmcrashError:
+        pass
+
+
+def run_held(ctx: Context, body: bytes, index: int) -> None:
+    """QEMU's dump header -> its parsers, then a held image of it: read, triaged, sometimes written."""
+    from vmcrash.capture import hold
+
+    raw, ranges = unpack_held(body)
+    try:
+        hold.header_extent(raw[:64])
+    except VmcrashError:
+        pass
+    header = hold.parse_dump_header(raw)
+    first = hold.data_start(header)
+    size = header.file_size_bytes
+    held = [hold.HeldRange(p, len(d), data=d) for p, d in ranges]
+    # hold_image refuses a header whose PT_LOADs QEMU's memory does not cover; here the gaps are
+    # zeros (as untouched RAM is), up to 32 MiB, else there is no image to triage or write
+    gaps = [ld for ld in header.loads if ld.file_size and not any(
+        r.paddr <= ld.paddr and ld.paddr + ld.file_size <= r.paddr + r.size_bytes for r in held)]
+    if sum(ld.file_size for ld in gaps) > 32 << 20:
+        return
+    held += [hold.HeldRange(ld.paddr, ld.file_size, data=bytes(ld.file_size)) for ld in gaps]
+    image = hold.HeldImage("fuzz", header, held)
+    src = hold.HeldElfSource(image)
+    for off in (0, len(raw) - 100, first, size - 100):
+        try:
+            src.read_upto(off, 4096)
+        except VmcrashError:
+            pass
+    if index % 4 == 0:
+        summary, _error = hold.triage_held(image)
+        json.dumps(summary)
+    if index % 16 == 0:
+        target = ctx.scratch / "held.elf"
+        try:
+            hold.write_held(image, target)
+        finally:
+            target.unlink(missing_ok=True)
+
+
+def run_units(case: Case, index: int) -> None:
     from vmcrash.guest.graph import BootGraph
     from vmcrash.guest.sources import MemorySource
     from vmcrash.guest.units import UnitLoader
@@ -1049,6 +1720,23 @@ def run_units(case: Case) -> None:
             str(p)
     except VmcrashError:
         pass
+    # the whole audit (conditions, clock units, daemons, roles) and the fix's plan over the same tree
+    from vmcrash.guest.audit import audit_graph, load_graph
+    from vmcrash.guest.fix import plan_fix, render_plan
+
+    source = MemorySource(unpack_unit_tree(case.data))
+    try:
+        report = audit_graph(load_graph("/", source), source, machine=unitfile_machines()[index % 2])
+        json.dumps(report.to_json())
+        report.render_text(verbose=True)
+        _ = report.exit_code
+    except VmcrashError:
+        pass
+    if index % 4 == 0:
+        try:
+            render_plan(plan_fix("/", source=source, all_enabled=True))
+        except VmcrashError:
+            pass
 
 
 def run_timecfg(case: Case) -> None:
@@ -1087,11 +1775,15 @@ def run_case(ctx: Context, target: str, case: Case, index: int) -> None:
     elif target == "agent":
         run_agent(case)
     elif target == "unitfile":
-        run_unitfile(case)
+        run_unitfile(case, index)
     elif target == "units":
-        run_units(case)
+        run_units(case, index)
     elif target == "timecfg":
         run_timecfg(case)
+    elif target == "conditions":
+        run_conditions(ctx, case)
+    elif target == "qemumem":
+        run_qemumem(ctx, case, index)
     else:
         raise ValueError(target)
 
@@ -1244,10 +1936,16 @@ def _cpu_ns(pid: int) -> int:
 
 def _warm_imports() -> None:
     """Import what the targets use before the first timed input."""
+    import vmcrash.capture.hold
     import vmcrash.clock._transport
+    import vmcrash.guest.audit
+    import vmcrash.guest.conditions
+    import vmcrash.guest.fix
     import vmcrash.guest.graph
     import vmcrash.host.agent
     import vmcrash.host.agent_protocol
+    import vmcrash.host.guest_exec
+    import vmcrash.host.qemu_memory
     import vmcrash.vmcore  # noqa: F401
 
 
@@ -1434,12 +2132,12 @@ def table(totals: dict[str, Stats]) -> str:
 def load_case(path: Path) -> Case:
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return Case(path.read_bytes(), int(meta.get("extend", 0)), str(meta.get("origin", "")))
+    return Case(path.read_bytes(), int(meta.get("extend", 0)), str(meta.get("origin", "")), int(meta.get("index", 1)))
 
 
 def replay_key(ctx: Context, target: str, case: Case) -> str | None:
     try:
-        run_case(ctx, target, case, 1)
+        run_case(ctx, target, case, case.index)
     except BaseException as exc:  # noqa: B036
         return crash_key(exc)
     return None
@@ -1452,10 +2150,10 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
         raise SystemExit("the input does not crash")
     deadline = time.monotonic() + budget_s
     data = case.data
-    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops", "timecfg")
+    can_delete = target in ("agent", "unitfile", "units", "vmcoreinfo", "oops", "timecfg", "conditions", "qemumem")
 
     def same(d: bytes) -> bool:
-        return replay_key(ctx, target, Case(d, case.extend, case.origin)) == key
+        return replay_key(ctx, target, Case(d, case.extend, case.origin, case.index)) == key
 
     lo, hi = 0, len(data)  # shortest prefix that still crashes
     while lo < hi and time.monotonic() < deadline:
@@ -1481,7 +2179,7 @@ def minimize(ctx: Context, target: str, case: Case, *, budget_s: float = 120.0) 
                 pos += chunk
         chunk //= 2
     print(f"minimized {len(case.data)} -> {len(data)} bytes ({key})")
-    return Case(data, case.extend, case.origin)
+    return Case(data, case.extend, case.origin, case.index)
 
 
 def main() -> int:
@@ -1510,9 +2208,8 @@ def main() -> int:
         ctx = Context(args.seed, Path(tempfile.mkdtemp(prefix="vmcrash-fuzz-")))
         try:
             if args.replay:
-                meta_path = args.replay.with_suffix(".json")
-                index = json.loads(meta_path.read_text()).get("index", 1) if meta_path.exists() else 1
-                run_case(ctx, args.target, load_case(args.replay), index)
+                case = load_case(args.replay)
+                run_case(ctx, args.target, case, case.index)
                 print("no crash")
             else:
                 small = minimize(ctx, args.target, load_case(args.minimize))

@@ -97,6 +97,7 @@ __all__ = [
     "LibvirtDumps",
     "load_config",
     "parse_config",
+    "split_host_port",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/vmcrash/vmcrash.toml")
@@ -323,6 +324,15 @@ class Config:
         return policy
 
 
+def split_host_port(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:9465`` for IPv6) -> (host, port); None when the port is not 1..65535 in
+    ASCII digits. The host may be empty (the caller decides what that means). Pure."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
+        return None
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 # -- parsing ---------------------------------------------------------------------------------
 
 #: Keys renamed to say their unit: (section, old name) -> new name ("" = the top level). The old
@@ -471,8 +481,7 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     if "metrics_listen" in doc:
         listen = _check_type(doc["metrics_listen"], str, p, "metrics_listen")
         if listen:
-            host, sep, port = listen.rpartition(":")
-            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            if split_host_port(listen) is None:
                 raise ConfigError(f"expected host:port, got {listen!r}", path=p, key="metrics_listen")
         values["metrics_listen"] = listen
     if "run_dir" in doc:
@@ -521,8 +530,8 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         values["staging"] = staging
     if "web" in doc:
         web = _section(Web, doc["web"], p, "web")
-        host, sep, port = web.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        hp = split_host_port(web.listen)
+        if hp is None or not hp[0]:
             raise ConfigError(f"expected host:port, got {web.listen!r}", path=p, key="web.listen")
         if web.token_file and not Path(web.token_file).is_absolute():
             raise ConfigError("must be an absolute path", path=p, key="web.token_file")

@@ -176,3 +176,13 @@ def test_documented_configurations_load_without_old_key_names(tmp_path: Path, ca
     with caplog.at_level("INFO", logger="vmcrash.config"):
         load_config(_write(tmp_path, text))
     assert [r.getMessage() for r in caplog.records if r.name == "vmcrash.config"] == []
+
+
+def test_split_host_port_takes_ascii_ports_only() -> None:
+    from vmcrash.config import split_host_port
+
+    assert split_host_port("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert split_host_port("[::1]:9465") == ("::1", 9465)
+    assert split_host_port(":9464") == ("", 9464)
+    for bad in ("127.0.0.1", "h:0", "h:65536", "h:²", "h:٣٣", "h:" + "1" * 5000, "h:-1", "h: 80"):
+        assert split_host_port(bad) is None, bad

@@ -84,6 +84,8 @@ def test_headers_on_every_response(filled) -> None:  # type: ignore[no-untyped-d
         assert c.get("/api/crashes/424242").json() == {"error": "no crash #424242 in the catalogue"}
         assert c.get("/api/crashes?limit=0").status_code == 400
         assert c.get("/api/crashes?limit=abc").status_code == 400
+        for hostile in ("²", "٣", "1" * 5000, "-1", "1e3"):
+            assert c.get("/api/crashes", params={"limit": hostile}).status_code == 400, hostile
 
 
 def test_api_documents(filled) -> None:  # type: ignore[no-untyped-def]

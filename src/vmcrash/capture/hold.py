@@ -299,7 +299,8 @@ def header_extent(head: bytes) -> tuple[int, int]:
 def parse_dump_header(raw: bytes) -> DumpHeader:
     """The layout of QEMU's dump from its first bytes (at least the program headers). Pure.
 
-    :raises DumpFormatError: not an ELF core, cut short, or a segment inside the header.
+    :raises DumpFormatError: not an ELF core, cut short, or a segment or section that ends beyond
+        :data:`MAX_FILE_BYTES`.
     """
     phoff, phlen = header_extent(raw)
     if len(raw) < phoff + phlen:
@@ -309,6 +310,9 @@ def parse_dump_header(raw: bytes) -> DumpHeader:
     notes: list[tuple[int, int]] = []
     for off in range(phoff, phoff + phlen, phentsize):
         p_type, _fl, p_offset, _va, p_paddr, p_filesz, p_memsz, _al = _PHDR.unpack_from(raw, off)
+        if p_type in (PT_LOAD, PT_NOTE) and p_offset + p_filesz > MAX_FILE_BYTES:
+            raise DumpFormatError(f"QEMU's dump has a segment of {p_filesz} bytes at file offset {p_offset:#x}, "
+                                  "beyond the largest file")
         if p_type == PT_LOAD:
             if p_filesz > p_memsz:
                 raise DumpFormatError("PT_LOAD with p_filesz > p_memsz")
@@ -321,6 +325,10 @@ def parse_dump_header(raw: bytes) -> DumpHeader:
 #: Section names QEMU's x86 dump carries (QEMU 7.2 adds a section header table whose only named
 #: section is the string table itself, written after the memory).
 _KNOWN_SECTIONS = {3: b".shstrtab"}
+#: The largest file offset (``off_t``): a segment that ends beyond it cannot be written or read.
+MAX_FILE_BYTES = (1 << 63) - 1
+#: QEMU's string table is 11 bytes (``"\\0.shstrtab\\0"``); a larger one is not rebuilt.
+MAX_TRAILER_BYTES = 4096
 
 
 def section_trailers(raw: bytes) -> tuple[tuple[int, bytes], ...]:
@@ -329,7 +337,8 @@ def section_trailers(raw: bytes) -> tuple[tuple[int, bytes], ...]:
     QEMU 7.2 writes a NULL section and a ``.shstrtab`` string table (``"\\0.shstrtab\\0"``) at the
     end of the file; older QEMU writes no section table (``e_shnum == 0``, nothing to rebuild).
 
-    :raises DumpFormatError: a section this reader does not know how to rebuild.
+    :raises DumpFormatError: a section this reader does not know how to rebuild, or a string table
+        larger than :data:`MAX_TRAILER_BYTES`.
     """
     (_id, _t, _m, _v, _e, _phoff, shoff, _f, _eh, _pe, _pn, shentsize, shnum, shstrndx) = _EHDR.unpack_from(raw)
     if shnum == 0 or shoff == 0:
@@ -344,6 +353,10 @@ def section_trailers(raw: bytes) -> tuple[tuple[int, bytes], ...]:
         if i != shstrndx or sh_type not in _KNOWN_SECTIONS:
             raise DumpFormatError(f"QEMU's dump has section {i} of type {sh_type} after the memory (unknown)")
         name = _KNOWN_SECTIONS[sh_type] + b"\0"
+        if sh_size > MAX_TRAILER_BYTES:
+            raise DumpFormatError(f"QEMU's section string table is {sh_size} bytes (more than {MAX_TRAILER_BYTES})")
+        if sh_offset + sh_size > MAX_FILE_BYTES:
+            raise DumpFormatError(f"QEMU's dump has section {i} at file offset {sh_offset:#x}, beyond the largest file")
         table = bytearray(sh_size)
         if sh_name + len(name) > sh_size:
             raise DumpFormatError("QEMU's section string table does not fit its own name")

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from vmcrash.config import split_host_port
 from vmcrash.errors import ConfigError
 
 __all__ = ["Metrics", "parse_listen", "bounded_label", "MAX_SWEEP_DOMAINS"]
@@ -31,10 +32,10 @@ log = logging.getLogger(__name__)
 
 def parse_listen(value: str) -> tuple[str, int]:
     """``"host:port"`` → (host, port). :raises ConfigError:"""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    hp = split_host_port(value)
+    if hp is None:
         raise ConfigError(f"expected host:port, got {value!r}", key="metrics_listen")
-    return host or "127.0.0.1", int(port)
+    return hp[0] or "127.0.0.1", hp[1]
 
 
 class _BoundedChild:

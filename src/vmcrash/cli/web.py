@@ -7,7 +7,7 @@ import socket
 import click
 
 from vmcrash.cli._common import config_of
-from vmcrash.config import Config
+from vmcrash.config import Config, split_host_port
 from vmcrash.errors import ConfigError, EnvironmentProblem
 
 __all__ = ["allowed_hosts", "parse_listen", "web"]
@@ -15,11 +15,10 @@ __all__ = ["allowed_hosts", "parse_listen", "web"]
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:9465`` for IPv6) -> (host, port). :raises ConfigError: malformed."""
-    host, sep, port = listen.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    hp = split_host_port(listen)
+    if hp is None or not hp[0]:
         raise ConfigError(f"expected host:port, got {listen!r}", key="--listen")
-    return host, int(port)
+    return hp
 
 
 def allowed_hosts(listen_host: str) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ a :class:`Machine`; :func:`probe_machine` is the only reader of the running syst
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import posixpath
 import re
@@ -355,26 +356,46 @@ def _virtualization(value: str, machine: Machine) -> bool | None:
     return v != "none" and value == v
 
 
+@functools.lru_cache(maxsize=4)
+def _cmdline_words(line: str) -> tuple[str, ...]:
+    """The words of a kernel command line, split once per line (shlex over 64 KiB takes ~0.1 s, and a
+    unit may carry thousands of ``ConditionKernelCommandLine=``)."""
+    try:
+        return tuple(shlex.split(line))
+    except ValueError:
+        return tuple(line.split())
+
+
 def _kernel_cmdline(value: str, machine: Machine) -> bool | None:
     line = machine.kernel_cmdline
     if line is None:
         return None
-    try:
-        words = shlex.split(line)
-    except ValueError:
-        words = line.split()
+    words = _cmdline_words(line)
     if "=" in value:
         return value in words
     return any(w == value or w.startswith(value + "=") for w in words)
 
 
-def _capability(value: str, machine: Machine) -> bool | None:
+def _decimal(text: str, max_digits: int) -> int | None:
+    """``text`` as a number of at most ``max_digits`` ASCII digits (what systemd's ``safe_atou*``
+    read), else None: ``str.isdigit`` also takes ``²`` and ``٣``, and ``int`` refuses 4301 digits."""
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
+
+
+def _capability_number(value: str) -> int | None:
+    """The capability ``value`` names (a name or its number), None for an unknown one."""
     name = value.upper()
-    if name.isdigit() and int(name) < len(CAPABILITIES):
-        number = int(name)
-    elif name in CAPABILITIES:
-        number = CAPABILITIES.index(name)
-    else:
+    if name in CAPABILITIES:
+        return CAPABILITIES.index(name)
+    number = _decimal(name, 9)
+    return number if number is not None and number < len(CAPABILITIES) else None
+
+
+def _capability(value: str, machine: Machine) -> bool | None:
+    number = _capability_number(value)
+    if number is None:
         return False  # systemd: an unknown capability is an error: false
     if machine.capability_bounding is None:
         return None
@@ -422,7 +443,8 @@ def _needs_update(value: str, source: UnitSource, machine: Machine) -> bool | No
         return usr_ns > other_ns
     text = _read_tree_text(source, posixpath.join(value, ".updated")) or ""
     stamp = next((ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("TIMESTAMP_NSEC=")), "")
-    return usr.mtime_ns > int(stamp) if stamp.isdigit() else True
+    stamp_ns = _decimal(stamp, 20)
+    return usr.mtime_ns > stamp_ns if stamp_ns is not None and stamp_ns < 1 << 64 else True
 
 
 def _cmdline_bool(line: str, key: str) -> bool | None:
@@ -527,8 +549,7 @@ def _is_error(key: str, value: str | None) -> bool:
     if value is None:
         return False
     if key == "Capability":
-        name = value.upper()
-        return not (name in CAPABILITIES or (name.isdigit() and int(name) < len(CAPABILITIES)))
+        return _capability_number(value) is None
     if key in ("FirstBoot", "ACPower"):
         return parse_bool(value) is None
     return False
@@ -601,7 +622,7 @@ def _ac_power(sys_root: Path) -> bool | None:
             discharging = discharging or (_read(dev / "status") or "").strip() == "Discharging"
             continue
         value = (_read(dev / "online") or "").strip()
-        if value.isdigit() and int(value) > 0:
+        if value.isascii() and value.isdigit() and value.strip("0"):  # a positive number
             online = True
     return True if online else not discharging
 

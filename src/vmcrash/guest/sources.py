@@ -5,7 +5,8 @@ them (``/etc/systemd/system/x.service``). :class:`RootSource` resolves symlinks 
 root, the way they resolve when that root boots, so an image's ``/lib -> usr/lib`` or an absolute
 link target never escapes to the host. ``OSError`` is translated here, and only here, into
 :class:`~vmcrash.errors.UnitFileError` (bad or unreadable file) or
-:class:`~vmcrash.errors.StorageError`.
+:class:`~vmcrash.errors.StorageError`; a path with a NUL (``os`` raises ValueError; no file has
+one, but a path built from a machine fact such as ``%H`` can) finds nothing there.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class RootSource:
     def stat(self, path: str) -> FileStat | None:
         try:
             st = os.lstat(self._host(path))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path, which no file has
             return None
         mode = st.st_mode
         kind: Kind = ("link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
@@ -149,6 +150,8 @@ class RootSource:
             return os.readlink(self._host(path))
         except OSError as exc:
             raise UnitFileError(f"cannot read symlink: {exc.strerror}", path=path) from exc
+        except ValueError as exc:
+            raise UnitFileError("cannot read symlink: NUL in the path", path=path) from exc
 
     def listdir(self, path: str) -> list[str]:
         try:
@@ -159,9 +162,7 @@ class RootSource:
                     if len(names) > MAX_DIR_ENTRIES:
                         raise UnitFileError(f"more than {MAX_DIR_ENTRIES} entries", path=path)
                 return sorted(names)
-        except FileNotFoundError:
-            return []
-        except NotADirectoryError:
+        except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the path
             return []
         except OSError as exc:
             raise UnitFileError(f"cannot list directory: {exc.strerror}", path=path) from exc
@@ -169,6 +170,8 @@ class RootSource:
     def read_bytes(self, path: str, limit: int) -> bytes:
         try:
             fd = os.open(self._host(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except ValueError as exc:
+            raise UnitFileError("cannot read: NUL in the path", path=path) from exc
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnitFileError("is a symlink where a file was expected", path=path) from exc

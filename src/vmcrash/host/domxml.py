@@ -45,11 +45,12 @@ def memory_bytes(xml: str) -> int:
     """The domain's maximum memory in bytes (``<memory unit=...>``)."""
     root = _parse(xml)
     mem = root.find("memory")
-    if mem is None or not (mem.text or "").strip().isdigit():
+    text = (mem.text or "").strip() if mem is not None else ""
+    if mem is None or not (text.isascii() and text.isdigit()) or len(text) > 20:
         return 0
     units = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
              "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4}
-    return int(mem.text or 0) * units.get((mem.get("unit") or "KiB").lower(), 1024)
+    return int(text) * units.get((mem.get("unit") or "KiB").lower(), 1024)
 
 
 def readiness(xml: str) -> list[Check]:

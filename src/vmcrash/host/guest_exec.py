@@ -118,7 +118,7 @@ def decode_result(out: bytes, *, domain: str | None = None) -> tuple[int, str, s
         if inflater.unconsumed_tail:
             raise AgentProtocolError(f"the guest's result exceeds {MAX_RESULT_BYTES} bytes", domain=domain)
         doc = json.loads(raw)
-    except (binascii.Error, ValueError, zlib.error) as exc:
+    except (binascii.Error, ValueError, RecursionError, zlib.error) as exc:
         raise AgentProtocolError(f"the guest's result is not valid: {exc}", domain=domain) from exc
     if (not isinstance(doc, dict) or isinstance(doc.get("rc"), bool) or not isinstance(doc.get("rc"), int)
             or not isinstance(doc.get("out"), str) or not isinstance(doc.get("err"), str)):

@@ -123,7 +123,7 @@ def parse_flatview(text: str, address_space: str = "memory") -> list[FlatSection
 
     Returns ``[]`` when no flat view lists that address space.
 
-    :raises EnvironmentProblem: more than :data:`MAX_SECTIONS` sections.
+    :raises EnvironmentProblem: more than :data:`MAX_SECTIONS` sections, or one that ends before it starts.
     """
     out: list[FlatSection] = []
     in_view = False
@@ -148,8 +148,11 @@ def parse_flatview(text: str, address_space: str = "memory") -> list[FlatSection
         m = _SECTION_RE.match(line)
         if m is None:
             continue
-        out.append(FlatSection(int(m["start"], 16), int(m["end"], 16), m["kind"], m["name"],
-                               int(m["offset"], 16) if m["offset"] else 0))
+        start, end = int(m["start"], 16), int(m["end"], 16)
+        if end < start:  # QEMU prints an inclusive end: never before the start
+            raise EnvironmentProblem("QEMU's memory map has a section that ends before it starts: "
+                                     f"{line.strip()[:120]!r}")
+        out.append(FlatSection(start, end, m["kind"], m["name"], int(m["offset"], 16) if m["offset"] else 0))
         if len(out) > MAX_SECTIONS:
             raise EnvironmentProblem(f"QEMU's memory map has more than {MAX_SECTIONS} sections")
     return out
@@ -294,13 +297,15 @@ def find_fd(pid: int, inode: int, dev: str) -> str | None:
 
 
 def parse_status_rss(text: str) -> tuple[int, int]:
-    """``(RssAnon, RssShmem)`` in bytes from ``/proc/<pid>/status`` text; 0 for a missing line. Pure."""
+    """``(RssAnon, RssShmem)`` in bytes from ``/proc/<pid>/status`` text; 0 for a missing line or one
+    that is not at most 20 ASCII digits and ``kB``. Pure."""
     found = {"RssAnon": 0, "RssShmem": 0}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         if key in found:
             words = rest.split()
-            if len(words) == 2 and words[1] == "kB" and words[0].isdigit():
+            if len(words) == 2 and words[1] == "kB" and words[0].isascii() and words[0].isdigit() \
+                    and len(words[0]) <= 20:
                 found[key] = int(words[0]) * 1024
     return found["RssAnon"], found["RssShmem"]
 

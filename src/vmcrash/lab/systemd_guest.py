@@ -208,7 +208,8 @@ def _owner(root: Path, user: str) -> tuple[int, int] | None:
     """(uid, gid) of ``user`` in the root's own /etc/passwd, or None."""
     for line in (root / "etc/passwd").read_text().splitlines():
         parts = line.split(":")
-        if len(parts) > 3 and parts[0] == user and parts[2].isdigit() and parts[3].isdigit():
+        if len(parts) > 3 and parts[0] == user and parts[2].isascii() and parts[2].isdigit() \
+                and parts[3].isascii() and parts[3].isdigit():
             return int(parts[2]), int(parts[3])
     return None
 

@@ -114,7 +114,8 @@ class _Handlers:
         raw = request.query_params.get("limit", "")
         if not raw:
             return default
-        if not raw.isdigit() or not 1 <= int(raw) <= _MAX_LIMIT:
+        # ASCII digits only: "²" or "٣" pass str.isdigit() but not int(); a long run of digits is refused unread
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= _MAX_LIMIT:
             raise HTTPException(400, f"limit must be 1..{_MAX_LIMIT}")
         return int(raw)
 
