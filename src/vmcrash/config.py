@@ -45,7 +45,8 @@ Example::
     watch = true
     dump = true
     format = "elf"                                  # elf | kdump-zlib | kdump-lzo | kdump-snappy
-    recovery = "restart"                            # restart | reset | preserve | destroy
+    recovery = "auto"                               # auto (restart if held, else reset) | restart | reset
+                                                    # | preserve | destroy
     crash_owner = "auto"                            # auto (follow <on_crash>) | vmcrash (take over)
     capture = "auto"                                # auto | hold | copy | stream | direct (see README)
 
@@ -107,7 +108,7 @@ LAB_PREFIX = "vmcrash-lab-"
 
 #: Dump formats QEMU offers through libvirt (lzo/snappy only when QEMU was built with them).
 DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
-RECOVERY_ACTIONS = ("restart", "reset", "preserve", "destroy")
+RECOVERY_ACTIONS = ("auto", "restart", "reset", "preserve", "destroy")
 DUMP_MODES = ("stream", "direct")
 CRASH_OWNERS = ("auto", "vmcrash")
 #: Per-domain capture modes (``auto`` picks; see :mod:`vmcrash.capture.hold`).
@@ -121,13 +122,14 @@ class DomainPolicy:
     watch: bool = True
     dump: bool = True
     format: str = "elf"
-    recovery: str = "restart"
+    recovery: str = "auto"
     #: "auto": libvirt owns a crash when the domain's live <on_crash> is not preserve (vmcrash adopts
     #: its dump or records the panic); "vmcrash": the daemon switches the live action to preserve
     #: (issue 16, :mod:`vmcrash.host.crash_owner`)
     crash_owner: str = "auto"
-    #: auto | hold | copy | stream | direct; auto = hold when RAM is in a shared memfd/file and recovery
-    #: is restart (memory guard permitting), else ``staging.mode`` (issue 10)
+    #: auto | hold | copy | stream | direct; auto = hold when RAM is in a shared memfd/file and the
+    #: recovery starts a fresh QEMU (restart, destroy or auto), else copy when the recovery still needs
+    #: the memory taken first, memory guard permitting, else ``staging.mode`` (issue 10)
     capture: str = "auto"
 
 

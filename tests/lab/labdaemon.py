@@ -21,15 +21,18 @@ class Daemon:
     ``extra`` is TOML inserted after the top-level keys (top-level keys first, then tables). A
     domain that ``extra`` already has a table for must set ``watch = true`` there itself.
 
-    ``capture`` is the capture mode of every domain (``[domains."*"]``) unless a domain's own table
-    says otherwise: ``stream`` by default, because most lab tests are about the streamed pipeline
-    (killed mid-dump, libvirt's dump jobs, tmpfs staging); the tests of the default policy
-    (``auto``: hold or copy) pass ``capture="auto"``.
+    ``capture`` and ``recovery`` are the capture mode and recovery of every domain
+    (``[domains."*"]``) unless a domain's own table says otherwise: ``stream`` and ``restart`` by
+    default, because most lab tests are about the streamed pipeline with a fresh QEMU (killed
+    mid-dump or between a restart's destroy and start, libvirt's dump jobs, tmpfs staging); the tests
+    of the default policy (``auto``: hold + restart, or copy + reset) pass ``capture="auto",
+    recovery="auto"``.
     """
 
     def __init__(self, directory: Path, extra: str = "", *, watch: list[str] | None = None,
                  dump_dir: Path | None = None, min_free_mib: int = 64, staging: str = "",
-                 env: dict[str, str] | None = None, run_dir: Path | None = None, capture: str = "stream") -> None:
+                 env: dict[str, str] | None = None, run_dir: Path | None = None, capture: str = "stream",
+                 recovery: str = "restart") -> None:
         self.env = {**os.environ, **(env or {})}
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +50,7 @@ class Daemon:
             f'run_dir = "{self.run_dir}"\n'
             + extra + "\n"
             # Only this test's guests: other lab guests on the host (other tests, benchmarks) are not ours.
-            + f'[domains."*"]\nwatch = false\ncapture = "{capture}"\n'
+            + f'[domains."*"]\nwatch = false\ncapture = "{capture}"\nrecovery = "{recovery}"\n'
             + "".join(f'[domains.{json.dumps(n)}]\nwatch = true\n' for n in (watch or []) if n not in extra)
             + ("" if "[clock]" in extra else "[clock]\nsweep_interval_s = 0\nagent_wait_s = 60\n")
             + f'[staging]\ntmpfs_dir = "{self.staging}"\n' + staging)

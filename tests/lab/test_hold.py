@@ -164,7 +164,7 @@ def test_watch_holds_recovers_at_once_and_writes_behind(hv, lab_guest, daemon) -
     g = lab_guest(memory_mib=768, fill_mib=64, memory_backing="memfd")
     anon = lab_guest(memory_mib=384)  # anonymous RAM: auto copies its present pages, and says why
     cp = lab_guest(memory_mib=384, memory_backing="memfd")  # memfd RAM, recovery reset: auto copies (never holds)
-    d = daemon(capture="auto", watch=[g.name, anon.name],
+    d = daemon(capture="auto", recovery="auto", watch=[g.name, anon.name],
                extra=f'[domains."{cp.name}"]\nwatch = true\nrecovery = "reset"\n')
     d.start()
     g.start()
@@ -228,7 +228,7 @@ def test_hold_memory_guard_and_reset_fall_back_to_stream(hv, lab_guest, daemon) 
     (it would copy, and the same guard refuses the copy)."""
     g = lab_guest(memory_mib=384, memory_backing="memfd")
     r = lab_guest(memory_mib=384, memory_backing="memfd")
-    d = daemon(capture="auto",
+    d = daemon(capture="auto", recovery="auto",
                extra=f'[domains."{g.name}"]\nwatch = true\n[domains."{r.name}"]\nwatch = true\nrecovery = "reset"\n',
                staging="hold_headroom_mib = 100000000\n")
     d.start()
@@ -261,7 +261,7 @@ def test_sigterm_and_sigkill_while_an_image_is_held(hv, lab_guest, daemon) -> No
 
     g = lab_guest(memory_mib=512, fill_mib=96, memory_backing="memfd")
     # a slow write-behind (4 MiB/s) keeps the image held long enough to stop the daemon meanwhile
-    d = daemon(capture="auto", watch=[g.name], staging="hold_write_mib_s = 4\nhold_shutdown_s = 1\n")
+    d = daemon(capture="auto", recovery="auto", watch=[g.name], staging="hold_write_mib_s = 4\nhold_shutdown_s = 1\n")
     d.start()
     g.boot(240)
     ready_at = 0
@@ -296,7 +296,7 @@ def test_doctor_shows_backing_and_moves_a_domain_to_memfd(hv, lab_guest, daemon)
     import os
 
     g = lab_guest(memory_mib=256)
-    d = daemon(capture="auto", watch=[g.name])
+    d = daemon(capture="auto", recovery="auto", watch=[g.name])
     out = d.cli("doctor", g.name, check=False).stdout
     assert "RAM anonymous: capture copy (anonymous RAM (private to QEMU): present pages copied" in out
     res = d.cli("doctor", "--fix", "--memfd", g.name, check=False)
@@ -318,7 +318,7 @@ def test_held_image_never_keeps_the_guest_from_starting(hv, lab_guest, daemon, h
     fresh QEMU needs, so its start fails; the image is released (its triage kept) and the start retried."""
     g = lab_guest(memory_mib=256, memory_backing="hugepages")
     hugepages(256 // 2)  # exactly one guest's worth of 2 MiB pages
-    d = daemon(capture="auto", watch=[g.name])
+    d = daemon(capture="auto", recovery="auto", watch=[g.name])
     hugepages.boot(g, 240)
     d.start()
     old_pid = qemu_pid(g.name)
@@ -347,7 +347,7 @@ def test_manual_dump_copies_while_paused_and_equals_qemus_dump(hv, lab_guest, da
     copied, the dump is written after it runs again, and it equals QEMU's own dump of the same state."""
     anon = lab_guest(memory_mib=512, fill_mib=64)
     shm = lab_guest(memory_mib=384, memory_backing="memfd")
-    d = daemon(capture="auto")
+    d = daemon(capture="auto", recovery="auto")
     anon.start()
     shm.start()
     anon.wait_ready(240)

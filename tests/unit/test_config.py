@@ -21,7 +21,7 @@ def test_only_dump_dir_works(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, 'dump_dir = "/srv/dumps"\n'))
     assert cfg.dump_dir == Path("/srv/dumps")
     assert cfg.libvirt_uri == "qemu:///system"
-    assert cfg.policy_for("anything").recovery == "restart"
+    assert cfg.policy_for("anything").recovery == "auto"  # restart when an image is held, else reset
     assert cfg.max_parallel_dumps >= 1
 
 

@@ -123,10 +123,10 @@ def test_candidate_never_pairs_hold_with_the_same_qemu() -> None:
 
     for requested in CAPTURE_MODES:
         for backing in ("anonymous", "memfd-shared", "file-shared", "hugepages-shared"):
-            for recovery in ("restart", "destroy", "reset", "resume", "preserve"):
+            for recovery in ("auto", "restart", "destroy", "reset", "resume", "preserve"):
                 c = candidate_mode(requested=requested, recovery=recovery, backing=backing, fallback="stream")
                 if c.mode is Mode.HOLD:
-                    assert recovery in ("restart", "destroy") and backing != "anonymous"
+                    assert recovery in ("auto", "restart", "destroy") and backing != "anonymous"
                 if c.mode is Mode.COPY:
                     assert recovery != "preserve"
 
@@ -310,3 +310,24 @@ def test_file_data_runs_and_copy_runs_on_a_real_sparse_file(tmp_path: Path) -> N
             copy_runs([CopyRun(0, 4096, fd, size)], memoryview(bytearray(4096)), threads=1)
     finally:
         os.close(fd)
+
+
+def test_recovery_auto_restarts_only_for_a_held_image() -> None:
+    from vmcrash.capture.hold import MemoryNeed, memory_need
+    from vmcrash.capture.recovery import resolve_recovery
+
+    assert resolve_recovery("auto", holds_image=True) == "restart"
+    assert resolve_recovery("auto", holds_image=False) == "reset"
+    for action in ("restart", "reset", "preserve", "destroy", "resume"):
+        assert resolve_recovery(action, holds_image=True) == action == resolve_recovery(action, holds_image=False)
+    ok = (True, "plenty")
+    assert choose_mode(requested="auto", recovery="auto", backing="memfd-shared", fallback="stream",
+                       guard=ok).mode is Mode.HOLD
+    c = choose_mode(requested="auto", recovery="auto", backing="anonymous", fallback="stream", guard=ok)
+    assert c.mode is Mode.COPY and "reset in place" in c.reason
+    g = MIB
+    # auto with hold: a fresh QEMU; auto with copy: the same QEMU, reset
+    assert memory_need(Mode.HOLD, recovery="auto", guest_ram_bytes=2048 * g, private_rss_bytes=9 * g,
+                       shared_rss_bytes=900 * g) == MemoryNeed(0, 2048 * g, 0)
+    assert memory_need(Mode.COPY, recovery="auto", guest_ram_bytes=2048 * g, private_rss_bytes=1200 * g,
+                       shared_rss_bytes=0) == MemoryNeed(1200 * g, 848 * g, 0)

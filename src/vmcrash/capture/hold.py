@@ -43,6 +43,7 @@ import libvirt
 
 from vmcrash.capture.dumping import CHUNK_BYTES, PAGE_BYTES, DumpStats, zero_runs
 from vmcrash.capture.files import storage_errors
+from vmcrash.capture.recovery import resolve_recovery
 from vmcrash.errors import DumpFormatError, EnvironmentProblem, StorageError, VmcrashError
 from vmcrash.host import qemu_memory
 from vmcrash.host.qemu_memory import Backing, RamRange
@@ -141,9 +142,10 @@ def backing_of_xml(xml: str) -> str:
 
 #: Recovery actions after which a copy of the crashed image is still useful (the memory is copied
 #: while the guest is stopped; ``resume`` is a manual dump of a running guest).
-COPY_RECOVERIES = ("restart", "destroy", "reset", "resume")
-#: Recovery actions that start a fresh QEMU or none: the only ones ``hold`` works with.
-HOLD_RECOVERIES = ("restart", "destroy")
+COPY_RECOVERIES = ("auto", "restart", "destroy", "reset", "resume")
+#: Recovery actions that start a fresh QEMU or none: the only ones ``hold`` works with (``auto``
+#: becomes ``restart`` when an image is held: :func:`vmcrash.capture.recovery.resolve_recovery`).
+HOLD_RECOVERIES = ("auto", "restart", "destroy")
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def memory_need(mode: Mode, *, recovery: str, guest_ram_bytes: int, private_rss_
     :param shared_rss_bytes: its resident shared memory (``RssShmem``: memfd/hugetlbfs guest RAM).
     """
     resident = private_rss_bytes + shared_rss_bytes
+    recovery = resolve_recovery(recovery, holds_image=mode is Mode.HOLD)
     fresh_qemu = recovery == "restart"
     same_qemu = recovery in ("reset", "resume")
     if mode is Mode.HOLD:
@@ -233,6 +236,8 @@ def candidate_mode(*, requested: str, recovery: str, backing: str, fallback: str
         return ModeChoice(Mode.COPY, "present pages copied while stopped (set by policy)", requested)
     where = ("anonymous RAM (private to QEMU)" if not shared else
              f"RAM in {backing} memory but recovery {recovery!r} keeps the same QEMU")
+    if recovery == "auto":
+        where += " (recovery auto: reset in place after the copy)"
     return ModeChoice(Mode.COPY, f"{where}: present pages copied while stopped", requested)
 
 

@@ -36,7 +36,7 @@ from vmcrash.capture.clockstep import clock_after_freeze, record_after_crash
 from vmcrash.capture.compaction import Compactor, queue_compaction
 from vmcrash.capture.dumping import DumpProgress, DumpStats, take_dump
 from vmcrash.capture.hold_stage import HoldStage
-from vmcrash.capture.recovery import RecoveryResult, recover
+from vmcrash.capture.recovery import RecoveryResult, recover, resolve_recovery
 from vmcrash.capture.staging import decide_staging, dirty_allowance_bytes, mem_available_bytes, move_sparse
 from vmcrash.config import Config, DomainPolicy
 from vmcrash.errors import LibvirtUnavailable, VmcrashError
@@ -136,6 +136,7 @@ class CrashHandler:
                 names, staged, skip_reason = self._prepare_target(crash_id, info, policy)
             triage_job = None
             if skip_reason is not None:
+                action = self._resolve_recovery(crash_id, action, holds_image=False)
                 self.catalog.update(crash_id, skip_reason=skip_reason)
                 self.catalog.log(crash_id, "dump-skipped", skip_reason)
                 dlog.info("dump skipped: %s", skip_reason)
@@ -155,6 +156,8 @@ class CrashHandler:
                     if held is not None:
                         staged = None
                         triage_job = self.hold.start_triage(held)
+                action = self._resolve_recovery(crash_id, action, holds_image=held is not None
+                                                and choice.mode.value == "hold")
                 if held is None:
                     stats, dump_error = self._dump(crash_id, dom, info, policy, names, staged, dlog,
                                                    mode=choice.mode.value, choice=choice.to_dict())
@@ -310,6 +313,16 @@ class CrashHandler:
         dlog.info("dump written: %d MiB in %.2f s", stats.stream_bytes >> 20, stats.seconds)
         return stats, None
 
+    def _resolve_recovery(self, crash_id: int, action: str, *, holds_image: bool) -> str:
+        """The concrete recovery for the policy's ``action`` (``auto``: restart when an image is held,
+        else reset), logged when it was ``auto``."""
+        concrete = resolve_recovery(action, holds_image=holds_image)
+        if action == "auto":
+            why = ("the held image needs a fresh QEMU" if holds_image else
+                   "nothing is held: the same QEMU is reset in place")
+            self.catalog.log(crash_id, "recovery", f"auto: {concrete} ({why})")
+        return concrete
+
     def _progress_for(self, name: str, dlog: logging.Logger) -> Callable[[DumpProgress], None]:
         """A progress sink for one dump: the caller's (``vmcrash dump``'s bar), and a log line every 2 s."""
         last_log = [0.0]
@@ -380,7 +393,7 @@ class CrashHandler:
     def _recover_anyway(self, crash_id: int, hv: Hypervisor, dom: libvirt.virDomain, policy: DomainPolicy,
                         report: PanicReport, dlog: logging.Logger) -> None:
         try:
-            self._recover(crash_id, hv, dom, policy.recovery, report, dlog)
+            self._recover(crash_id, hv, dom, resolve_recovery(policy.recovery, holds_image=False), report, dlog)
         except VmcrashError as exc:
             self.catalog.log(crash_id, "recovery-failed", str(exc))
             dlog.error("recovery failed too: %s", exc)

@@ -7,6 +7,10 @@
 * ``preserve``: leave it crashed, e.g. for a later look with ``vmcrash dump``.
 * ``destroy``: stop it.
 * ``resume``: (manual dumps of a running guest) make sure it runs again after the dump.
+* ``auto`` (the default policy) is not an action of its own: :func:`resolve_recovery` makes it
+  ``restart`` when the capture holds the crashed RAM (a held image needs a fresh QEMU: the old one
+  would reuse the memory), ``reset`` otherwise (the same QEMU process, like libvirt's
+  ``coredump-restart`` and a guest's own reboot; a fresh QEMU costs ~2 s more under TCG here).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import libvirt
 from vmcrash.errors import LibvirtRefused
 from vmcrash.host.connection import Hypervisor, call, state_name
 
-__all__ = ["RecoveryResult", "recover", "wait_running"]
+__all__ = ["RecoveryResult", "recover", "resolve_recovery", "wait_running"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,14 @@ class RecoveryResult:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+def resolve_recovery(action: str, *, holds_image: bool) -> str:
+    """The concrete action for the policy's ``action``: ``auto`` is ``restart`` when an image is held
+    (``hold`` needs a fresh QEMU), else ``reset``; any other action is itself. Pure."""
+    if action != "auto":
+        return action
+    return "restart" if holds_image else "reset"
 
 
 def wait_running(dom: libvirt.virDomain, timeout_s: float = 30.0) -> bool:

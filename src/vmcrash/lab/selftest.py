@@ -174,7 +174,8 @@ def step_watch(run: SelftestRun) -> tuple[str, dict[str, Any]]:
         "clock": {"sweep_interval_s": 0, "agent_wait_s": 120},
         # its own staging dir: never touch the files of a production daemon on this host
         "staging": {"tmpfs_dir": str(Path("/dev/shm") / f"vmcrash-selftest-{work.name}")},
-        "domains": {"*": {"watch": False}, run.guest.name: {"watch": True, "recovery": "restart"}},
+        # the throwaway guest gets the default policy (capture and recovery auto)
+        "domains": {"*": {"watch": False}, run.guest.name: {"watch": True}},
     }
     cfg = parse_config(_json.loads(_json.dumps(doc)))
     watcher = Watcher(cfg)
