@@ -27,6 +27,7 @@ memory. :func:`choose_mode` never pairs them.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import enum
 import logging
 import mmap
@@ -713,12 +714,38 @@ def present_runs(pagemap: bytes, hva: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class CopyRun:
-    """``size_bytes`` of guest memory at ``paddr`` to copy from ``fd`` at ``source_offset``."""
+    """``size_bytes`` of guest memory at ``paddr`` to copy from ``fd`` at ``source_offset``.
+
+    With ``pid`` set, ``source_offset`` is an address in that process, read with
+    ``process_vm_readv`` (one copy, no bounce page); ``fd`` is its ``/proc/<pid>/mem``, the fallback.
+    """
 
     paddr: int
     size_bytes: int
     fd: int
     source_offset: int
+    pid: int = 0
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # CDLL calls release the GIL
+
+
+def process_vm_read(pid: int, local_addr: int, remote_addr: int, size_bytes: int) -> int:
+    """``process_vm_readv(2)`` of ``size_bytes`` at ``remote_addr`` in ``pid`` into ``local_addr``.
+
+    :returns: bytes read (short at an unmapped page). :raises OSError: the call failed.
+    """
+    local = _IoVec(local_addr, size_bytes)
+    remote = _IoVec(remote_addr, size_bytes)
+    got = _LIBC.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(got)
 
 
 def file_data_runs(fd: int, file_offset: int, size_bytes: int) -> Iterator[tuple[int, int]]:
@@ -746,26 +773,37 @@ COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
 def copy_runs(runs: list[CopyRun], buffer: memoryview, *, threads: int = 2) -> None:
     """Read every run into ``buffer`` (back to back, in order) with ``threads`` threads.
 
-    The reads (``preadv`` into the buffer: no intermediate copy) release the GIL, so the page
-    faults of a fresh buffer and the kernel's copy run on several cores.
+    The reads (``process_vm_readv`` or ``preadv`` straight into the buffer) release the GIL, so
+    the page faults of a fresh buffer and the kernel's copy run on several cores.
 
     :raises OSError: a read failed. :raises EnvironmentProblem: a short read.
     """
-    jobs: list[tuple[int, int, int, int]] = []  # (buffer offset, bytes, fd, source offset)
+    jobs: list[tuple[int, int, int, int, int]] = []  # (buffer offset, bytes, fd, source offset, pid)
     at = 0
     for run in runs:
         for off in range(0, run.size_bytes, COPY_CHUNK_BYTES):
             n = min(COPY_CHUNK_BYTES, run.size_bytes - off)
-            jobs.append((at + off, n, run.fd, run.source_offset + off))
+            jobs.append((at + off, n, run.fd, run.source_offset + off, run.pid))
         at += run.size_bytes
     errors: list[BaseException] = []
+    base_addr = 0
+    if any(run.pid for run in runs) and not buffer.readonly:
+        anchor = ctypes.c_char.from_buffer(buffer)
+        base_addr = ctypes.addressof(anchor)
+        del anchor  # the address stays valid while the caller's buffer lives
 
-    def work(mine: list[tuple[int, int, int, int]]) -> None:
+    def work(mine: list[tuple[int, int, int, int, int]]) -> None:
         try:
-            for boff, n, fd, soff in mine:
+            for boff, n, fd, soff, pid in mine:
                 done = 0
                 while done < n:
-                    got = os.preadv(fd, [buffer[boff + done:boff + n]], soff + done)
+                    if pid and base_addr:
+                        try:
+                            got = process_vm_read(pid, base_addr + boff + done, soff + done, n - done)
+                        except OSError:  # e.g. refused by a security module: the /proc/<pid>/mem path
+                            got = os.preadv(fd, [buffer[boff + done:boff + n]], soff + done)
+                    else:
+                        got = os.preadv(fd, [buffer[boff + done:boff + n]], soff + done)
                     if got <= 0:
                         raise EnvironmentProblem(f"short read of guest memory at source offset {soff + done:#x}")
                     done += got
@@ -783,15 +821,17 @@ def copy_runs(runs: list[CopyRun], buffer: memoryview, *, threads: int = 2) -> N
 
 
 def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, *,
-               limit_bytes: int, threads: int = COPY_THREADS, huge_pages: bool = True) -> HeldImage:
+               limit_bytes: int, threads: int = COPY_THREADS, huge_pages: bool = False) -> HeldImage:
     """Capture mode ``copy``: the guest memory the stopped QEMU has, copied into this process.
 
     Guest-physical → host address from QEMU's memory map. Private (anonymous) RAM: the pages
     ``/proc/<pid>/pagemap`` shows present or swapped are read from ``/proc/<pid>/mem``; RAM in a
     shared file (memfd, hugetlbfs, file): the file's ``SEEK_DATA`` extents, read from the file
     itself. Memory never touched reads as zeros and is not copied. The copy lands in one
-    anonymous mapping (transparent huge pages asked for unless ``huge_pages`` is false: fewer
-    faults) read by ``threads`` threads.
+    anonymous mapping read by ``threads`` threads (``process_vm_readv`` for QEMU's own memory).
+    ``huge_pages`` asks for transparent huge pages for it: measured here (bench/copy_probe.py,
+    1.2 GiB, fresh processes) they were as often much slower (0.3-3.5 s) as faster than 4 KiB pages
+    (0.5-0.6 s, steady), so they are off by default: the freeze should be predictable.
 
     :raises EnvironmentProblem: more than ``limit_bytes`` to copy, or ``/proc`` unreadable.
     """
@@ -823,7 +863,7 @@ def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, 
                         raise EnvironmentProblem(f"{name}: cannot open {p} ({r.path}): {exc.strerror}") from exc
                     fds.append(shared_fds[key])
                 fd = shared_fds[key]
-                found = [(r.paddr + off - r.file_offset, n, fd, off)
+                found = [(r.paddr + off - r.file_offset, n, fd, off, 0)
                          for off, n in file_data_runs(fd, r.file_offset, r.size_bytes)]
             else:
                 found = []
@@ -831,12 +871,13 @@ def copy_image(dom: libvirt.virDomain, name: str, pid: int, header: DumpHeader, 
                 for base in range(r.hva, r.hva + r.size_bytes, step):
                     n = min(step, r.hva + r.size_bytes - base)
                     table = os.pread(pm, n // PAGE_BYTES * 8, base // PAGE_BYTES * 8)
-                    found += [(r.paddr + addr - r.hva, size, mem, addr) for addr, size in present_runs(table, base)]
-            for paddr, size, fd, off in found:
+                    found += [(r.paddr + addr - r.hva, size, mem, addr, pid)
+                              for addr, size in present_runs(table, base)]
+            for paddr, size, fd, off, src_pid in found:
                 total += size
                 if total > limit_bytes:
                     raise EnvironmentProblem(f"{name}: more than {limit_bytes >> 20} MiB to copy; not copying")
-                runs.append(CopyRun(paddr, size, fd, off))
+                runs.append(CopyRun(paddr, size, fd, off, src_pid))
         if total:
             image.buffer = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
