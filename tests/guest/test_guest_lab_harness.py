@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vmcrash.errors import BadDataError, EnvironmentProblem
-from vmcrash.lab.labntp import NtpGate
+from vmcrash.lab.labntp import _MAX_CLIENTS, NtpGate
 from vmcrash.lab.systemd_guest import (
     EVIDENCE_MAGIC,
     EVIDENCE_SLOT_BYTES,
@@ -77,6 +77,16 @@ def test_the_gate_drops_everything_until_opened_then_relays_both_ways(upstream: 
         # a second client gets its own answers
         assert _ask(gate.port, b"four", 2.0) == b"re:four"
         assert gate.relayed == 2 and gate.dropped == 2
+
+
+def test_the_gate_relays_for_a_client_that_uses_a_new_port_for_every_request(upstream: socket.socket) -> None:
+    """chronyd sends every request from a fresh socket: far more clients than the gate keeps sockets for,
+    one after the other, each still gets its answer (the least recently used socket makes room)."""
+    with NtpGate(upstream_port=upstream.getsockname()[1]) as gate:
+        gate.open()
+        for n in range(3 * _MAX_CLIENTS):
+            assert _ask(gate.port, b"poll%d" % n, 2.0) == b"re:poll%d" % n, n
+        assert gate.relayed == 3 * _MAX_CLIENTS and gate.dropped == 0
 
 
 def test_the_gate_survives_an_upstream_that_is_not_there() -> None:

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 NTP_UNIX_OFFSET_S = 2208988800
 #: Largest datagram relayed (an NTP packet is 48 bytes, 68+ with extensions).
 _MAX_DATAGRAM = 2048
-#: Clients the gate keeps an upstream socket for (a guest uses one or two source ports).
+#: Clients the gate keeps an upstream socket for at once. chronyd sends every request from a fresh
+#: socket (a new source port, which QEMU's user network maps to a new host port), so a guest is a
+#: new client at every poll: the least recently used socket is closed to make room for a new one.
 _MAX_CLIENTS = 64
 
 
@@ -114,7 +116,8 @@ class NtpGate:
     """A UDP relay on 127.0.0.1:``port`` to the NTP server on 127.0.0.1:``upstream_port``, closed at start.
 
     While closed, every datagram from a client is dropped (counted in ``dropped``); once
-    :meth:`open`, datagrams go upstream through one socket per client and the answers come back.
+    :meth:`open`, datagrams go upstream through one socket per client (at most 64 at once, the
+    least recently used closed first) and the answers come back.
     ``opened_monotonic_s``: when it was opened (host ``time.monotonic()``), None while closed.
     """
 
@@ -166,6 +169,8 @@ class NtpGate:
                 for key, _ in sel.select(timeout=0.2):
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
+                    if key.data is not None and upstream.get(key.data) is not sock:
+                        continue  # closed to make room earlier in this round
                     try:
                         data, addr = sock.recvfrom(_MAX_DATAGRAM)
                     except (ConnectionRefusedError, BlockingIOError):
@@ -174,15 +179,16 @@ class NtpGate:
                         if not self._open.is_set():
                             self.dropped += 1
                             continue
-                        up = upstream.get(addr)
+                        up = upstream.pop(addr, None)
                         if up is None:
                             if len(upstream) >= _MAX_CLIENTS:
-                                self.dropped += 1
-                                continue
+                                oldest = next(iter(upstream))
+                                sel.unregister(upstream[oldest])
+                                upstream.pop(oldest).close()
                             up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                             up.connect(("127.0.0.1", self.upstream_port))
-                            upstream[addr] = up
                             sel.register(up, selectors.EVENT_READ, addr)
+                        upstream[addr] = up  # (re)inserted last: the dict's order is least recently used first
                         try:
                             up.send(data)
                         except ConnectionRefusedError:

@@ -29,7 +29,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "HOST_ALIAS",
     "NTP_GATE_MARK",
     "UNREACHABLE_NTP",
+    "LabBootPlan",
     "LabBootResult",
     "boot_all",
     "build_boot_files",
@@ -363,6 +365,31 @@ def read_evidence(path: Path, slot: int = 0) -> dict[str, object]:
     return value
 
 
+@dataclass(frozen=True)
+class LabBootPlan:
+    """One guest of a :func:`boot_all` call: the staged root and what the host does while it runs.
+
+    ``label``: names the guest in logs and errors. ``clock_offset_s``: the guest clock's offset from
+    the host's at start (negative: behind). ``restart_on_reboot``: a reboot inside the guest
+    restarts the domain (the live-fix proof reboots once) instead of ending it. ``watch``: console
+    strings whose first appearance is timed (host seconds since the guests were started, polled
+    every 0.5 s): :attr:`LabBootResult.console_seen_s`. ``on_console``: console string -> function
+    called once with this guest when the string first appears on *its* console (timed as well).
+    """
+
+    root: Path
+    label: str = ""
+    clock_offset_s: int = -600
+    restart_on_reboot: bool = False
+    watch: tuple[str, ...] = ()
+    on_console: Mapping[str, Callable[[LabGuest], None]] = field(default_factory=dict)
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """Every console string to look for: the watched ones, then those with a function."""
+        return (*self.watch, *(m for m in self.on_console if m not in self.watch))
+
+
 @dataclass
 class LabBootResult:
     """What one lab boot produced: the evidence, the console, timings."""
@@ -374,39 +401,53 @@ class LabBootResult:
     extra: dict[str, object] = field(default_factory=dict)
     #: watched console string -> host seconds from start until it first appeared
     console_seen_s: dict[str, float] = field(default_factory=dict)
+    label: str = ""
 
 
-def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, *,
-             clock_offset_s: int = -600, timeout_s: float = 600.0,
-             boot: LabImage | None = None, vcpus: int = 1, watch: tuple[str, ...] = (),
-             on_console: dict[str, Callable[[LabGuest], None]] | None = None,
-             restart_on_reboot: tuple[bool, ...] = ()) -> list[LabBootResult]:
-    """Boot one guest per root *at the same time* (one vCPU each) and return their evidence, in order.
+def _finished_callback(running: dict[Future[None], str]) -> None:
+    """Re-raise the error of the first console function that failed (with a note naming it)."""
+    for future, what in running.items():
+        if future.done() and future.exception() is not None:
+            try:
+                future.result()
+            except Exception as exc:
+                exc.add_note(f"raised by the console function {what}")
+                raise
 
-    ``watch``: console strings whose first appearance is timed (host seconds since the guests were
-    started, polled every 0.5 s): :attr:`LabBootResult.console_seen_s`. ``on_console``: console
-    string -> function called once with the guest when the string first appears (it runs in this
-    loop; the guests keep running meanwhile). ``restart_on_reboot``: per root, in order.
 
-    :raises EnvironmentProblem: a guest did not power off in time (its console tail is in the message).
+def boot_all(hv: Hypervisor, plans: Sequence[LabBootPlan], work: Path, ntp: HostNtpServer, *,
+             timeout_s: float = 600.0, boot: LabImage | None = None, vcpus: int = 1) -> list[LabBootResult]:
+    """Boot one guest per plan *at the same time* (``vcpus`` each) and return their evidence, in order.
+
+    While they run, each guest's console is polled for its plan's markers every 0.5 s. A plan's
+    ``on_console`` function runs in a thread of its own, so that a long one (a host-side audit through
+    the guest agent takes tens of seconds under TCG) does not hold back the watch on the other
+    guests; its error is raised here as soon as it is seen, and every function has returned before
+    the results are read.
+
+    :raises EnvironmentProblem: a guest did not power off in time (its console tail is in the message),
+        or a console function was still running then.
     :raises BadDataError: a guest powered off without writing evidence (console tail in the message).
+    :raises Exception: whatever a console function raised (a note names the function's guest and marker).
     """
     boot = boot or build_boot_files()
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     guests: list[LabGuest] = []
     image_s: list[float] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, sum(len(p.on_console) for p in plans)),
+                              thread_name_prefix="lab-console")
+    running: dict[Future[None], str] = {}
     try:
-        for index, root in enumerate(roots):
+        for plan in plans:
             tag = secrets.token_hex(3)
             disk = work / f"root-{tag}.img"
             evidence_disk = new_evidence_disk(work / f"evidence-{tag}.img")
             t0 = time.monotonic()
-            make_disk_image(root, disk)
+            make_disk_image(plan.root, disk)
             image_s.append(time.monotonic() - t0)
-            restart = index < len(restart_on_reboot) and restart_on_reboot[index]
-            spec = systemd_guest_spec(disk, evidence_disk, clock_offset_s=clock_offset_s, vcpus=vcpus,
-                                      restart_on_reboot=restart)
+            spec = systemd_guest_spec(disk, evidence_disk, clock_offset_s=plan.clock_offset_s, vcpus=vcpus,
+                                      restart_on_reboot=plan.restart_on_reboot)
             guest = LabGuest(spec, hv=hv, image=boot, run_dir=work, keep_serial=False)
             guests.append(guest)
             guest.define()
@@ -416,43 +457,56 @@ def boot_all(hv: Hypervisor, roots: list[Path], work: Path, ntp: HostNtpServer, 
         ran: dict[str, float] = {}
         seen: dict[str, dict[str, float]] = {g.name: {} for g in guests}
         while len(ran) < len(guests):
-            for guest in guests:
+            for guest, plan in zip(guests, plans, strict=True):
                 if guest.name in ran:
                     continue
                 assert guest.dom is not None
-                if watch or on_console:
-                    console = guest.serial_bytes()
-                    for marker in (*watch, *(on_console or {})):
-                        if marker not in seen[guest.name] and marker.encode() in console:
-                            seen[guest.name][marker] = time.monotonic() - t0
-                            if on_console and marker in on_console:
-                                on_console[marker](guest)
+                todo = [m for m in plan.markers if m not in seen[guest.name]]
+                console = guest.serial_bytes() if todo else b""
+                for marker in todo:
+                    if marker.encode() in console:
+                        seen[guest.name][marker] = time.monotonic() - t0
+                        log.info("%s (%s): %r on the console at %.1f s", plan.label, guest.name, marker,
+                                 seen[guest.name][marker])
+                        if marker in plan.on_console:
+                            running[pool.submit(plan.on_console[marker], guest)] = f"{marker!r} of {plan.label}"
                 if not call(guest.dom.isActive, domain=guest.name):
                     ran[guest.name] = time.monotonic() - t0
+            _finished_callback(running)
             if time.monotonic() - t0 > timeout_s:
-                late = [g for g in guests if g.name not in ran]
-                raise EnvironmentProblem(f"{late[0].name}: still running after {timeout_s:.0f} s; console tail: "
-                                         f"{late[0].serial_text()[-1500:]!r}")
+                late = [(g, p) for g, p in zip(guests, plans, strict=True) if g.name not in ran]
+                guest, plan = late[0]
+                raise EnvironmentProblem(f"{plan.label} ({guest.name}): still running after {timeout_s:.0f} s; "
+                                         f"console tail: {guest.serial_text()[-1500:]!r}")
             time.sleep(0.5)
+        _, late_callbacks = wait(running, timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+        _finished_callback(running)
+        if late_callbacks:
+            raise EnvironmentProblem(f"console function still running after the guests ended: "
+                                     f"{', '.join(running[f] for f in late_callbacks)}")
         results = []
-        for guest, img_s in zip(guests, image_s, strict=True):
+        for guest, plan, img_s in zip(guests, plans, image_s, strict=True):
             serial = guest.serial_text()
             evidence_disk = guest.spec.disks[1]
             try:
                 evidence = read_evidence(evidence_disk)
             except BadDataError as exc:
-                raise BadDataError(f"{exc}; console tail: {serial[-1500:]!r}") from exc
+                raise BadDataError(f"{plan.label}: {exc}; console tail: {serial[-1500:]!r}") from exc
             extra: dict[str, object] = {"ntp_port": ntp.port}
             if guest.spec.on_reboot == "restart":
                 try:
                     extra["second_boot"] = read_evidence(evidence_disk, 1)
                 except BadDataError as exc:
-                    raise BadDataError(f"second boot: {exc}; console tail: {serial[-1500:]!r}") from exc
+                    raise BadDataError(f"{plan.label}: second boot: {exc}; console tail: {serial[-1500:]!r}"
+                                       ) from exc
             results.append(LabBootResult(evidence=evidence, serial=serial, run_seconds=ran[guest.name],
-                                         image_seconds=img_s, extra=extra, console_seen_s=seen[guest.name]))
+                                         image_seconds=img_s, extra=extra, console_seen_s=seen[guest.name],
+                                         label=plan.label))
         return results
     finally:
         for guest in guests:
             guest.cleanup()
             for path in guest.spec.disks:
                 path.unlink(missing_ok=True)
+        # the guests are gone: a console function still running fails fast now
+        pool.shutdown(wait=True, cancel_futures=True)
