@@ -298,7 +298,8 @@ def test_doctor_shows_backing_and_moves_a_domain_to_memfd(hv, lab_guest, daemon)
     g = lab_guest(memory_mib=256)
     d = daemon(capture="auto", recovery="auto", watch=[g.name])
     out = d.cli("doctor", g.name, check=False).stdout
-    assert "RAM anonymous: capture copy (anonymous RAM (private to QEMU): present pages copied" in out
+    assert ("RAM anonymous: capture copy (anonymous RAM (private to QEMU): present pages copied while stopped; "
+            "recovery auto resets it in place after the copy") in out, out
     res = d.cli("doctor", "--fix", "--memfd", g.name, check=False)
     assert "fixed: guest RAM moved to a shared memfd" in res.stdout, res.stdout + res.stderr
     assert "KSM does not merge shared memory" in res.stdout and "shmem_enabled" in res.stdout
@@ -378,3 +379,34 @@ def test_manual_dump_copies_while_paused_and_equals_qemus_dump(hv, lab_guest, da
     assert events.index("paused") < events.index("held") < events.index("recovered") < events.index("dumped")
     assert virsh("domstate", anon.name) == "running"
     assert "NT_PRSTATUS" in readelf("-n", Path(row["dump_path"]))
+
+
+def test_manual_dump_of_a_panicked_guest_holds_and_restarts(hv, lab_guest, daemon) -> None:  # type: ignore[no-untyped-def]
+    """``vmcrash dump`` of a guest left panicked (no daemon handled it) handles it as the daemon would,
+    with the default policy: its memfd RAM is held, a fresh QEMU starts at once, the dump is written
+    from the held image after. ``--capture hold`` is refused, in one line, for a running guest."""
+    g = lab_guest(memory_mib=384, fill_mib=32, memory_backing="memfd")
+    d = daemon(capture="auto", recovery="auto")  # never started: nobody handles the panic
+    g.start()
+    g.wait_ready(240)
+    old_pid = qemu_pid(g.name)
+    g.crash()
+    g.wait_state("crashed", 120)
+    assert virsh("domstate", "--reason", g.name) == "crashed (panicked)"
+    res = d.cli("dump", g.name, "--json", "--no-compact")
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)
+    assert row["source"] == "manual" and row["state"] == "done", row
+    assert row["capture"]["mode"] == "hold" and row["capture"]["choice"]["requested"] == "auto", row["capture"]
+    assert row["recovery_action"] == "restart"
+    assert row["running_again_ns"] < row["dump_ended_ns"]  # a fresh QEMU ran before the dump was written
+    assert virsh("domstate", g.name) == "running" and qemu_pid(g.name) != old_pid
+    assert row["triage"]["panic_line"] and row["triage"]["panic_line"] in g.serial_text()
+    notes = readelf("-n", Path(row["dump_path"]))
+    assert "NT_PRSTATUS" in notes and "VMCOREINFO" in notes
+    g.wait_serial("vmcrash-lab: ready", 240, after=g.serial_bytes().find(b"Kernel panic"))
+    refused = d.cli("dump", g.name, "--capture", "hold")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "only for a panicked guest" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert virsh("domstate", g.name) == "running" and len(d.catalog().crashes()) == 1

@@ -324,7 +324,7 @@ def test_recovery_auto_restarts_only_for_a_held_image() -> None:
     assert choose_mode(requested="auto", recovery="auto", backing="memfd-shared", fallback="stream",
                        guard=ok).mode is Mode.HOLD
     c = choose_mode(requested="auto", recovery="auto", backing="anonymous", fallback="stream", guard=ok)
-    assert c.mode is Mode.COPY and "reset in place" in c.reason
+    assert c.mode is Mode.COPY and "resets it in place" in c.reason
     g = MIB
     # auto with hold: a fresh QEMU; auto with copy: the same QEMU, reset
     assert memory_need(Mode.HOLD, recovery="auto", guest_ram_bytes=2048 * g, private_rss_bytes=9 * g,

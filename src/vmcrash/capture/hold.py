@@ -237,9 +237,8 @@ def candidate_mode(*, requested: str, recovery: str, backing: str, fallback: str
         return ModeChoice(Mode.COPY, "present pages copied while stopped (set by policy)", requested)
     where = ("anonymous RAM (private to QEMU)" if not shared else
              f"RAM in {backing} memory but recovery {recovery!r} keeps the same QEMU")
-    if recovery == "auto":
-        where += " (recovery auto: reset in place after the copy)"
-    return ModeChoice(Mode.COPY, f"{where}: present pages copied while stopped", requested)
+    then = "; recovery auto resets it in place after the copy" if recovery == "auto" else ""
+    return ModeChoice(Mode.COPY, f"{where}: present pages copied while stopped{then}", requested)
 
 
 def choose_mode(*, requested: str, recovery: str, backing: str, fallback: str,

@@ -127,7 +127,7 @@ class CrashHandler:
                 self.catalog.advance(crash_id, S.SKIPPED,
                                      skip_reason=f"domain is {info.state} now; nothing left to handle")
                 return crash_id
-            action, skip_reason = self._decide(crash_id, info.uuid, policy, report)
+            action, skip_reason = self._decide(crash_id, info.uuid, policy, report, panicked=info.panicked)
             stats: DumpStats | None = None
             staged: Path | None = None
             names: files.DumpName | None = None
@@ -219,8 +219,12 @@ class CrashHandler:
         return crash_id
 
     def _decide(self, crash_id: int, uuid: str, policy: DomainPolicy,
-                report: PanicReport) -> tuple[str, str | None]:
-        """(recovery action, reason to skip the dump or None)."""
+                report: PanicReport, *, panicked: bool) -> tuple[str, str | None]:
+        """(recovery action, reason to skip the dump or None).
+
+        A manual dump of a running guest resumes it; of a panicked guest (nobody handled that
+        panic) it recovers the guest per policy, as the daemon would have.
+        """
         loop = self.cfg.crash_loop
         since = report.panic_ns - int(loop.window_minutes * 60e9)
         recent = self.catalog.panic_times(uuid, since)
@@ -231,7 +235,7 @@ class CrashHandler:
             log.error("%s", reason)
             return loop.fallback, reason
         if report.source == "manual":
-            return "resume", None
+            return (policy.recovery if panicked else "resume"), None
         if not policy.dump:
             return policy.recovery, "dumps disabled by policy"
         return policy.recovery, None

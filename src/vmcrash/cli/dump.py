@@ -12,13 +12,14 @@ import click
 from vmcrash.capture.daemon_lock import Holder
 from vmcrash.cli._common import config_of, echo_json, fmt_bytes, stderr_console
 from vmcrash.config import DUMP_FORMATS, load_config
-from vmcrash.errors import EXIT_FINDINGS, EXIT_OK, OwnedElsewhere, VmcrashError
+from vmcrash.errors import EXIT_FINDINGS, EXIT_OK, OwnedElsewhere, UsageError, VmcrashError
 from vmcrash.store.catalog import UNFINISHED_STATES, Catalog
 
 __all__ = ["dump", "daemon_watches", "refuse_if_owned"]
 
-#: capture modes a manual dump can use (``hold`` needs a fresh QEMU; a manual dump resumes the same one)
-MANUAL_CAPTURE_MODES = ("auto", "copy", "stream", "direct")
+#: capture modes a manual dump can use (``hold`` only for a panicked guest: it needs a fresh QEMU, and
+#: a running guest is resumed in the same one)
+MANUAL_CAPTURE_MODES = ("auto", "hold", "copy", "stream", "direct")
 #: a crash row of another host updated more recently than this is taken as being handled there
 FOREIGN_ROW_FRESH_S = 600.0
 
@@ -65,7 +66,8 @@ def refuse_if_owned(name: str, uuid: str, panicked: bool, daemon: Holder | None,
               help="Dump format (default: the domain's policy).")
 @click.option("--capture", type=click.Choice(MANUAL_CAPTURE_MODES), default=None,
               help="How the memory is taken (default: the domain's policy; auto copies the guest's memory "
-                   "while it is paused and writes the dump after resuming it, when the host has the memory).")
+                   "while it is paused and writes the dump after resuming it, when the host has the memory; "
+                   "hold: a panicked guest's shared RAM is kept and the guest restarted at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue entry as JSON when done.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (default when stderr is not a terminal).")
 @click.option("--compact/--no-compact", default=True, show_default=True,
@@ -75,10 +77,14 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, capture: str | None, 
          no_progress: bool, compact: bool) -> int:
     """Dump DOMAIN's memory now (memory-only), under the same file rules and catalogue as crashes.
 
-    The guest is paused while its memory is taken: with capture ``copy`` (what ``auto`` picks when
-    the host has the memory) only while its present pages are copied, then it runs again and the
-    dump is written from the copy; with ``stream``/``direct`` while QEMU writes the whole dump.
+    A running guest is paused while its memory is taken: with capture ``copy`` (what ``auto`` picks
+    when the host has the memory) only while its present pages are copied, then it runs again and
+    the dump is written from the copy; with ``stream``/``direct`` while QEMU writes the whole dump.
     vmcrash resumes it and corrects its clock.
+
+    A guest left panicked (no daemon handled it) is handled as the daemon would: the capture mode
+    and recovery of its policy, so ``auto`` holds the crashed RAM of a memfd-backed guest and
+    restarts it in a fresh QEMU at once (``--capture hold`` is refused for a running guest).
     """
     from dataclasses import replace
 
@@ -104,6 +110,9 @@ def dump(ctx: click.Context, domain: str, fmt: str | None, capture: str | None, 
     hv = Hypervisor(cfg.libvirt_uri)
     dom = hv.lookup(domain)
     info = hv.info(dom)
+    if capture == "hold" and not info.panicked:
+        raise UsageError(f"{info.name} is {info.state}, not panicked: --capture hold replaces the guest's QEMU "
+                         "process, so it is only for a panicked guest (use copy, stream or direct)")
     show_bar = not no_progress and not as_json and sys.stderr.isatty()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[zero]}"),
