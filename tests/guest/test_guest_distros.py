@@ -135,6 +135,32 @@ def test_centos7_with_ntpd_and_chronyd_both_enabled_is_a_conflict_the_fix_refuse
         plan_fix(tmp_path, all_enabled=True)
 
 
+@pytest.mark.parametrize("direction", ["app-conflicts", "wait-conflicts"])
+def test_a_unit_that_conflicts_with_the_wait_unit_is_found_in_either_direction(tmp_path: Path, direction: str) -> None:
+    """Conflicts= between a clock unit and any other unit of the boot transaction: systemd keeps one of
+    the two start jobs, so the wait unit may not run (the audit cannot say which one survives)."""
+    files = FAMILIES["fedora"]()
+    files[f"{ETC}/multi-user.target.wants/chrony-wait.service"] = Link(f"{USR_LIB}/chrony-wait.service")
+    write_tree(tmp_path, files)
+    clean = audit(tmp_path)
+    assert "clock-unit-conflict" not in codes(clean)
+    app = ("[Unit]\nDescription=legacy clock tool\n"
+           + ("Conflicts=chrony-wait.service\n" if direction == "app-conflicts" else "")
+           + "[Service]\nExecStart=/usr/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    (tmp_path / "etc/systemd/system/legacy.service").write_text(app)
+    (tmp_path / "etc/systemd/system/multi-user.target.wants/legacy.service").symlink_to(
+        "/etc/systemd/system/legacy.service")
+    if direction == "wait-conflicts":
+        drop = tmp_path / "etc/systemd/system/chrony-wait.service.d"
+        drop.mkdir(parents=True)
+        (drop / "local.conf").write_text("[Unit]\nConflicts=legacy.service\n")
+    report = audit(tmp_path)
+    clash = [f for f in report.findings if f.code == "clock-unit-conflict"]
+    assert len(clash) == 1, report.findings
+    assert "chrony-wait.service" in clash[0].message and "legacy.service" in clash[0].message
+    assert report.exit_code == 1
+
+
 def test_a_wait_unit_skipped_by_its_condition_holds_nothing(tmp_path: Path) -> None:
     files = FAMILIES["fedora"]()
     files[f"{ETC}/multi-user.target.wants/chrony-wait.service"] = Link(f"{USR_LIB}/chrony-wait.service")

@@ -199,7 +199,8 @@ def find_clock_units(graph: BootGraph, manager_default_s: float = 90.0,
 
 
 def conflicting_daemons(graph: BootGraph) -> list[Finding]:
-    """Time daemons of the boot transaction that conflict (``Conflicts=``, either direction).
+    """Time daemons of the boot transaction that conflict (``Conflicts=``, either direction), and any
+    unit of the transaction that conflicts with a clock unit in it (``clock-unit-conflict``).
 
     Both pulled in by ``Wants=``: systemd keeps one start job and drops the other (which one depends
     on the order jobs are merged), so which daemon runs, and which wait unit can work, is not
@@ -210,10 +211,37 @@ def conflicting_daemons(graph: BootGraph) -> list[Finding]:
     out = []
     for i, a in enumerate(daemons):
         for b in daemons[i + 1:]:
-            if b in graph.edges(a, "conflicts") or a in graph.edges(b, "conflicts"):
+            if _conflict(graph, a, b):
                 out.append(Finding("time-daemons-conflict",
                                    f"{a} and {b} are both started at boot but conflict (Conflicts=): systemd "
                                    "drops one of the two start jobs, so which one keeps time is left to chance; "
                                    "disable one", a))
+    return out + _clock_unit_conflicts(graph, set(daemons))
+
+
+def _conflict(graph: BootGraph, a: str, b: str) -> bool:
+    return b in graph.edges(a, "conflicts") or a in graph.edges(b, "conflicts")
+
+
+def _clock_unit_conflicts(graph: BootGraph, daemons: set[str]) -> list[Finding]:
+    """Any unit of the boot transaction that conflicts with a clock unit in it (a time daemon, or a
+    unit that waits for or steps the clock): systemd keeps only one of the two start jobs (or fails
+    the transaction when both are required), so the clock unit may not run at boot."""
+    clock = {uid: role for uid in sorted(graph.transaction) if graph.units[uid].type == "service"
+             and (role := ("daemon" if uid in daemons else clock_role(graph.units[uid])[0])) != "unknown"}
+    out: list[Finding] = []
+    seen: set[frozenset[str]] = set()
+    for a, role in clock.items():
+        for b in sorted(graph.transaction):
+            pair = frozenset((a, b))
+            if b == a or pair in seen or (a in daemons and b in daemons) or not _conflict(graph, a, b):
+                continue
+            seen.add(pair)
+            what = {"daemon": "keeps the clock", "waits": "waits for the clock",
+                    "steps": "steps the clock"}.get(role, "deals with the clock")
+            out.append(Finding("clock-unit-conflict",
+                               f"{a} ({what}) and {b} are both in the boot transaction but conflict (Conflicts=): "
+                               f"systemd keeps only one of the two start jobs, so {a} may not run at boot and "
+                               f"{TIME_SYNC} may be reached without it; remove the conflict or one of them", a))
     return out
 

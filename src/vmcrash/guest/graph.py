@@ -16,7 +16,9 @@ Built from a :class:`~vmcrash.guest.units.UnitLoader` the way systemd (252, Debi
 
 Not modelled (see the audit's notes): generator output when auditing an image offline, mount
 units that exist only at run time (only ``-.mount`` and mount unit files are known) and
-``Conflicts=`` in general (the audit reports conflicting time daemons). Conditions and assertions
+``Conflicts=`` in the transaction (which of two conflicting start jobs systemd keeps depends on
+the order it merges jobs; the audit reports every unit of the transaction that conflicts with a
+clock unit, and conflicting time daemons). Conditions and assertions
 do not change the transaction (a unit skipped by one keeps its job and its ordering); what they
 change, whether a unit runs, the audit works out with :mod:`vmcrash.guest.conditions`.
 """
