@@ -79,6 +79,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from vmcrash.decimal_text import ascii_int
 from vmcrash.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -330,9 +331,10 @@ def split_host_port(value: str) -> tuple[str, int] | None:
     """``host:port`` (``[::1]:9465`` for IPv6) -> (host, port); None when the port is not 1..65535 in
     ASCII digits. The host may be empty (the caller decides what that means). Pure."""
     host, sep, port = value.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
+    number = ascii_int(port, 5) if sep else None
+    if number is None or not 0 < number < 65536:
         return None
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    return host.removeprefix("[").removesuffix("]"), number
 
 
 # -- parsing ---------------------------------------------------------------------------------

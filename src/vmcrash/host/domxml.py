@@ -9,6 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from vmcrash.decimal_text import ascii_int
 from vmcrash.errors import BadDataError
 
 __all__ = ["Check", "readiness", "apply_fixes", "AGENT_CHANNEL", "memory_bytes"]
@@ -45,12 +46,14 @@ def memory_bytes(xml: str) -> int:
     """The domain's maximum memory in bytes (``<memory unit=...>``)."""
     root = _parse(xml)
     mem = root.find("memory")
-    text = (mem.text or "").strip() if mem is not None else ""
-    if mem is None or not (text.isascii() and text.isdigit()) or len(text) > 20:
+    if mem is None:
+        return 0
+    number = ascii_int((mem.text or "").strip(), 20)
+    if number is None:
         return 0
     units = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
              "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4}
-    return int(text) * units.get((mem.get("unit") or "KiB").lower(), 1024)
+    return number * units.get((mem.get("unit") or "KiB").lower(), 1024)
 
 
 def readiness(xml: str) -> list[Check]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import libvirt
 
+from vmcrash.decimal_text import ascii_int
 from vmcrash.errors import EnvironmentProblem, LibvirtRefused
 
 __all__ = [
@@ -304,9 +305,9 @@ def parse_status_rss(text: str) -> tuple[int, int]:
         key, _, rest = line.partition(":")
         if key in found:
             words = rest.split()
-            if len(words) == 2 and words[1] == "kB" and words[0].isascii() and words[0].isdigit() \
-                    and len(words[0]) <= 20:
-                found[key] = int(words[0]) * 1024
+            kib = ascii_int(words[0], 20) if len(words) == 2 and words[1] == "kB" else None
+            if kib is not None:
+                found[key] = kib * 1024
     return found["RssAnon"], found["RssShmem"]
 
 

@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from vmcrash.decimal_text import ascii_int
 from vmcrash.errors import VmcrashError
 from vmcrash.store.catalog import Catalog
 from vmcrash.store.signatures import SignatureGroup, group_signatures
@@ -114,10 +115,10 @@ class _Handlers:
         raw = request.query_params.get("limit", "")
         if not raw:
             return default
-        # ASCII digits only: "²" or "٣" pass str.isdigit() but not int(); a long run of digits is refused unread
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= _MAX_LIMIT:
+        limit = ascii_int(raw, 9)
+        if limit is None or not 1 <= limit <= _MAX_LIMIT:
             raise HTTPException(400, f"limit must be 1..{_MAX_LIMIT}")
-        return int(raw)
+        return limit
 
     def _row(self, request: Request) -> Any:
         row = self.catalog.get(int(request.path_params["crash_id"]))
